@@ -1,0 +1,60 @@
+//! Errors of cluster operations, each with a stable [`ErrorCode`].
+
+use chorus_core::ErrorCode;
+use chorus_core::ShardId;
+
+/// What can go wrong serving a request through the cluster.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader is known for the shard (an election is under way, or no quorum).
+    #[error("shard {shard} has no leader right now; retry shortly")]
+    NoLeader {
+        /// The shard.
+        shard: ShardId,
+    },
+    /// The write was handed to Raft but its fate is unknown (leader lost, connection cut).
+    #[error("the write to shard {shard} may or may not have been applied ({reason}); retry with the same idempotency key")]
+    Indeterminate {
+        /// The shard.
+        shard: ShardId,
+        /// What happened.
+        reason: String,
+    },
+    /// The operation did not finish within its deadline.
+    #[error("shard {shard} did not answer within {millis} ms")]
+    Timeout {
+        /// The shard.
+        shard: ShardId,
+        /// The deadline.
+        millis: u64,
+    },
+    /// A peer could not be reached.
+    #[error("node {node} is unreachable: {reason}")]
+    Unreachable {
+        /// The peer.
+        node: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A node or storage failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ClusterError {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClusterError::NoLeader { .. } | ClusterError::Unreachable { .. } => ErrorCode::Unavailable,
+            ClusterError::Indeterminate { .. } | ClusterError::Timeout { .. } => ErrorCode::Timeout,
+            ClusterError::Membership(_) | ClusterError::BadRequest(_) => ErrorCode::BadRequest,
+            ClusterError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The cluster layer of a Chorus node: one openraft group per shard, the gRPC transport
+//! between nodes, forwarding to shard leaders, membership and leader placement.
+//!
+//! ```text
+//!            ┌──────────────── ClusterNode ────────────────┐
+//!  write ──► │ shard_for(channel) ─► Raft[shard]            │
+//!            │   leader here?  yes ─► client_write          │
+//!            │                 no  ─► Forward ─► gRPC ──────┼──► leader's node
+//!            │ gRPC server: AppendEntries/Vote/Snapshot ──► Raft[shard]
+//!            └──────────────────────────────────────────────┘
+//! ```
+
+pub mod auth;
+pub mod error;
+pub mod forward;
+pub mod network;
+pub mod node;
+pub mod placement;
+pub mod service;
+pub mod status;
+
+pub use error::ClusterError;
+pub use node::{ClusterConfig, ClusterNode, ClusterMetrics};
+pub use status::{ClusterStatus, NodeStatus, ShardStatus};
+
+/// The Raft handle of one shard.
+pub type ShardRaft = openraft::Raft<chorus_store::TypeConfig, chorus_store::ShardStateMachine>;

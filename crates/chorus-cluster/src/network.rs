@@ -1,0 +1,283 @@
+//! The gRPC transport: one cached channel per peer, shared by every shard group.
+
+use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
+use chorus_proto::cluster::{NodeInfoReply, NodeInfoRequest, ShardMessage};
+use chorus_proto::cluster::cluster_client::ClusterClient;
+use chorus_store::{ChorusNode, TypeConfig};
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetworkFactory, RaftNetworkV2};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest gRPC message (snapshots travel in one message).
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Which RPC of the Cluster service to call.
+#[derive(Debug, Clone, Copy)]
+pub enum Rpc {
+    /// AppendEntries.
+    AppendEntries,
+    /// Vote.
+    Vote,
+    /// InstallSnapshot.
+    InstallSnapshot,
+    /// TransferLeader.
+    TransferLeader,
+    /// Forward.
+    Forward,
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made, or the transport failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The peer refused us: wrong secret or another cluster.
+    #[error("refused by peer: {0}")]
+    Refused(String),
+    /// The peer answered with an error status.
+    #[error("peer error: {0}")]
+    Status(String),
+    /// The reply did not decode.
+    #[error("bad reply: {0}")]
+    Decode(String),
+}
+
+struct Peer {
+    addr: String,
+    channel: Channel,
+}
+
+/// Cached channels to peers plus the credentials every call carries.
+pub struct PeerPool {
+    proof: String,
+    cluster_id: RwLock<Option<String>>,
+    peers: RwLock<HashMap<u64, Peer>>,
+    last_refusal_log: Mutex<HashMap<u64, Instant>>,
+}
+
+impl PeerPool {
+    /// A pool presenting `proof` (see [`crate::auth::secret_proof`]).
+    pub fn new(proof: String) -> Arc<Self> {
+        Arc::new(PeerPool {
+            proof,
+            cluster_id: RwLock::new(None),
+            peers: RwLock::new(HashMap::new()),
+            last_refusal_log: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets the cluster id sent with every call.
+    pub fn set_cluster_id(&self, id: Option<String>) {
+        *self.cluster_id.write().expect("lock") = id;
+    }
+
+    fn channel(&self, node: u64, addr: &str) -> Result<Channel, CallError> {
+        if let Some(peer) = self.peers.read().expect("lock").get(&node)
+            && peer.addr == addr
+        {
+            return Ok(peer.channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CallError::Transport(format!("bad address {addr}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        self.peers.write().expect("lock").insert(
+            node,
+            Peer {
+                addr: addr.to_string(),
+                channel: channel.clone(),
+            },
+        );
+        Ok(channel)
+    }
+
+    /// Calls `rpc` on `node` at `addr` for `shard` with a postcard-encoded payload.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        node: u64,
+        addr: &str,
+        rpc: Rpc,
+        shard: u32,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let channel = self.channel(node, addr)?;
+        let mut client = ClusterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let payload = postcard::to_stdvec(request).map_err(|e| CallError::Decode(e.to_string()))?;
+        let mut req = tonic::Request::new(ShardMessage { shard, payload });
+        req.set_timeout(timeout);
+        let meta = req.metadata_mut();
+        meta.insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+        if let Some(id) = self.cluster_id.read().expect("lock").as_deref()
+            && let Ok(value) = id.parse()
+        {
+            meta.insert(CLUSTER_ID_HEADER, value);
+        }
+        let reply = match rpc {
+            Rpc::AppendEntries => client.append_entries(req).await,
+            Rpc::Vote => client.vote(req).await,
+            Rpc::InstallSnapshot => client.install_snapshot(req).await,
+            Rpc::TransferLeader => client.transfer_leader(req).await,
+            Rpc::Forward => client.forward(req).await,
+        };
+        match reply {
+            Ok(reply) => postcard::from_bytes(&reply.into_inner().payload).map_err(|e| CallError::Decode(e.to_string())),
+            Err(status) => Err(self.classify(node, addr, status)),
+        }
+    }
+
+    /// Asks `node` who it is.
+    pub async fn node_info(&self, node: u64, addr: &str, timeout: Duration) -> Result<NodeInfoReply, CallError> {
+        let channel = self.channel(node, addr)?;
+        let mut req = tonic::Request::new(NodeInfoRequest {});
+        req.set_timeout(timeout);
+        req.metadata_mut()
+            .insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+        ClusterClient::new(channel)
+            .node_info(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| self.classify(node, addr, status))
+    }
+
+    fn classify(&self, node: u64, addr: &str, status: tonic::Status) -> CallError {
+        match status.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                let mut last = self.last_refusal_log.lock().expect("lock");
+                let now = Instant::now();
+                if last.get(&node).is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10)) {
+                    last.insert(node, now);
+                    tracing::error!(peer = node, %addr, reason = %status.message(), "peer refused this node's cluster credentials: check that every node has the same cluster secret and belongs to the same cluster");
+                }
+                CallError::Refused(status.message().to_string())
+            }
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                CallError::Transport(format!("{}: {}", status.code(), status.message()))
+            }
+            _ => CallError::Status(format!("{}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// Creates per-peer network clients for one shard group.
+#[derive(Clone)]
+pub struct ShardNetworkFactory {
+    /// The shard.
+    pub shard: u32,
+    /// The shared pool.
+    pub pool: Arc<PeerPool>,
+}
+
+/// The network client of one shard group towards one peer.
+pub struct ShardNetwork {
+    shard: u32,
+    target: u64,
+    addr: String,
+    pool: Arc<PeerPool>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
+    type Network = ShardNetwork;
+
+    async fn new_client(&mut self, target: u64, node: &ChorusNode) -> Self::Network {
+        ShardNetwork {
+            shard: self.shard,
+            target,
+            addr: node.raft_addr.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+fn rpc_error(err: CallError) -> RPCError<TypeConfig> {
+    match err {
+        CallError::Transport(_) | CallError::Refused(_) => {
+            RPCError::Unreachable(Unreachable::<TypeConfig>::from_string(err.to_string()))
+        }
+        CallError::Status(_) | CallError::Decode(_) => {
+            RPCError::Network(NetworkError::<TypeConfig>::from_string(err.to_string()))
+        }
+    }
+}
+
+impl ShardNetwork {
+    async fn raft_call<Req: Serialize, Resp: DeserializeOwned, E: std::fmt::Display + DeserializeOwned>(
+        &self,
+        rpc: Rpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let result: Result<Resp, E> = self
+            .pool
+            .call(self.target, &self.addr, rpc, self.shard, request, option.hard_ttl())
+            .await
+            .map_err(rpc_error)?;
+        result.map_err(|e| RPCError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}"))))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for ShardNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call::<_, _, openraft::errors::RaftError<TypeConfig>>(Rpc::AppendEntries, &rpc, &option)
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call::<_, _, openraft::errors::RaftError<TypeConfig>>(Rpc::Vote, &rpc, &option)
+            .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        _cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = (vote, snapshot.meta, snapshot.snapshot);
+        let timeout = option.hard_ttl().max(Duration::from_secs(30));
+        let result: Result<SnapshotResponse<TypeConfig>, openraft::errors::Fatal<TypeConfig>> = self
+            .pool
+            .call(self.target, &self.addr, Rpc::InstallSnapshot, self.shard, &request, timeout)
+            .await
+            .map_err(|e| StreamingError::from(rpc_error(e)))?;
+        result.map_err(|e| StreamingError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}"))))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call::<_, _, openraft::errors::Fatal<TypeConfig>>(Rpc::TransferLeader, &req, &option)
+            .await
+    }
+}

@@ -1,0 +1,557 @@
+//! A node's cluster core: the shard groups, routing to leaders, membership and upkeep.
+
+use crate::ShardRaft;
+use crate::error::ClusterError;
+use crate::forward::{ForwardError, ForwardRequest, ForwardResponse, ForwardResult};
+use crate::network::{CallError, PeerPool, Rpc, ShardNetworkFactory};
+use crate::placement;
+use chorus_core::{
+    ChannelName, Command, CommandResult, ErrorCode, HistoryLimits, HistoryPage, PublishCommand,
+    Published, ShardId, shard_for,
+};
+use chorus_store::{ChorusNode, NodeStore, ShardReader, ShardRequest, ShardResponse, TypeConfig};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a routed request keeps retrying leader changes before giving up.
+const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Settings of the cluster layer.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: u64,
+    /// Address peers reach this node's gRPC endpoint at.
+    pub raft_addr: SocketAddr,
+    /// Address of this node's HTTP API.
+    pub http_addr: SocketAddr,
+    /// Number of shards.
+    pub shard_count: u32,
+    /// Initial voters (id to raft address); empty for a joining node.
+    pub peers: BTreeMap<u64, String>,
+    /// The shared cluster secret.
+    pub cluster_secret: String,
+    /// Replicated history limits to enforce.
+    pub limits: HistoryLimits,
+    /// Heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms.
+    pub election_timeout_ms: (u64, u64),
+    /// Entries between snapshots.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept after a snapshot.
+    pub logs_kept_after_snapshot: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Prometheus metrics of the cluster layer.
+#[derive(Clone, Default)]
+pub struct ClusterMetrics {
+    writes: Family<OutcomeLabel, Counter>,
+    forwards: Counter,
+    term: Family<ShardLabel, Gauge>,
+    leader: Family<ShardLabel, Gauge>,
+    committed: Family<ShardLabel, Gauge>,
+    applied: Family<ShardLabel, Gauge>,
+    last_log: Family<ShardLabel, Gauge>,
+    is_leader: Family<ShardLabel, Gauge>,
+}
+
+impl ClusterMetrics {
+    /// Registers under `chorus_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("chorus_writes", "client writes by outcome", self.writes.clone());
+        registry.register("chorus_forwards", "requests forwarded to another node's shard leader", self.forwards.clone());
+        registry.register("chorus_shard_term", "current Raft term per shard", self.term.clone());
+        registry.register("chorus_shard_leader", "id of the shard's leader (0: none known)", self.leader.clone());
+        registry.register("chorus_shard_is_leader", "1 when this node leads the shard", self.is_leader.clone());
+        registry.register("chorus_shard_commit_index", "committed log index per shard", self.committed.clone());
+        registry.register("chorus_shard_applied_index", "applied log index per shard", self.applied.clone());
+        registry.register("chorus_shard_last_log_index", "last log index per shard", self.last_log.clone());
+    }
+}
+
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) raft: ShardRaft,
+    pub(crate) reader: ShardReader,
+}
+
+struct Inner {
+    config: ClusterConfig,
+    shards: Vec<Shard>,
+    pool: Arc<PeerPool>,
+    proof: String,
+    store: NodeStore,
+    metrics: ClusterMetrics,
+    cluster_id: RwLock<Option<String>>,
+    started: Instant,
+}
+
+/// The cluster core of a node. Cloning is cheap and shares it.
+#[derive(Clone)]
+pub struct ClusterNode {
+    inner: Arc<Inner>,
+}
+
+fn failed(code: ErrorCode, message: impl ToString, indeterminate: bool) -> ForwardError {
+    ForwardError::Failed {
+        code,
+        message: message.to_string(),
+        indeterminate,
+    }
+}
+
+fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
+    match &err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader { leader: f.leader_id },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => failed(ErrorCode::Timeout, &err, true),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => failed(ErrorCode::BadRequest, e, false),
+        _ => failed(ErrorCode::Unavailable, &err, true),
+    }
+}
+
+impl ClusterNode {
+    /// Opens every shard group on `store` and, with `peers` configured, initializes them
+    /// (every node does so with the same membership, which openraft makes safe).
+    pub async fn start(config: ClusterConfig, store: NodeStore, metrics: ClusterMetrics) -> Result<ClusterNode, ClusterError> {
+        let proof = crate::auth::secret_proof(&config.cluster_secret);
+        let pool = PeerPool::new(proof.clone());
+        let raft_config = openraft::Config {
+            cluster_name: "chorus".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Internal(format!("raft config: {e}")))?;
+        let raft_config = Arc::new(raft_config);
+        let mut shards = Vec::with_capacity(config.shard_count as usize);
+        for s in 0..config.shard_count {
+            let id = ShardId(s);
+            let log = store.log_store(id).map_err(|e| ClusterError::Internal(e.to_string()))?;
+            let sm = store.state_machine(id, config.limits);
+            let reader = sm.reader();
+            let network = ShardNetworkFactory { shard: s, pool: pool.clone() };
+            let raft = ShardRaft::new(config.node_id, raft_config.clone(), network, log, sm)
+                .await
+                .map_err(|e| ClusterError::Internal(format!("starting shard {s}: {e}")))?;
+            shards.push(Shard { id, raft, reader });
+        }
+        let node = ClusterNode {
+            inner: Arc::new(Inner {
+                config,
+                shards,
+                pool,
+                proof,
+                store,
+                metrics,
+                cluster_id: RwLock::new(None),
+                started: Instant::now(),
+            }),
+        };
+        node.refresh_cluster_id();
+        if !node.inner.config.peers.is_empty() {
+            node.bootstrap().await?;
+        }
+        let upkeep = node.clone();
+        tokio::spawn(async move { upkeep.upkeep_loop().await });
+        Ok(node)
+    }
+
+    async fn bootstrap(&self) -> Result<(), ClusterError> {
+        let members: BTreeMap<u64, ChorusNode> = self
+            .inner
+            .config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, ChorusNode { raft_addr: addr.clone() }))
+            .collect();
+        for shard in &self.inner.shards {
+            let initialized = shard.raft.is_initialized().await.map_err(|e| ClusterError::Internal(e.to_string()))?;
+            if !initialized {
+                match shard.raft.initialize(members.clone()).await {
+                    Ok(()) => {}
+                    Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => {}
+                    Err(e) => return Err(ClusterError::Internal(format!("initializing shard {}: {e}", shard.id))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.config.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.inner.config.shard_count
+    }
+
+    /// The cluster id, once the cluster has recorded one.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.inner.cluster_id.read().expect("lock").clone()
+    }
+
+    /// The proof of the cluster secret that peers present.
+    pub fn secret_proof(&self) -> &str {
+        &self.inner.proof
+    }
+
+    /// The store's syncer metrics and other storage facilities.
+    pub fn store(&self) -> &NodeStore {
+        &self.inner.store
+    }
+
+    pub(crate) fn shard(&self, shard: u32) -> Option<&Shard> {
+        self.inner.shards.get(shard as usize)
+    }
+
+    pub(crate) fn shards(&self) -> &[Shard] {
+        &self.inner.shards
+    }
+
+    /// The Raft handle of a shard.
+    pub fn raft(&self, shard: u32) -> Option<&ShardRaft> {
+        self.shard(shard).map(|s| &s.raft)
+    }
+
+    fn refresh_cluster_id(&self) {
+        let id = self.inner.shards.first().and_then(|s| s.reader.cluster_id());
+        if id.is_some() && *self.inner.cluster_id.read().expect("lock") != id {
+            tracing::info!(cluster_id = id.as_deref().unwrap_or(""), "cluster id known");
+            self.inner.pool.set_cluster_id(id.clone());
+            *self.inner.cluster_id.write().expect("lock") = id;
+        }
+    }
+
+    pub(crate) fn metrics_of(&self, shard: &Shard) -> RaftMetrics<TypeConfig> {
+        shard.raft.metrics().borrow_watched().clone()
+    }
+
+    fn raft_addr_of(&self, shard: &Shard, node: u64) -> Option<String> {
+        let metrics = shard.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&node).map(|n| n.raft_addr.clone())
+    }
+
+    /// Publishes one event through the channel's shard leader; answers after commit.
+    pub async fn publish(&self, command: PublishCommand) -> Result<Published, ClusterError> {
+        let shard = shard_for(command.channel.as_str(), self.shard_count());
+        let response = self.write(shard, ShardRequest(vec![Command::Publish(command)])).await;
+        let outcome = if response.is_ok() { "ok" } else { "error" };
+        self.inner.metrics.writes.get_or_create(&OutcomeLabel { outcome }).inc();
+        match response?.0.into_iter().next() {
+            Some(CommandResult::Published(published)) => Ok(published),
+            other => Err(ClusterError::Internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    /// Proposes `request` to `shard`'s leader, wherever it is.
+    pub async fn write(&self, shard: ShardId, request: ShardRequest) -> Result<ShardResponse, ClusterError> {
+        match self.leader_call(shard, ForwardRequest::Write(request)).await? {
+            ForwardResponse::Written(response) => Ok(response),
+            other => Err(ClusterError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Reads a channel's history, linearizably: it includes every write acknowledged before
+    /// the read began, whichever node acknowledged it.
+    pub async fn history(&self, channel: &ChannelName, since: u64, limit: usize) -> Result<HistoryPage, ClusterError> {
+        let shard = shard_for(channel.as_str(), self.shard_count());
+        self.read_barrier(shard).await?;
+        Ok(self.inner.shards[shard.0 as usize].reader.history(channel, since, limit))
+    }
+
+    /// Waits until this node has applied everything the shard had committed when called.
+    pub async fn read_barrier(&self, shard: ShardId) -> Result<(), ClusterError> {
+        let index = match self.leader_call(shard, ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex(index) => index,
+            other => return Err(ClusterError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        let raft = &self.inner.shards[shard.0 as usize].raft;
+        raft.wait(Some(ROUTE_DEADLINE))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|_| ClusterError::Timeout {
+                shard,
+                millis: ROUTE_DEADLINE.as_millis() as u64,
+            })?;
+        Ok(())
+    }
+
+    /// Runs `request` on the shard's leader: here if this node leads, else over gRPC.
+    /// Retries while leadership moves, until [`ROUTE_DEADLINE`].
+    pub async fn leader_call(&self, shard: ShardId, request: ForwardRequest) -> Result<ForwardResponse, ClusterError> {
+        let s = self
+            .shard(shard.0)
+            .ok_or_else(|| ClusterError::BadRequest(format!("no shard {shard}")))?;
+        let deadline = Instant::now() + ROUTE_DEADLINE;
+        let mut hint: Option<u64> = None;
+        loop {
+            let leader = hint.take().or_else(|| s.raft.metrics().borrow_watched().current_leader);
+            let result = match leader {
+                Some(leader) if leader == self.node_id() => self.handle_forward(shard, request.clone()).await,
+                Some(leader) => match self.raft_addr_of(s, leader) {
+                    Some(addr) => {
+                        self.inner.metrics.forwards.inc();
+                        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                        match self
+                            .inner
+                            .pool
+                            .call::<_, ForwardResult>(leader, &addr, Rpc::Forward, shard.0, &request, remaining)
+                            .await
+                        {
+                            Ok(result) => result,
+                            Err(CallError::Transport(message)) if message.contains("connect") => {
+                                // Never delivered: safe to try again once a leader is known.
+                                Err(ForwardError::NotLeader { leader: None })
+                            }
+                            Err(e) => {
+                                let indeterminate = matches!(request, ForwardRequest::Write(_));
+                                Err(failed(ErrorCode::Unavailable, format!("forwarding to node {leader}: {e}"), indeterminate))
+                            }
+                        }
+                    }
+                    None => Err(ForwardError::NotLeader { leader: None }),
+                },
+                None => Err(ForwardError::NotLeader { leader: None }),
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                Err(ForwardError::NotLeader { leader }) => {
+                    if Instant::now() >= deadline {
+                        return Err(ClusterError::NoLeader { shard });
+                    }
+                    if leader.is_some() && leader != Some(self.node_id()) {
+                        hint = leader;
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(ForwardError::Failed { code, message, indeterminate }) => {
+                    return Err(if indeterminate {
+                        ClusterError::Indeterminate { shard, reason: message }
+                    } else {
+                        match code {
+                            ErrorCode::BadRequest => ClusterError::Membership(message),
+                            ErrorCode::Unavailable => ClusterError::Unreachable { node: leader.unwrap_or(0), reason: message },
+                            _ => ClusterError::Internal(message),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Does what a forwarded request asks, if this node leads the shard.
+    pub async fn handle_forward(&self, shard: ShardId, request: ForwardRequest) -> ForwardResult {
+        let s = self
+            .shard(shard.0)
+            .ok_or_else(|| failed(ErrorCode::BadRequest, format!("no shard {shard}"), false))?;
+        let raft = &s.raft;
+        match request {
+            ForwardRequest::Write(batch) => {
+                let response = raft.client_write(batch).await.map_err(write_error)?;
+                Ok(ForwardResponse::Written(response.data))
+            }
+            ForwardRequest::ReadIndex => {
+                let read = raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
+                    RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)) => {
+                        ForwardError::NotLeader { leader: f.leader_id }
+                    }
+                    other => failed(ErrorCode::Unavailable, other, false),
+                })?;
+                Ok(ForwardResponse::ReadIndex(read.index()))
+            }
+            ForwardRequest::AddLearner { id, node } => {
+                raft.add_learner(id, node, true).await.map_err(write_error)?;
+                Ok(ForwardResponse::Done)
+            }
+            ForwardRequest::AddVoter { id } => {
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_error)?;
+                Ok(ForwardResponse::Done)
+            }
+            ForwardRequest::RemoveNode { id } => {
+                let membership = self.metrics_of(s).membership_config.membership().clone();
+                let is_voter = membership.voter_ids().any(|v| v == id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else if membership.get_node(&id).is_some() {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                } else {
+                    return Ok(ForwardResponse::Done);
+                };
+                raft.change_membership(change, false).await.map_err(write_error)?;
+                Ok(ForwardResponse::Done)
+            }
+        }
+    }
+
+    /// Adds node `id` at `raft_addr` to every shard: as a learner that catches up (from a
+    /// snapshot when the log was purged), then as a voter.
+    pub async fn add_node(&self, id: u64, raft_addr: String) -> Result<(), ClusterError> {
+        if id == 0 {
+            return Err(ClusterError::BadRequest("node id must be positive".into()));
+        }
+        for shard in self.shards() {
+            let node = ChorusNode { raft_addr: raft_addr.clone() };
+            self.leader_call(shard.id, ForwardRequest::AddLearner { id, node }).await?;
+            self.leader_call(shard.id, ForwardRequest::AddVoter { id }).await?;
+            tracing::info!(node = id, shard = shard.id.0, "node added as voter");
+        }
+        Ok(())
+    }
+
+    /// Removes node `id` from every shard.
+    pub async fn remove_node(&self, id: u64) -> Result<(), ClusterError> {
+        for shard in self.shards() {
+            let voters: Vec<u64> = self.metrics_of(shard).membership_config.membership().voter_ids().collect();
+            if voters.len() <= 1 && voters.contains(&id) {
+                return Err(ClusterError::Membership(format!("node {id} is the last voter of shard {}", shard.id)));
+            }
+            self.leader_call(shard.id, ForwardRequest::RemoveNode { id }).await?;
+            tracing::info!(node = id, shard = shard.id.0, "node removed");
+        }
+        Ok(())
+    }
+
+    /// Updates the per-shard gauges from Raft's metrics.
+    pub fn refresh_metrics(&self) {
+        let m = &self.inner.metrics;
+        for shard in self.shards() {
+            let raft_metrics = self.metrics_of(shard);
+            let label = ShardLabel { shard: shard.id.0 };
+            m.term.get_or_create(&label).set(raft_metrics.current_term as i64);
+            m.leader.get_or_create(&label).set(raft_metrics.current_leader.unwrap_or(0) as i64);
+            m.is_leader
+                .get_or_create(&label)
+                .set(i64::from(raft_metrics.state == ServerState::Leader));
+            m.committed
+                .get_or_create(&label)
+                .set(raft_metrics.local_committed.map_or(0, |l| l.index) as i64);
+            m.applied
+                .get_or_create(&label)
+                .set(raft_metrics.last_applied.map_or(0, |l| l.index) as i64);
+            m.last_log.get_or_create(&label).set(raft_metrics.last_log_index.unwrap_or(0) as i64);
+        }
+    }
+
+    async fn upkeep_loop(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            self.refresh_cluster_id();
+            if let Err(e) = self.upkeep().await {
+                tracing::debug!(error = %e, "upkeep round failed");
+            }
+        }
+    }
+
+    /// One round of leader duties: record the cluster id, replicate configured limits, and
+    /// hand leadership to each shard's preferred node so every node leads its share.
+    async fn upkeep(&self) -> Result<(), ClusterError> {
+        for shard in self.shards() {
+            let metrics = self.metrics_of(shard);
+            if metrics.state != ServerState::Leader {
+                continue;
+            }
+            if shard.id.0 == 0 && shard.reader.cluster_id().is_none() {
+                let id = format!("{:016x}", rand::random::<u64>());
+                let request = ShardRequest(vec![Command::SetClusterId(id)]);
+                let _ = shard.raft.client_write(request).await.map_err(write_error);
+            }
+            if shard.reader.limits() != self.inner.config.limits {
+                let request = ShardRequest(vec![Command::SetLimits(self.inner.config.limits)]);
+                let _ = shard.raft.client_write(request).await.map_err(write_error);
+            }
+        }
+        // Give nodes time to start before moving leaders around.
+        if self.inner.started.elapsed() > Duration::from_secs(2)
+            && let Some((shard, target)) = placement::next_transfer(self)
+        {
+            tracing::info!(shard = shard.0, to = target, "transferring shard leadership to its preferred node");
+            if let Some(s) = self.shard(shard.0) {
+                let _ = s.raft.trigger().transfer_leader(target).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks every other member who it is, and fails if one that answers belongs to another
+    /// cluster or uses another shard count: a data directory from another cluster, or a
+    /// misconfigured node. Members that do not answer within `timeout` are skipped.
+    pub async fn check_peers(&self, timeout: Duration) -> Result<(), ClusterError> {
+        let Some(ours) = self.cluster_id() else { return Ok(()) };
+        let members: Vec<(u64, String)> = {
+            let shard = &self.inner.shards[0];
+            let metrics = shard.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.raft_addr.clone()))
+                .collect()
+        };
+        for (id, addr) in members.into_iter().filter(|(id, _)| *id != self.node_id()) {
+            let Ok(info) = self.inner.pool.node_info(id, &addr, timeout).await else { continue };
+            if !info.cluster_id.is_empty() && info.cluster_id != ours {
+                return Err(ClusterError::BadRequest(format!(
+                    "this data directory belongs to cluster {ours}, but node {id} at {addr} belongs to cluster {}; start this node with an empty data directory or its own cluster's peers",
+                    info.cluster_id
+                )));
+            }
+            if info.shard_count != self.shard_count() {
+                return Err(ClusterError::BadRequest(format!(
+                    "node {id} at {addr} runs {} shards, this node {}",
+                    info.shard_count,
+                    self.shard_count()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every shard group and the storage syncer.
+    pub async fn shutdown(&self) {
+        for shard in self.shards() {
+            let _ = shard.raft.shutdown().await;
+        }
+        self.inner.store.close();
+    }
+}

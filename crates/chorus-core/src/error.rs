@@ -1,0 +1,68 @@
+//! Stable error codes shared by every face of Chorus.
+//!
+//! The same code names a failure on the HTTP API (`{"code", "message"}`), in gRPC statuses
+//! between nodes and, later, in the client protocol. Codes are part of the public contract:
+//! never renumber or rename one.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, machine-readable error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed (bad JSON, missing field, bad query parameter).
+    BadRequest,
+    /// A channel name breaks the naming rules.
+    InvalidChannel,
+    /// A payload is larger than the configured maximum.
+    PayloadTooLarge,
+    /// No credentials, or credentials that do not verify (bad signature, expired).
+    Unauthorized,
+    /// Valid credentials that do not allow this operation.
+    Forbidden,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// The shard has no leader right now, or this node is not ready.
+    Unavailable,
+    /// The operation did not finish in time; it may or may not have been applied.
+    Timeout,
+    /// A bug or an unexpected storage failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire (`"invalid_channel"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::InvalidChannel => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 504,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,27 @@
+//! The pure, deterministic domain of Chorus.
+//!
+//! Everything here is plain data and functions: no tokio, no sled, no sockets. Every replica
+//! of a shard feeds the same committed commands into [`ShardState::apply`] and therefore
+//! reaches the same state, assigns the same offsets and returns the same results. The I/O
+//! layers (`chorus-store`, `chorus-cluster`, `chorus-http`) are thin adapters around it.
+//!
+//! ```text
+//!   client write ─► edge (http/quic) ─► raft (chorus-cluster) ─► log (chorus-store)
+//!                                                                   │ committed
+//!                                                                   ▼
+//!                                         ShardState::apply(ctx, batch) ─► results
+//! ```
+
+pub mod channel;
+pub mod command;
+pub mod error;
+pub mod pattern;
+pub mod shard;
+pub mod state;
+
+pub use channel::{ChannelName, ChannelNameError};
+pub use command::{Command, CommandBatch, CommandResult, PublishCommand, Published};
+pub use error::ErrorCode;
+pub use pattern::{ChannelPattern, PatternError};
+pub use shard::{ShardId, shard_for};
+pub use state::{ApplyContext, HistoryLimits, HistoryPage, ShardState, StoredMessage};

@@ -1,0 +1,150 @@
+//! Channel patterns, for subscriptions and role permissions.
+//!
+//! A pattern is a channel name whose tokens may be `*` (exactly one token) or, as the last
+//! token, `>` (one or more remaining tokens). `chat.*` matches `chat.1` but not `chat.1.x`;
+//! `chat.>` matches both; `>` matches every channel.
+
+use crate::channel::ChannelName;
+use serde::{Deserialize, Serialize};
+
+/// Why a string is not a valid pattern.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// `>` used before the last token.
+    #[error("'>' may only be the last token of a pattern: {pattern:?}")]
+    TailNotLast {
+        /// The rejected pattern.
+        pattern: String,
+    },
+    /// A token mixes wildcards with other characters, or the name rules are broken.
+    #[error("invalid pattern {pattern:?}: {reason}")]
+    Invalid {
+        /// The rejected pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Token {
+    Literal(String),
+    One,
+    Tail,
+}
+
+/// A validated channel pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ChannelPattern {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+impl ChannelPattern {
+    /// Parses and validates a pattern.
+    pub fn new(pattern: impl Into<String>) -> Result<Self, PatternError> {
+        let source = pattern.into();
+        let invalid = |reason: String| PatternError::Invalid {
+            pattern: source.clone(),
+            reason,
+        };
+        // Validate as a channel name with the wildcards replaced by a legal token.
+        let probe: String = source
+            .split('.')
+            .map(|t| if t == "*" || t == ">" { "x" } else { t })
+            .collect::<Vec<_>>()
+            .join(".");
+        ChannelName::validate(&probe).map_err(|e| invalid(e.to_string()))?;
+        let parts: Vec<&str> = source.split('.').collect();
+        let mut tokens = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            tokens.push(match *part {
+                "*" => Token::One,
+                ">" if i + 1 == parts.len() => Token::Tail,
+                ">" => {
+                    return Err(PatternError::TailNotLast {
+                        pattern: source.clone(),
+                    });
+                }
+                literal => Token::Literal(literal.to_string()),
+            });
+        }
+        Ok(ChannelPattern { source, tokens })
+    }
+
+    /// True when the pattern has no wildcard (it names exactly one channel).
+    pub fn is_exact(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
+    /// Whether `channel` matches.
+    pub fn matches(&self, channel: &str) -> bool {
+        let mut names = channel.split('.');
+        for token in &self.tokens {
+            match token {
+                Token::Tail => return names.next().is_some(),
+                Token::One => {
+                    if names.next().is_none() {
+                        return false;
+                    }
+                }
+                Token::Literal(literal) => {
+                    if names.next() != Some(literal.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        names.next().is_none()
+    }
+
+    /// The pattern's text.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl TryFrom<String> for ChannelPattern {
+    type Error = PatternError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        ChannelPattern::new(value)
+    }
+}
+
+impl From<ChannelPattern> for String {
+    fn from(value: ChannelPattern) -> Self {
+        value.source
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ChannelPattern {
+        ChannelPattern::new(s).unwrap()
+    }
+
+    #[test]
+    fn wildcards_match_tokens() {
+        assert!(p("chat.*").matches("chat.1"));
+        assert!(!p("chat.*").matches("chat.1.x"));
+        assert!(!p("chat.*").matches("chat"));
+        assert!(p("chat.>").matches("chat.1.x"));
+        assert!(!p("chat.>").matches("chat"));
+        assert!(p(">").matches("anything.at.all"));
+        assert!(p("a.*.c").matches("a.b.c"));
+        assert!(!p("a.*.c").matches("a.b.d"));
+        assert!(p("exact").matches("exact") && !p("exact").matches("exactly"));
+        assert!(p("exact.name").is_exact() && !p("a.*").is_exact());
+    }
+
+    #[test]
+    fn rejects_malformed_patterns() {
+        assert!(matches!(ChannelPattern::new("a.>.b"), Err(PatternError::TailNotLast { .. })));
+        assert!(matches!(ChannelPattern::new("a..b"), Err(PatternError::Invalid { .. })));
+        assert!(matches!(ChannelPattern::new("a*"), Err(PatternError::Invalid { .. })));
+        assert!(matches!(ChannelPattern::new(""), Err(PatternError::Invalid { .. })));
+    }
+}

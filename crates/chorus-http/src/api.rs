@@ -1,0 +1,279 @@
+//! Routes and handlers.
+
+use crate::auth::{Authenticator, Claims, Operation};
+use crate::error::ApiError;
+use crate::metrics::{self, HttpMetrics};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chorus_cluster::ClusterNode;
+use chorus_cluster::auth::AUTH_HEADER;
+use chorus_core::{ChannelName, ErrorCode, PublishCommand};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Longest accepted idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// Longest accepted event type.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+/// Default and largest history page.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Largest history page.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// What every handler shares.
+pub struct HttpState {
+    /// The cluster core.
+    pub cluster: ClusterNode,
+    /// Token verification and permissions.
+    pub auth: Authenticator,
+    /// Every metric of the node.
+    pub registry: Registry,
+    /// Largest event payload, bytes.
+    pub max_payload_bytes: usize,
+}
+
+type Shared = Arc<HttpState>;
+
+/// The node's HTTP routes.
+pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
+    let body_limit = state.max_payload_bytes.saturating_mul(2).saturating_add(64 * 1024);
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/join", post(join))
+        .route("/api/v1/cluster/remove", post(remove))
+        .route("/api/v1/channels/{channel}/publish", post(publish))
+        .route("/api/v1/channels/{channel}/history", get(history))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::new(http_metrics), metrics::record))
+        .with_state(state)
+}
+
+fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    Ok(state.auth.verify_header(header)?)
+}
+
+/// Admin operations accept an admin token or the node-to-node cluster credentials.
+fn require_admin(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(proof) = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()) {
+        if proof == state.cluster.secret_proof() {
+            return Ok(());
+        }
+        return Err(ApiError::new(ErrorCode::Unauthorized, "wrong cluster secret"));
+    }
+    let claims = claims(state, headers)?;
+    Ok(state.auth.authorize(&claims, Operation::Admin, "")?)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn health(State(state): State<Shared>) -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok", "node_id": state.cluster.node_id()}))
+}
+
+async fn ready(State(state): State<Shared>) -> Response {
+    let checks = state.cluster.readiness();
+    let ok = checks.iter().all(|c| c.ok);
+    let body: String = checks
+        .iter()
+        .map(|c| format!("{} {}: {}\n", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail))
+        .collect();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body).into_response()
+}
+
+async fn metrics_text(State(state): State<Shared>) -> Response {
+    state.cluster.refresh_metrics();
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(ErrorCode::Internal, format!("encoding metrics: {e}")).into_response(),
+    }
+}
+
+async fn cluster_status(State(state): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    Ok(Json(state.cluster.status()).into_response())
+}
+
+#[derive(Deserialize)]
+struct JoinBody {
+    id: u64,
+    raft_addr: String,
+}
+
+async fn join(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let body: JoinBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("join body must be {{\"id\": <n>, \"raft_addr\": \"host:port\"}}: {e}")))?;
+    if body.raft_addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::bad_request(format!("raft_addr {:?} is not ip:port", body.raft_addr)));
+    }
+    state.cluster.add_node(body.id, body.raft_addr).await?;
+    Ok(Json(serde_json::json!({"joined": body.id, "cluster_id": state.cluster.cluster_id()})).into_response())
+}
+
+#[derive(Deserialize)]
+struct RemoveBody {
+    id: u64,
+}
+
+async fn remove(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let body: RemoveBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("remove body must be {{\"id\": <n>}}: {e}")))?;
+    state.cluster.remove_node(body.id).await?;
+    Ok(Json(serde_json::json!({"removed": body.id})).into_response())
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PublishReply {
+    channel: String,
+    offset: u64,
+    epoch: u64,
+    duplicate: bool,
+}
+
+async fn publish(
+    State(state): State<Shared>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let claims = claims(&state, &headers)?;
+    let channel = ChannelName::new(channel)?;
+    state.auth.authorize(&claims, Operation::Publish, channel.as_str())?;
+    let body: PublishBody<'_> =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let data = body
+        .data
+        .ok_or_else(|| ApiError::bad_request("the body needs a \"data\" field (any JSON value)"))?;
+    if data.get().len() > state.max_payload_bytes {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("data is {} bytes; the limit is {}", data.get().len(), state.max_payload_bytes),
+        ));
+    }
+    if let Some(key) = &body.idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(ApiError::bad_request(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+        )));
+    }
+    if let Some(event_type) = &body.event_type
+        && (event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN)
+    {
+        return Err(ApiError::bad_request(format!("type must be 1 to {MAX_EVENT_TYPE_LEN} bytes")));
+    }
+    let published = state
+        .cluster
+        .publish(PublishCommand {
+            channel,
+            event_type: body.event_type,
+            data: data.get().to_string(),
+            publisher: claims.sub,
+            idempotency_key: body.idempotency_key,
+            time_ms: now_ms(),
+        })
+        .await?;
+    Ok(Json(PublishReply {
+        channel: published.channel.to_string(),
+        offset: published.offset,
+        epoch: published.epoch,
+        duplicate: published.duplicate,
+    })
+    .into_response())
+}
+
+#[derive(Serialize)]
+struct HistoryMessage<'a> {
+    offset: u64,
+    #[serde(rename = "type")]
+    event_type: Option<&'a str>,
+    data: &'a RawValue,
+    publisher: &'a str,
+    time: u64,
+}
+
+#[derive(Serialize)]
+struct HistoryReply<'a> {
+    channel: &'a str,
+    epoch: u64,
+    last_offset: u64,
+    first_retained: u64,
+    messages: Vec<HistoryMessage<'a>>,
+}
+
+fn query_number(query: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("query parameter {name}={text:?} is not a non-negative integer"))),
+    }
+}
+
+async fn history(
+    State(state): State<Shared>,
+    Path(channel): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = claims(&state, &headers)?;
+    let channel = ChannelName::new(channel)?;
+    state.auth.authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    let since = query_number(&query, "since", 0)?;
+    let limit = query_number(&query, "limit", DEFAULT_HISTORY_LIMIT as u64)?;
+    if limit == 0 || limit > MAX_HISTORY_LIMIT as u64 {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
+    }
+    let page = state.cluster.history(&channel, since, limit as usize).await?;
+    let mut messages = Vec::with_capacity(page.messages.len());
+    for m in &page.messages {
+        let data: &RawValue = serde_json::from_str(&m.data)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored event is not JSON: {e}")))?;
+        messages.push(HistoryMessage {
+            offset: m.offset,
+            event_type: m.event_type.as_deref(),
+            data,
+            publisher: &m.publisher,
+            time: m.time_ms,
+        });
+    }
+    Ok(Json(HistoryReply {
+        channel: channel.as_str(),
+        epoch: page.epoch,
+        last_offset: page.last_offset,
+        first_retained: page.first_retained,
+        messages,
+    })
+    .into_response())
+}

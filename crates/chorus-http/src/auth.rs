@@ -1,0 +1,217 @@
+//! Bearer-token authentication and role permissions for the HTTP API.
+//!
+//! Tokens are HS256 JWTs with the claims `sub`, `exp`, `roles` (and optionally `device`).
+//! Each role maps to channel patterns per operation; a request is allowed when any of the
+//! caller's roles has a pattern matching the channel.
+
+use chorus_core::{ChannelPattern, ErrorCode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The claims Chorus reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    /// The user.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Role names, looked up in the node's role table.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The device, when the client names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// What a role may do, compiled from configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RolePermissions {
+    /// Channels the role may publish to.
+    pub publish: Vec<ChannelPattern>,
+    /// Channels the role may read or subscribe to.
+    pub subscribe: Vec<ChannelPattern>,
+    /// Cluster administration.
+    pub admin: bool,
+}
+
+/// An operation checked against the role table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Publishing to a channel.
+    Publish,
+    /// Reading a channel's history or subscribing to it.
+    Subscribe,
+    /// Cluster administration.
+    Admin,
+}
+
+/// Why a request is not authorized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token (send 'Authorization: Bearer <jwt>')")]
+    Missing,
+    /// The token does not verify or has expired.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The token verifies but its roles do not allow the operation.
+    #[error("user {user:?} with roles {roles:?} may not {operation} {target}")]
+    Forbidden {
+        /// The token's subject.
+        user: String,
+        /// The token's roles.
+        roles: Vec<String>,
+        /// `publish to`, `read`, `administer`.
+        operation: &'static str,
+        /// The channel or `the cluster`.
+        target: String,
+    },
+}
+
+impl AuthError {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Missing | AuthError::Invalid(_) => ErrorCode::Unauthorized,
+            AuthError::Forbidden { .. } => ErrorCode::Forbidden,
+        }
+    }
+}
+
+/// Verifies tokens and checks permissions.
+#[derive(Clone)]
+pub struct Authenticator {
+    decoding: DecodingKey,
+    validation: Validation,
+    roles: BTreeMap<String, RolePermissions>,
+}
+
+impl Authenticator {
+    /// An authenticator for HS256 tokens signed with `secret`.
+    pub fn new(secret: &str, roles: BTreeMap<String, RolePermissions>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authenticator {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            roles,
+        }
+    }
+
+    /// Verifies the value of an `Authorization` header.
+    pub fn verify_header(&self, header: Option<&str>) -> Result<Claims, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?;
+        self.verify(token.trim())
+    }
+
+    /// Verifies a token.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Checks that `claims` allow `operation` on `channel` (ignored for [`Operation::Admin`]).
+    pub fn authorize(&self, claims: &Claims, operation: Operation, channel: &str) -> Result<(), AuthError> {
+        let allowed = claims.roles.iter().filter_map(|r| self.roles.get(r)).any(|role| match operation {
+            Operation::Publish => role.publish.iter().any(|p| p.matches(channel)),
+            Operation::Subscribe => role.subscribe.iter().any(|p| p.matches(channel)),
+            Operation::Admin => role.admin,
+        });
+        if allowed {
+            return Ok(());
+        }
+        let (operation, target) = match operation {
+            Operation::Publish => ("publish to", format!("channel {channel:?}")),
+            Operation::Subscribe => ("read", format!("channel {channel:?}")),
+            Operation::Admin => ("administer", "the cluster".to_string()),
+        };
+        Err(AuthError::Forbidden {
+            user: claims.sub.clone(),
+            roles: claims.roles.clone(),
+            operation,
+            target,
+        })
+    }
+}
+
+/// Mints an HS256 token (for `chorus token` and tests).
+pub fn mint_token(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-secret-0123456789";
+
+    fn authenticator() -> Authenticator {
+        let roles = BTreeMap::from([
+            (
+                "admin".to_string(),
+                RolePermissions {
+                    publish: vec![ChannelPattern::new(">").unwrap()],
+                    subscribe: vec![ChannelPattern::new(">").unwrap()],
+                    admin: true,
+                },
+            ),
+            (
+                "reader".to_string(),
+                RolePermissions {
+                    subscribe: vec![ChannelPattern::new("public.*").unwrap()],
+                    ..Default::default()
+                },
+            ),
+        ]);
+        Authenticator::new(SECRET, roles)
+    }
+
+    fn claims(roles: &[&str], exp: u64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            exp,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            device: None,
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn verifies_and_authorizes_by_role() {
+        let auth = authenticator();
+        let token = mint_token(SECRET, &claims(&["reader"], now() + 60)).unwrap();
+        let c = auth.verify_header(Some(&format!("Bearer {token}"))).unwrap();
+        assert!(auth.authorize(&c, Operation::Subscribe, "public.news").is_ok());
+        let denied = auth.authorize(&c, Operation::Publish, "public.news").unwrap_err();
+        assert_eq!(denied.code(), ErrorCode::Forbidden);
+        assert!(auth.authorize(&c, Operation::Admin, "").is_err());
+    }
+
+    #[test]
+    fn rejects_missing_bad_and_expired_tokens() {
+        let auth = authenticator();
+        assert_eq!(auth.verify_header(None), Err(AuthError::Missing));
+        assert!(matches!(auth.verify("garbage"), Err(AuthError::Invalid(_))));
+        let forged = mint_token("another-secret-0123456", &claims(&["admin"], now() + 60)).unwrap();
+        assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
+        let expired = mint_token(SECRET, &claims(&["admin"], now() - 600)).unwrap();
+        assert!(matches!(auth.verify(&expired), Err(AuthError::Invalid(_))));
+    }
+}

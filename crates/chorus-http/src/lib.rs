@@ -1,0 +1,22 @@
+//! The HTTP face of a Chorus node (axum): health, readiness, metrics, the REST API and the
+//! admin API. Handlers are thin: they check input and permissions, then call the
+//! [`chorus_cluster::ClusterNode`].
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | the process is alive |
+//! | `GET /ready` | 200 when member, every shard led, applied caught up; else 503 with the failing checks |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /api/v1/cluster` | cluster status (JSON) |
+//! | `POST /api/v1/cluster/join`, `/remove` | membership (admin or cluster secret) |
+//! | `POST /api/v1/channels/{channel}/publish` | publish, answered after commit |
+//! | `GET /api/v1/channels/{channel}/history` | read history (linearizable) |
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+
+pub use api::{HttpState, router};
+pub use auth::{Authenticator, Claims, RolePermissions, mint_token};
+pub use error::ApiError;

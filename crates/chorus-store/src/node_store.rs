@@ -1,0 +1,129 @@
+//! Opening a node's data directory and handing out per-shard stores.
+
+use crate::error::{StoreError, decode, encode};
+use crate::log_store::LogStore;
+use crate::state_machine::ShardStateMachine;
+use crate::syncer::{StoreMetrics, Syncer};
+use chorus_core::{HistoryLimits, ShardId};
+use std::path::{Path, PathBuf};
+
+/// The storage format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A node's storage: one sled database and the snapshot directory.
+#[derive(Clone)]
+pub struct NodeStore {
+    db: sled::Db,
+    syncer: Syncer,
+    snapshot_dir: PathBuf,
+}
+
+impl NodeStore {
+    /// Opens (or creates) the data directory of node `node_id` for `shard_count` shards.
+    /// Refuses a directory made for another node id, shard count or storage format.
+    pub fn open(
+        data_dir: &Path,
+        node_id: u64,
+        shard_count: u32,
+        metrics: StoreMetrics,
+    ) -> Result<NodeStore, StoreError> {
+        let sled_dir = data_dir.join("sled");
+        let snapshot_dir = data_dir.join("snapshots");
+        for dir in [data_dir, &snapshot_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                action: "creating directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = sled::Config::new().path(&sled_dir).open()?;
+        let meta = db.open_tree("node-meta")?;
+        check_or_record(&meta, "format_version", FORMAT_VERSION, |stored| StoreError::FormatMismatch {
+            stored,
+            supported: FORMAT_VERSION,
+        })?;
+        check_or_record(&meta, "node_id", node_id, |stored| StoreError::NodeIdMismatch {
+            stored,
+            configured: node_id,
+        })?;
+        check_or_record(&meta, "shard_count", shard_count, |stored| StoreError::ShardCountMismatch {
+            stored,
+            configured: shard_count,
+        })?;
+        let syncer = Syncer::start(db.clone(), sled_dir, metrics)?;
+        let store = NodeStore {
+            db,
+            syncer,
+            snapshot_dir,
+        };
+        // Make the identity records durable before anything depends on them.
+        futures::executor::block_on(store.syncer.flush()).map_err(|source| StoreError::Io {
+            action: "syncing",
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        Ok(store)
+    }
+
+    /// The log store of `shard`.
+    pub fn log_store(&self, shard: ShardId) -> Result<LogStore, StoreError> {
+        LogStore::open(&self.db, shard, self.syncer.clone())
+    }
+
+    /// The state machine of `shard` (empty until openraft installs its snapshot and
+    /// re-applies the log).
+    pub fn state_machine(&self, shard: ShardId, limits: HistoryLimits) -> ShardStateMachine {
+        ShardStateMachine::new(shard, limits, self.snapshot_dir.clone())
+    }
+
+    /// The group-commit syncer.
+    pub fn syncer(&self) -> &Syncer {
+        &self.syncer
+    }
+
+    /// Completes pending syncs and stops the syncer thread.
+    pub fn close(&self) {
+        self.syncer.stop();
+    }
+}
+
+fn check_or_record<T>(
+    meta: &sled::Tree,
+    key: &str,
+    configured: T,
+    mismatch: impl FnOnce(T) -> StoreError,
+) -> Result<(), StoreError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Copy,
+{
+    match meta.get(key)? {
+        Some(bytes) => {
+            let stored: T = decode("node metadata", &bytes)?;
+            if stored != configured {
+                return Err(mismatch(stored));
+            }
+        }
+        None => {
+            meta.insert(key, encode(&configured))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_other_shard_count_and_node_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(dir.path(), 1, 12, StoreMetrics::default()).unwrap();
+        store.close();
+        drop(store);
+        let err = NodeStore::open(dir.path(), 1, 8, StoreMetrics::default()).err().unwrap();
+        assert!(matches!(err, StoreError::ShardCountMismatch { stored: 12, configured: 8 }), "{err}");
+        let err = NodeStore::open(dir.path(), 2, 12, StoreMetrics::default()).err().unwrap();
+        assert!(matches!(err, StoreError::NodeIdMismatch { stored: 1, configured: 2 }), "{err}");
+        assert!(NodeStore::open(dir.path(), 1, 12, StoreMetrics::default()).is_ok());
+    }
+}

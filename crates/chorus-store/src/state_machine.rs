@@ -1,0 +1,242 @@
+//! The state machine of one shard: [`ShardState`] in memory, persisted as snapshot files.
+//!
+//! openraft restores it on start by installing the last snapshot and re-applying the
+//! committed log after it (`save_committed` makes that log known). Readers of history go
+//! through a [`ShardReader`], which shares the state behind a lock that is never held
+//! across an `.await`.
+
+use crate::error::{StoreError, decode, encode};
+use crate::types::{ShardResponse, TypeConfig};
+use chorus_core::{ApplyContext, ChannelName, HistoryLimits, HistoryPage, ShardId, ShardState};
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use serde::{Deserialize, Serialize};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// What is applied, shared with readers.
+#[derive(Debug, Default)]
+struct Applied {
+    state: ShardState,
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    last_membership: StoredMembershipOf<TypeConfig>,
+}
+
+/// A snapshot file: metadata plus the encoded [`ShardState`].
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: Vec<u8>,
+}
+
+struct Shared {
+    shard: ShardId,
+    applied: RwLock<Applied>,
+    snapshot_path: PathBuf,
+    /// Serializes snapshot file writes (builder and install may race).
+    snapshot_write: std::sync::Mutex<()>,
+}
+
+/// The openraft state machine of one shard. Cloning shares it.
+#[derive(Clone)]
+pub struct ShardStateMachine {
+    shared: Arc<Shared>,
+}
+
+/// A read-only view of a shard's applied state, for serving history.
+#[derive(Clone)]
+pub struct ShardReader {
+    shared: Arc<Shared>,
+}
+
+impl ShardReader {
+    /// Events of `channel` after `since`, at most `limit`.
+    pub fn history(&self, channel: &ChannelName, since: u64, limit: usize) -> HistoryPage {
+        self.shared.applied.read().expect("state lock poisoned").state.history(channel, since, limit)
+    }
+
+    /// The index of the last applied entry (0 when none).
+    pub fn applied_index(&self) -> u64 {
+        let applied = self.shared.applied.read().expect("state lock poisoned");
+        applied.last_applied.as_ref().map_or(0, |id| id.index)
+    }
+
+    /// The replicated cluster id (recorded in shard 0).
+    pub fn cluster_id(&self) -> Option<String> {
+        let applied = self.shared.applied.read().expect("state lock poisoned");
+        applied.state.cluster_id().map(str::to_string)
+    }
+
+    /// The replicated history limits.
+    pub fn limits(&self) -> HistoryLimits {
+        self.shared.applied.read().expect("state lock poisoned").state.limits()
+    }
+
+    /// The shard read.
+    pub fn shard(&self) -> ShardId {
+        self.shared.shard
+    }
+}
+
+impl ShardStateMachine {
+    pub(crate) fn new(shard: ShardId, limits: HistoryLimits, snapshot_dir: PathBuf) -> Self {
+        ShardStateMachine {
+            shared: Arc::new(Shared {
+                shard,
+                applied: RwLock::new(Applied {
+                    state: ShardState::new(limits),
+                    ..Default::default()
+                }),
+                snapshot_path: snapshot_dir.join(format!("shard-{}.snap", shard.0)),
+                snapshot_write: std::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// A reader sharing this state machine's state.
+    pub fn reader(&self) -> ShardReader {
+        ShardReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StoreError> {
+        match std::fs::read(&self.shared.snapshot_path) {
+            Ok(bytes) => Ok(Some(decode("snapshot file", &bytes)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io {
+                action: "reading snapshot",
+                path: self.shared.snapshot_path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the snapshot durably: temp file, fsync, rename, fsync of the directory.
+    fn write_snapshot_file(&self, file: &SnapshotFile) -> Result<(), StoreError> {
+        let _guard = self.shared.snapshot_write.lock().expect("snapshot lock poisoned");
+        let path = &self.shared.snapshot_path;
+        let tmp = path.with_extension("snap.tmp");
+        let io = |action, source| StoreError::Io {
+            action,
+            path: tmp.clone(),
+            source,
+        };
+        let mut out = std::fs::File::create(&tmp).map_err(|e| io("creating snapshot", e))?;
+        out.write_all(&encode(file)).map_err(|e| io("writing snapshot", e))?;
+        out.sync_all().map_err(|e| io("fsyncing snapshot", e))?;
+        drop(out);
+        std::fs::rename(&tmp, path).map_err(|e| io("renaming snapshot", e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("fsyncing snapshot directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        let (meta, data) = {
+            let applied = self.shared.applied.read().expect("state lock poisoned");
+            let meta = SnapshotMetaOf::<TypeConfig> {
+                last_log_id: applied.last_applied.clone(),
+                last_membership: applied.last_membership.clone(),
+            };
+            (meta, encode(&applied.state))
+        };
+        let this = self.clone();
+        let file = SnapshotFile { meta, data };
+        let file = tokio::task::spawn_blocking(move || this.write_snapshot_file(&file).map(|_| file))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta: file.meta,
+            snapshot: file.data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let applied = self.shared.applied.read().expect("state lock poisoned");
+        Ok((applied.last_applied.clone(), applied.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let response = {
+                let mut applied = self.shared.applied.write().expect("state lock poisoned");
+                applied.last_applied = Some(entry.log_id.clone());
+                match &entry.payload {
+                    EntryPayload::Blank => ShardResponse::default(),
+                    EntryPayload::Normal(request) => {
+                        let ctx = ApplyContext {
+                            log_index: entry.log_id.index,
+                        };
+                        ShardResponse(applied.state.apply_batch(ctx, &request.0))
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                        ShardResponse::default()
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let state: ShardState = decode("snapshot state", &snapshot).map_err(io::Error::from)?;
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_snapshot_file(&file))
+            .await
+            .map_err(io::Error::other)??;
+        let mut applied = self.shared.applied.write().expect("state lock poisoned");
+        applied.state = state;
+        applied.last_applied = meta.last_log_id.clone();
+        applied.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+        let this = self.clone();
+        let file = tokio::task::spawn_blocking(move || this.read_snapshot_file())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(file.map(|file| SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta: file.meta,
+            snapshot: file.data,
+        }))
+    }
+}

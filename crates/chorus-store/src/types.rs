@@ -1,0 +1,43 @@
+//! The openraft type configuration shared by storage and the cluster.
+
+use chorus_core::{Command, CommandResult};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The payload of a normal Raft entry: commands applied in order (proposal batching puts
+/// many client writes in one entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRequest(pub Vec<Command>);
+
+impl fmt::Display for ShardRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShardRequest({} commands)", self.0.len())
+    }
+}
+
+/// One result per command of the applied [`ShardRequest`] (empty for blank and membership
+/// entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardResponse(pub Vec<CommandResult>);
+
+/// A cluster member as Raft knows it: where its node-to-node endpoint listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChorusNode {
+    /// `host:port` of the gRPC (Raft) endpoint.
+    pub raft_addr: String,
+}
+
+impl fmt::Display for ChorusNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raft_addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The Raft types of every Chorus shard group.
+    pub TypeConfig:
+        D = ShardRequest,
+        R = ShardResponse,
+        NodeId = u64,
+        Node = ChorusNode,
+);

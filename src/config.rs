@@ -1,0 +1,345 @@
+//! Typed, validated node configuration.
+//!
+//! Values come from, in rising precedence: built-in defaults, a TOML file (`--config`),
+//! `CHORUS_*` environment variables, and command-line flags. Everything is checked once at
+//! start; an error names the field at fault. `cluster/chorus.example.toml` documents each key.
+
+use anyhow::{Context, Result, bail};
+use chorus_core::{ChannelPattern, HistoryLimits};
+use clap::Args;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags of `chorus node` (each also settable as `CHORUS_<NAME>` and in the TOML file).
+#[derive(Debug, Clone, Default, Args)]
+pub struct NodeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "CHORUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "CHORUS_ID")]
+    pub id: Option<u64>,
+    /// Where this node keeps its data.
+    #[arg(long, env = "CHORUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (API, /health, /ready, /metrics).
+    #[arg(long, env = "CHORUS_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Node-to-node (Raft, gRPC) listen address; also how peers reach this node.
+    #[arg(long, env = "CHORUS_RAFT")]
+    pub raft: Option<SocketAddr>,
+    /// QUIC listen address for clients.
+    #[arg(long, env = "CHORUS_QUIC")]
+    pub quic: Option<SocketAddr>,
+    /// The initial voters: `1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103`.
+    #[arg(long, env = "CHORUS_PEERS")]
+    pub peers: Option<String>,
+    /// Join a running cluster through a member's HTTP URL instead of bootstrapping.
+    #[arg(long, env = "CHORUS_JOIN")]
+    pub join: Option<String>,
+    /// Shared secret that nodes of one cluster use to authenticate each other.
+    #[arg(long, env = "CHORUS_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// HS256 secret that signs client tokens.
+    #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Number of shards; fixed when the cluster is created.
+    #[arg(long, env = "CHORUS_SHARDS")]
+    pub shards: Option<u32>,
+}
+
+/// The `[history]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Most events kept per channel.
+    pub max_entries: u64,
+    /// Oldest event kept, in seconds.
+    pub max_age_secs: u64,
+    /// How long an idempotency key is remembered, in seconds.
+    pub dedupe_window_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        let limits = HistoryLimits::default();
+        HistoryConfig {
+            max_entries: limits.max_entries,
+            max_age_secs: limits.max_age_ms / 1000,
+            dedupe_window_secs: limits.dedupe_window_ms / 1000,
+        }
+    }
+}
+
+/// The `[raft]` table: timing of every shard group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout, ms.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout, ms.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept after a snapshot (for followers that are a little behind).
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 60,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 5_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// What a role may do: channel patterns per operation.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    /// Channels this role may publish to.
+    pub publish: Vec<String>,
+    /// Channels whose history this role may read (and, later, subscribe to).
+    pub subscribe: Vec<String>,
+    /// Cluster administration (join, remove, status).
+    pub admin: bool,
+}
+
+/// The TOML file: every key optional; flags and env override it.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    raft: Option<SocketAddr>,
+    quic: Option<SocketAddr>,
+    peers: Option<BTreeMap<String, String>>,
+    join: Option<String>,
+    cluster_secret: Option<String>,
+    jwt_secret: Option<String>,
+    shards: Option<u32>,
+    max_payload_bytes: Option<usize>,
+    history: Option<HistoryConfig>,
+    raft_timing: Option<RaftTiming>,
+    roles: Option<BTreeMap<String, RoleConfig>>,
+}
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node id.
+    pub id: u64,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// gRPC listen address.
+    pub raft: SocketAddr,
+    /// QUIC listen address (the client protocol lands in a later release).
+    pub quic: SocketAddr,
+    /// Initial voters by id (empty when joining).
+    pub peers: BTreeMap<u64, String>,
+    /// A member's HTTP URL to join through.
+    pub join: Option<String>,
+    /// Node-to-node secret.
+    pub cluster_secret: String,
+    /// Client token secret.
+    pub jwt_secret: String,
+    /// Shard count.
+    pub shards: u32,
+    /// Largest accepted event payload, bytes.
+    pub max_payload_bytes: usize,
+    /// History retention.
+    pub history: HistoryConfig,
+    /// Raft timing.
+    pub raft_timing: RaftTiming,
+    /// Role name to permissions.
+    pub roles: BTreeMap<String, RoleConfig>,
+}
+
+/// The shipped roles: `admin` may do everything.
+pub fn default_roles() -> BTreeMap<String, RoleConfig> {
+    BTreeMap::from([(
+        "admin".to_string(),
+        RoleConfig {
+            publish: vec![">".into()],
+            subscribe: vec![">".into()],
+            admin: true,
+        },
+    )])
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("`peers`: {item:?} is not of the form <id>=<host:port>"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("`peers`: {id:?} is not a node id (a positive integer)"))?;
+        peers.insert(id, addr.trim().to_string());
+    }
+    Ok(peers)
+}
+
+impl NodeConfig {
+    /// Merges defaults, the file, the environment and the flags, then validates.
+    pub fn load(args: &NodeArgs) -> Result<NodeConfig> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let peers = match (&args.peers, &file.peers) {
+            (Some(text), _) => parse_peers(text)?,
+            (None, Some(table)) => {
+                let mut peers = BTreeMap::new();
+                for (id, addr) in table {
+                    let id: u64 = id.parse().with_context(|| {
+                        format!("`peers`: key {id:?} is not a node id (a positive integer)")
+                    })?;
+                    peers.insert(id, addr.clone());
+                }
+                peers
+            }
+            (None, None) => BTreeMap::new(),
+        };
+        let config = NodeConfig {
+            id: args.id.or(file.id).context("`id` is required (--id or CHORUS_ID)")?,
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .context("`data_dir` is required (--data-dir or CHORUS_DATA_DIR)")?,
+            http: args.http.or(file.http).unwrap_or(([127, 0, 0, 1], 7001).into()),
+            raft: args.raft.or(file.raft).unwrap_or(([127, 0, 0, 1], 7101).into()),
+            quic: args.quic.or(file.quic).unwrap_or(([127, 0, 0, 1], 7201).into()),
+            peers,
+            join: args.join.clone().or(file.join),
+            cluster_secret: args
+                .cluster_secret
+                .clone()
+                .or(file.cluster_secret)
+                .context("`cluster_secret` is required (--cluster-secret or CHORUS_CLUSTER_SECRET)")?,
+            jwt_secret: args
+                .jwt_secret
+                .clone()
+                .or(file.jwt_secret)
+                .context("`jwt_secret` is required (--jwt-secret or CHORUS_JWT_SECRET)")?,
+            shards: args.shards.or(file.shards).unwrap_or(12),
+            max_payload_bytes: file.max_payload_bytes.unwrap_or(64 * 1024),
+            history: file.history.unwrap_or_default(),
+            raft_timing: file.raft_timing.unwrap_or_default(),
+            roles: file.roles.unwrap_or_else(default_roles),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; the error names the one at fault.
+    pub fn validate(&self) -> Result<()> {
+        if self.id == 0 {
+            bail!("`id` must be a positive integer, got 0");
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            bail!("`shards` must be between 1 and 1024, got {}", self.shards);
+        }
+        if self.cluster_secret.len() < 8 {
+            bail!("`cluster_secret` must be at least 8 characters long");
+        }
+        if self.jwt_secret.len() < 16 {
+            bail!("`jwt_secret` must be at least 16 characters long (it signs HS256 tokens)");
+        }
+        match (&self.join, self.peers.is_empty()) {
+            (Some(_), false) => bail!("`join` and `peers` exclude each other: a node either bootstraps with peers or joins a running cluster"),
+            (None, true) => bail!("`peers` is required unless `join` is given, e.g. --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"),
+            _ => {}
+        }
+        for (id, addr) in &self.peers {
+            if *id == 0 {
+                bail!("`peers`: node ids must be positive, got 0");
+            }
+            if addr.parse::<SocketAddr>().is_err() {
+                bail!("`peers`: node {id}'s address {addr:?} is not an ip:port address");
+            }
+        }
+        if !self.peers.is_empty() {
+            match self.peers.get(&self.id) {
+                None => bail!(
+                    "`peers` does not list this node's id {}; it lists {:?}",
+                    self.id,
+                    self.peers.keys().collect::<Vec<_>>()
+                ),
+                Some(addr) if addr.parse::<SocketAddr>().ok() != Some(self.raft) => bail!(
+                    "`peers` gives node {} the address {addr}, but `raft` is {}",
+                    self.id,
+                    self.raft
+                ),
+                Some(_) => {}
+            }
+        }
+        if let Some(url) = &self.join
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("`join` must be a member's HTTP URL (http://host:port), got {url:?}");
+        }
+        if self.max_payload_bytes == 0 {
+            bail!("`max_payload_bytes` must be positive");
+        }
+        if self.history.max_entries == 0 {
+            bail!("`history.max_entries` must be positive");
+        }
+        let t = &self.raft_timing;
+        if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms {
+            bail!("`raft_timing.election_timeout_min_ms` must exceed `raft_timing.heartbeat_ms` (> 0)");
+        }
+        if t.snapshot_every_entries == 0 {
+            bail!("`raft_timing.snapshot_every_entries` must be positive");
+        }
+        if t.election_timeout_max_ms <= t.election_timeout_min_ms {
+            bail!("`raft_timing.election_timeout_max_ms` must exceed `raft_timing.election_timeout_min_ms`");
+        }
+        for (name, role) in &self.roles {
+            for (field, patterns) in [("publish", &role.publish), ("subscribe", &role.subscribe)] {
+                for pattern in patterns {
+                    ChannelPattern::new(pattern.clone())
+                        .with_context(|| format!("`roles.{name}.{field}`"))?;
+                }
+            }
+        }
+        let addrs = [("http", self.http), ("raft", self.raft), ("quic", self.quic)];
+        for (i, (a, x)) in addrs.iter().enumerate() {
+            for (b, y) in &addrs[i + 1..] {
+                if x == y && *a != "quic" && *b != "quic" {
+                    bail!("`{a}` and `{b}` are both {x}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The replicated history limits these settings ask for.
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_entries: self.history.max_entries,
+            max_age_ms: self.history.max_age_secs.saturating_mul(1000),
+            dedupe_window_ms: self.history.dedupe_window_secs.saturating_mul(1000),
+        }
+    }
+}

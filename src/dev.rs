@@ -1,0 +1,131 @@
+//! `chorus dev`: a local 3-node cluster as child processes, for trying Chorus out.
+
+use crate::cli::{DevArgs, mint};
+use anyhow::{Context, Result, bail};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEV_CLUSTER_SECRET: &str = "chorus-dev-cluster-secret";
+const DEV_JWT_SECRET: &str = "chorus-dev-jwt-secret-change-me";
+
+struct Children(Vec<(u64, Child)>);
+
+impl Children {
+    fn stop(&mut self) {
+        for (_, child) in &mut self.0 {
+            // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        for (id, child) in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    _ => {
+                        eprintln!("node {id} did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts three nodes, waits until they are ready, prints how to connect, runs until Ctrl-C.
+pub async fn run(args: DevArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the chorus executable")?;
+    let cluster_secret = args.cluster_secret.unwrap_or_else(|| DEV_CLUSTER_SECRET.to_string());
+    let jwt_secret = args.jwt_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string());
+    let port = |offset: u16, n: u64| args.base_port + offset + (n as u16 - 1);
+    let peers: Vec<String> = (1..=3).map(|n| format!("{n}=127.0.0.1:{}", port(100, n))).collect();
+    let peers = peers.join(",");
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let mut children = Children(Vec::new());
+    for n in 1..=3u64 {
+        let dir = args.data_dir.join(format!("node{n}"));
+        let log_path = args.data_dir.join(format!("node{n}.log"));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .arg("node")
+            .args(["--id", &n.to_string()])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--http", &format!("127.0.0.1:{}", port(0, n))])
+            .args(["--raft", &format!("127.0.0.1:{}", port(100, n))])
+            .args(["--quic", &format!("127.0.0.1:{}", port(200, n))])
+            .args(["--peers", &peers])
+            .env("CHORUS_CLUSTER_SECRET", &cluster_secret)
+            .env("CHORUS_JWT_SECRET", &jwt_secret)
+            .env_remove("CHORUS_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {n}"))?;
+        children.0.push((n, child));
+    }
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 1..=3u64 {
+        let url = format!("http://127.0.0.1:{}/ready", port(0, n));
+        loop {
+            if let Some((_, child)) = children.0.iter_mut().find(|(id, _)| *id == n)
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                bail!(
+                    "node {n} exited ({status}); see {}",
+                    args.data_dir.join(format!("node{n}.log")).display()
+                );
+            }
+            if let Ok(r) = client.get(&url).timeout(Duration::from_secs(1)).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node {n} was not ready within 60 s; see {}", args.data_dir.join(format!("node{n}.log")).display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let token = mint(&jwt_secret, "dev", &["admin".to_string()], Duration::from_secs(24 * 3600), None)?;
+    println!("Chorus dev cluster is ready: 3 nodes, data under {}\n", args.data_dir.display());
+    for n in 1..=3u64 {
+        println!(
+            "  node {n}: http://127.0.0.1:{}  (raft 127.0.0.1:{}, quic 127.0.0.1:{}, log {})",
+            port(0, n),
+            port(100, n),
+            port(200, n),
+            args.data_dir.join(format!("node{n}.log")).display()
+        );
+    }
+    println!("\nAdmin token (24 h):\n  export CHORUS_TOKEN={token}\n");
+    println!("Try:");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $CHORUS_TOKEN\" -d '{{\"data\":{{\"text\":\"hello\"}}}}' http://127.0.0.1:{}/api/v1/channels/chat.lobby/publish",
+        port(0, 1)
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $CHORUS_TOKEN\" http://127.0.0.1:{}/api/v1/channels/chat.lobby/history",
+        port(0, 2)
+    );
+    println!("  chorus cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)", port(0, 3));
+    println!("\nCtrl-C stops the cluster.");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    println!("\nstopping...");
+    children.stop();
+    println!("stopped.");
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! `chorus`: the one binary. `chorus node` runs a cluster node; `chorus dev` a local
+//! 3-node cluster; `chorus token` mints a client token; `chorus cluster` administers.
+
+mod cli;
+mod config;
+mod dev;
+mod node;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

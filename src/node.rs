@@ -1,0 +1,166 @@
+//! `chorus node`: wires storage, the cluster core, the gRPC server and the HTTP server.
+
+use crate::config::NodeConfig;
+use anyhow::{Context, Result, bail};
+use chorus_cluster::service::ClusterService;
+use chorus_cluster::{ClusterConfig, ClusterMetrics, ClusterNode};
+use chorus_core::ChannelPattern;
+use chorus_http::metrics::HttpMetrics;
+use chorus_http::{Authenticator, HttpState, RolePermissions};
+use chorus_store::{NodeStore, StoreMetrics};
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions>> {
+    let compile = |patterns: &[String]| -> Result<Vec<ChannelPattern>> {
+        patterns.iter().map(|p| Ok(ChannelPattern::new(p.clone())?)).collect()
+    };
+    config
+        .roles
+        .iter()
+        .map(|(name, role)| {
+            Ok((
+                name.clone(),
+                RolePermissions {
+                    publish: compile(&role.publish)?,
+                    subscribe: compile(&role.subscribe)?,
+                    admin: role.admin,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> Result<()> {
+    init_tracing();
+    let raft_listener = TcpListener::bind(config.raft)
+        .await
+        .with_context(|| format!("`raft`: cannot listen on {}", config.raft))?;
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("`http`: cannot listen on {}", config.http))?;
+
+    let mut registry = Registry::default();
+    let store_metrics = StoreMetrics::default();
+    store_metrics.register(&mut registry);
+    let cluster_metrics = ClusterMetrics::default();
+    cluster_metrics.register(&mut registry);
+    let http_metrics = HttpMetrics::default();
+    http_metrics.register(&mut registry);
+
+    let store = NodeStore::open(&config.data_dir, config.id, config.shards, store_metrics)
+        .with_context(|| format!("refusing to start on data directory {}", config.data_dir.display()))?;
+    let cluster = ClusterNode::start(
+        ClusterConfig {
+            node_id: config.id,
+            raft_addr: config.raft,
+            http_addr: config.http,
+            shard_count: config.shards,
+            peers: config.peers.clone(),
+            cluster_secret: config.cluster_secret.clone(),
+            limits: config.history_limits(),
+            heartbeat_ms: config.raft_timing.heartbeat_ms,
+            election_timeout_ms: (
+                config.raft_timing.election_timeout_min_ms,
+                config.raft_timing.election_timeout_max_ms,
+            ),
+            snapshot_every_entries: config.raft_timing.snapshot_every_entries,
+            logs_kept_after_snapshot: config.raft_timing.logs_kept_after_snapshot,
+        },
+        store,
+        cluster_metrics,
+    )
+    .await?;
+
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(ClusterService::server(cluster.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(raft_listener));
+    let grpc_task = tokio::spawn(grpc);
+
+    if let Err(e) = cluster.check_peers(Duration::from_secs(2)).await {
+        cluster.shutdown().await;
+        bail!("refusing to start: {e}");
+    }
+
+    let state = Arc::new(HttpState {
+        cluster: cluster.clone(),
+        auth: Authenticator::new(&config.jwt_secret, compile_roles(&config)?),
+        registry,
+        max_payload_bytes: config.max_payload_bytes,
+    });
+    let app = chorus_http::router(state, http_metrics);
+    let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
+    tracing::info!(
+        node = config.id,
+        http = %config.http,
+        raft = %config.raft,
+        shards = config.shards,
+        data_dir = %config.data_dir.display(),
+        "chorus node started"
+    );
+
+    if let Some(url) = &config.join {
+        let cluster = cluster.clone();
+        let url = url.clone();
+        let id = config.id;
+        let raft_addr = config.raft.to_string();
+        tokio::spawn(async move { join(url, id, raft_addr, cluster).await });
+    }
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    http_task.abort();
+    cluster.shutdown().await;
+    grpc_task.abort();
+    Ok(())
+}
+
+/// Asks a member to add this node to every shard, retrying until it succeeds.
+async fn join(url: String, id: u64, raft_addr: String, cluster: ClusterNode) {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/api/v1/cluster/join", url.trim_end_matches('/'));
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let response = client
+            .post(&endpoint)
+            .header(chorus_cluster::auth::AUTH_HEADER, cluster.secret_proof())
+            .json(&serde_json::json!({ "id": id, "raft_addr": raft_addr }))
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(via = %url, "joined the cluster as a voter of every shard");
+                return;
+            }
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                tracing::error!(via = %url, %status, %text, "join refused; retrying");
+            }
+            Err(e) => tracing::warn!(via = %url, error = %e, "join request failed; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
