@@ -8,6 +8,27 @@ use std::time::{Duration, Instant};
 const DEV_CLUSTER_SECRET: &str = "chorus-dev-cluster-secret";
 const DEV_JWT_SECRET: &str = "chorus-dev-jwt-secret-change-me";
 
+/// Makes a child process receive SIGTERM when this process dies, even by SIGKILL.
+pub trait DieWithParent {
+    /// Sets the parent-death signal of the child to SIGTERM.
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches only the child being created.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
 struct Children(Vec<(u64, Child)>);
 
 impl Children {
@@ -72,6 +93,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .die_with_parent()
             .spawn()
             .with_context(|| format!("starting node {n}"))?;
         children.0.push((n, child));
@@ -123,7 +145,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     );
     println!("  chorus cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)", port(0, 3));
     println!("\nCtrl-C stops the cluster.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    crate::node::shutdown_signal().await;
     println!("\nstopping...");
     children.stop();
     println!("stopped.");

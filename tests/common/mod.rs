@@ -1,0 +1,436 @@
+//! The shared harness of the process-level tests: real `chorus` processes on loopback.
+//!
+//! ```text
+//!  TestCluster::builder().nodes(3).config(toml).start()
+//!     ├─ node 1: target/debug/chorus node --id 1 --peers ... (log: <dir>/node1.log)
+//!     ├─ node 2
+//!     └─ node 3
+//!  kill(n) = SIGKILL · pause(n) = SIGSTOP · restart(n) · publish/history over HTTP
+//! ```
+//! Waits are on conditions (readiness, applied indexes) with deadlines, never fixed sleeps.
+
+#![allow(dead_code)]
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CLUSTER_SECRET: &str = "test-cluster-secret";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
+
+/// A port free on loopback at the time of asking.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Mints a token for `sub` with `roles`.
+pub fn token(sub: &str, roles: &[&str]) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = json!({"sub": sub, "exp": exp, "roles": roles});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Polls `condition` until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node's addresses and process.
+pub struct TestNode {
+    pub id: u64,
+    pub http: SocketAddr,
+    pub raft: SocketAddr,
+    pub quic: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+    pub cluster_secret: String,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Builds a [`TestCluster`].
+pub struct Builder {
+    nodes: u64,
+    shards: u32,
+    config: String,
+    root: Option<PathBuf>,
+}
+
+impl Builder {
+    pub fn nodes(mut self, n: u64) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn shards(mut self, n: u32) -> Self {
+        self.shards = n;
+        self
+    }
+
+    /// Extra TOML for every node's config file (e.g. `[raft_timing]` settings).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = toml.to_string();
+        self
+    }
+
+    /// Put the data directories under `root` (e.g. a lazyfs mount) instead of a temp dir.
+    pub fn data_root(mut self, root: &Path) -> Self {
+        self.root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Starts the nodes and waits until every one is ready.
+    pub async fn start(self) -> Result<TestCluster> {
+        let cluster = self.spawn()?;
+        cluster.wait_all_ready(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Starts the nodes without waiting.
+    pub fn spawn(self) -> Result<TestCluster> {
+        let dir = tempfile::tempdir()?;
+        let root = self.root.clone().unwrap_or_else(|| dir.path().to_path_buf());
+        let mut nodes = BTreeMap::new();
+        for id in 1..=self.nodes {
+            nodes.insert(id, new_node(id, &root, dir.path()));
+        }
+        let peers = peers_arg(&nodes);
+        let config_path = dir.path().join("extra.toml");
+        std::fs::write(&config_path, &self.config)?;
+        let mut cluster = TestCluster {
+            dir,
+            nodes,
+            peers,
+            shards: self.shards,
+            config_path,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            token: token("tester", &["admin"]),
+        };
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+}
+
+fn new_node(id: u64, root: &Path, logs: &Path) -> TestNode {
+    TestNode {
+        id,
+        http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        raft: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        quic: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        data_dir: root.join(format!("node{id}")),
+        log: logs.join(format!("node{id}.log")),
+        extra_args: Vec::new(),
+        cluster_secret: CLUSTER_SECRET.to_string(),
+        child: None,
+    }
+}
+
+fn peers_arg(nodes: &BTreeMap<u64, TestNode>) -> String {
+    nodes.values().map(|n| format!("{}={}", n.id, n.raft)).collect::<Vec<_>>().join(",")
+}
+
+/// Real chorus nodes on loopback; killed when dropped.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, TestNode>,
+    pub peers: String,
+    pub shards: u32,
+    config_path: PathBuf,
+    pub client: reqwest::Client,
+    pub token: String,
+}
+
+pub fn builder() -> Builder {
+    Builder {
+        nodes: 3,
+        shards: 12,
+        config: String::new(),
+        root: None,
+    }
+}
+
+/// The chorus binary under test.
+pub fn chorus_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chorus")
+}
+
+impl TestCluster {
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[&id]
+    }
+
+    pub fn url(&self, id: u64) -> String {
+        self.node(id).url()
+    }
+
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The command line that starts node `id` (bootstrapping with the cluster's peers).
+    pub fn node_command(&self, id: u64) -> Command {
+        let node = self.node(id);
+        let mut cmd = Command::new(chorus_bin());
+        cmd.arg("node")
+            .args(["--config", self.config_path.to_str().unwrap()])
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--http", &node.http.to_string()])
+            .args(["--raft", &node.raft.to_string()])
+            .args(["--quic", &node.quic.to_string()])
+            .args(["--shards", &self.shards.to_string()])
+            .env("CHORUS_CLUSTER_SECRET", &node.cluster_secret)
+            .env("CHORUS_JWT_SECRET", JWT_SECRET)
+            .env("CHORUS_LOG", "info")
+            .stdin(Stdio::null());
+        if node.extra_args.iter().any(|a| a == "--join") {
+            cmd.args(&node.extra_args);
+        } else {
+            cmd.args(["--peers", &self.peers]).args(&node.extra_args);
+        }
+        // SAFETY: prctl only affects the child being created.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Starts node `id`, appending to its log.
+    pub fn start_node(&mut self, id: u64) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(id).log)?;
+        let child = self
+            .node_command(id)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning chorus")?;
+        self.nodes.get_mut(&id).unwrap().child = Some(child);
+        Ok(())
+    }
+
+    /// Adds node `id` that joins through node `via`'s HTTP API (not started yet).
+    pub fn add_joining_node(&mut self, id: u64, via: u64) {
+        let root = self.node(via).data_dir.parent().unwrap().to_path_buf();
+        let mut node = new_node(id, &root, self.dir.path());
+        node.extra_args = vec!["--join".into(), self.url(via)];
+        self.nodes.insert(id, node);
+    }
+
+    /// Sends `signal` to node `id`.
+    pub fn signal(&self, id: u64, signal: libc::c_int) {
+        if let Some(pid) = self.node(id).pid() {
+            // SAFETY: kill(2) on a child we spawned.
+            unsafe {
+                libc::kill(pid as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        self.signal(id, libc::SIGKILL);
+        if let Some(mut child) = self.nodes.get_mut(&id).unwrap().child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `id` and waits for it to exit.
+    pub fn stop(&mut self, id: u64) -> Result<std::process::ExitStatus> {
+        self.signal(id, libc::SIGTERM);
+        let mut child = self.nodes.get_mut(&id).unwrap().child.take().context("not running")?;
+        Ok(child.wait()?)
+    }
+
+    /// Waits for node `id` to exit by itself (e.g. refusing to start) and returns its log.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<(std::process::ExitStatus, String)> {
+        let deadline = Instant::now() + timeout;
+        let child = self.nodes.get_mut(&id).unwrap().child.as_mut().context("not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.nodes.get_mut(&id).unwrap().child = None;
+                return Ok((status, self.log(id)));
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub async fn is_ready(&self, id: u64) -> bool {
+        matches!(self.client.get(format!("{}/ready", self.url(id))).timeout(Duration::from_secs(2)).send().await,
+            Ok(r) if r.status().is_success())
+    }
+
+    pub async fn wait_ready(&self, id: u64, timeout: Duration) -> Result<()> {
+        wait_for(&format!("node {id} /ready"), timeout, || async { self.is_ready(id).await.then_some(()) })
+            .await
+            .with_context(|| format!("log of node {id}:\n{}", tail(&self.log(id), 40)))
+    }
+
+    pub async fn wait_all_ready(&self, timeout: Duration) -> Result<()> {
+        for id in self.running() {
+            self.wait_ready(id, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Ids of nodes whose process is running.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    /// `GET /api/v1/cluster` of node `id`.
+    pub async fn status(&self, id: u64) -> Result<Value> {
+        let r = self
+            .client
+            .get(format!("{}/api/v1/cluster", self.url(id)))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        Ok(r.error_for_status()?.json().await?)
+    }
+
+    /// Publishes; `Ok(reply)` on success, `Err` with status and body otherwise.
+    pub async fn publish(&self, id: u64, channel: &str, data: Value, key: Option<&str>) -> Result<Value> {
+        let mut body = json!({"data": data, "type": "test"});
+        if let Some(key) = key {
+            body["idempotency_key"] = json!(key);
+        }
+        self.publish_raw(id, channel, &body.to_string(), &self.token).await
+    }
+
+    /// Publishes a raw body with `token`.
+    pub async fn publish_raw(&self, id: u64, channel: &str, body: &str, token: &str) -> Result<Value> {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/channels/{channel}/publish", self.url(id)))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = r.status();
+        let value: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("HTTP {status}: {value}");
+        }
+        Ok(value)
+    }
+
+    /// Every retained message of `channel` as node `id` serves it.
+    pub async fn history(&self, id: u64, channel: &str) -> Result<Vec<Value>> {
+        let mut all = Vec::new();
+        let mut since = 0;
+        loop {
+            let r = self
+                .client
+                .get(format!("{}/api/v1/channels/{channel}/history?since={since}&limit=1000", self.url(id)))
+                .bearer_auth(&self.token)
+                .send()
+                .await?;
+            let status = r.status();
+            let page: Value = r.json().await?;
+            if !status.is_success() {
+                bail!("history from node {id}: HTTP {status}: {page}");
+            }
+            let messages = page["messages"].as_array().cloned().unwrap_or_default();
+            if messages.is_empty() {
+                return Ok(all);
+            }
+            since = messages.last().unwrap()["offset"].as_u64().unwrap();
+            all.extend(messages);
+        }
+    }
+
+    /// The node leading `shard`, as node `asking` sees it.
+    pub async fn leader_of(&self, asking: u64, shard: u64) -> Result<Option<u64>> {
+        let status = self.status(asking).await?;
+        Ok(status["shards"][shard as usize]["leader"].as_u64())
+    }
+
+    /// Runs the chorus CLI and returns (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(chorus_bin())
+            .args(args)
+            .env("CHORUS_JWT_SECRET", JWT_SECRET)
+            .env_remove("CHORUS_TOKEN")
+            .output()
+            .expect("running chorus cli");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
+
+/// The shard of `channel` (the documented FNV-1a placement).
+pub fn shard_of(channel: &str, shards: u32) -> u64 {
+    chorus_core::shard_for(channel, shards).0 as u64
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if panicking {
+                eprintln!(
+                    "---- log of node {} ----\n{}",
+                    node.id,
+                    tail(&std::fs::read_to_string(&node.log).unwrap_or_default(), 60)
+                );
+            }
+        }
+    }
+}
