@@ -114,3 +114,134 @@ async fn publishes_through_all_nodes_get_one_gapless_order_everywhere() -> Resul
     check_histories(&cluster, &acked).await?;
     Ok(())
 }
+
+/// Channels named `prefix.<i>` that live on `shard`.
+fn channels_on_shard(prefix: &str, shard: u64, shards: u32, count: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}.{i}"))
+        .filter(|c| shard_of(c, shards) == shard)
+        .take(count)
+        .collect()
+}
+
+/// Publishes with an idempotency key, retrying (same key, rotating nodes) until acknowledged.
+async fn publish_until_acked(cluster: &TestCluster, nodes: &[u64], channel: &str, data: Value, key: &str) -> Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut attempt = 0;
+    loop {
+        let node = nodes[attempt % nodes.len()];
+        match cluster.publish(node, channel, data.clone(), Some(key)).await {
+            Ok(reply) => return Ok(reply),
+            Err(e) if std::time::Instant::now() < deadline => {
+                attempt += 1;
+                tracing_like(&format!("retrying {key} after: {e}"));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn tracing_like(message: &str) {
+    if std::env::var_os("CHORUS_TEST_VERBOSE").is_some() {
+        eprintln!("{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_shard_leader_loses_nothing_acknowledged() -> Result<()> {
+    let cluster = builder().start().await?;
+    let shard = 5;
+    let leader = wait_for("a leader for shard 5", Duration::from_secs(10), || async {
+        cluster.leader_of(1, shard).await.ok().flatten()
+    })
+    .await?;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    let channels = channels_on_shard("failover", shard, cluster.shards, 8);
+
+    // A publish acknowledged before the kill, to retry with its key afterwards.
+    let first = cluster.publish(leader, &channels[0], json!({"before": true}), Some("retry-me")).await?;
+
+    let cluster = Arc::new(tokio::sync::RwLock::new(cluster));
+    let acked_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let publishers: Vec<_> = (0..4u64)
+        .map(|p| {
+            let cluster = cluster.clone();
+            let acked_count = acked_count.clone();
+            let channels = channels.clone();
+            let others = others.clone();
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                for i in 0..60u64 {
+                    let channel = &channels[((p * 60 + i) % channels.len() as u64) as usize];
+                    let data = json!({"p": p, "i": i});
+                    let key = format!("p{p}-{i}");
+                    let guard = cluster.read().await;
+                    let reply = publish_until_acked(&guard, &others, channel, data.clone(), &key).await?;
+                    acks.push((channel.clone(), reply["offset"].as_u64().unwrap(), data));
+                    acked_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                anyhow::Ok(acks)
+            })
+        })
+        .collect();
+    // Kill the leader once publishing is under way.
+    wait_for("60 publishes acknowledged", Duration::from_secs(20), || async {
+        (acked_count.load(std::sync::atomic::Ordering::SeqCst) >= 60).then_some(())
+    })
+    .await?;
+    cluster.write().await.kill(leader);
+    let at_kill = acked_count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(at_kill < 200, "publishing must go on across the kill ({at_kill} of 240 acked before it)");
+
+    let mut acked: BTreeMap<String, Vec<(u64, Value)>> = BTreeMap::new();
+    for publisher in publishers {
+        for (channel, offset, data) in publisher.await?? {
+            acked.entry(channel).or_default().push((offset, data));
+        }
+    }
+    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 240, "every publish was eventually acknowledged");
+
+    // Another node leads the shard now; the retried publish returns its original offset.
+    let cluster = Arc::try_unwrap(cluster).ok().expect("publishers done").into_inner();
+    let new_leader = cluster.leader_of(others[0], shard).await?;
+    assert!(new_leader.is_some() && new_leader != Some(leader), "new leader {new_leader:?}");
+    let retry = cluster.publish(others[1], &channels[0], json!({"before": true}), Some("retry-me")).await?;
+    assert_eq!(retry["offset"], first["offset"]);
+    assert_eq!(retry["duplicate"], json!(true));
+    acked.entry(channels[0].clone()).or_default().push((first["offset"].as_u64().unwrap(), json!({"before": true})));
+
+    // The killed node comes back and catches up to identical history.
+    let mut cluster = cluster;
+    cluster.start_node(leader)?;
+    cluster.wait_ready(leader, Duration::from_secs(20)).await?;
+    check_histories(&cluster, &acked).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_nodes_killed_and_restarted_keep_every_acknowledged_message() -> Result<()> {
+    let mut cluster = builder().start().await?;
+    let mut acked: BTreeMap<String, Vec<(u64, Value)>> = BTreeMap::new();
+    for i in 0..150u64 {
+        let channel = format!("restart.{}", i % 10);
+        let data = json!({"i": i});
+        let reply = cluster.publish(1 + i % 3, &channel, data.clone(), None).await?;
+        acked.entry(channel).or_default().push((reply["offset"].as_u64().unwrap(), data));
+    }
+    for id in [1, 2, 3] {
+        cluster.kill(id);
+    }
+    for id in [1, 2, 3] {
+        cluster.start_node(id)?;
+    }
+    cluster.wait_all_ready(Duration::from_secs(30)).await?;
+    check_histories(&cluster, &acked).await?;
+    for (channel, acks) in &acked {
+        assert_eq!(cluster.history(2, channel).await?.len(), acks.len(), "{channel}");
+    }
+    // And the cluster serves writes again, continuing the offsets.
+    let reply = cluster.publish(3, "restart.0", json!("after"), None).await?;
+    assert_eq!(reply["offset"].as_u64(), Some(acked["restart.0"].len() as u64 + 1));
+    Ok(())
+}
