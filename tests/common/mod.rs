@@ -67,6 +67,7 @@ pub struct TestNode {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub extra_args: Vec<String>,
+    pub extra_env: Vec<(String, String)>,
     pub cluster_secret: String,
     child: Option<Child>,
 }
@@ -87,6 +88,7 @@ pub struct Builder {
     shards: u32,
     config: String,
     root: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -103,6 +105,12 @@ impl Builder {
     /// Extra TOML for every node's config file (e.g. `[raft_timing]` settings).
     pub fn config(mut self, toml: &str) -> Self {
         self.config = toml.to_string();
+        self
+    }
+
+    /// Set an environment variable on every node.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -125,7 +133,9 @@ impl Builder {
         let root = self.root.clone().unwrap_or_else(|| dir.path().to_path_buf());
         let mut nodes = BTreeMap::new();
         for id in 1..=self.nodes {
-            nodes.insert(id, new_node(id, &root, dir.path()));
+            let mut node = new_node(id, &root, dir.path());
+            node.extra_env = self.env.clone();
+            nodes.insert(id, node);
         }
         let peers = peers_arg(&nodes);
         let config_path = dir.path().join("extra.toml");
@@ -156,6 +166,7 @@ fn new_node(id: u64, root: &Path, logs: &Path) -> TestNode {
         data_dir: root.join(format!("node{id}")),
         log: logs.join(format!("node{id}.log")),
         extra_args: Vec::new(),
+        extra_env: Vec::new(),
         cluster_secret: CLUSTER_SECRET.to_string(),
         child: None,
     }
@@ -182,6 +193,7 @@ pub fn builder() -> Builder {
         shards: 12,
         config: String::new(),
         root: None,
+        env: Vec::new(),
     }
 }
 
@@ -219,6 +231,7 @@ impl TestCluster {
             .env("CHORUS_CLUSTER_SECRET", &node.cluster_secret)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
             .env("CHORUS_LOG", "info")
+            .envs(node.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
         if node.extra_args.iter().any(|a| a == "--join") {
             cmd.args(&node.extra_args);

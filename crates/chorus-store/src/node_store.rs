@@ -7,6 +7,11 @@ use crate::syncer::{StoreMetrics, Syncer};
 use chorus_core::{HistoryLimits, ShardId};
 use std::path::{Path, PathBuf};
 
+/// Environment switch that turns off the fsync after sled's flush, and sled's own periodic
+/// fsync: acknowledged writes are then lost in a power loss. It exists only so that tests
+/// can show the power-loss test fails without the fsync; never set it in production.
+pub const UNSAFE_SKIP_FSYNC_ENV: &str = "CHORUS_UNSAFE_SKIP_FSYNC_FOR_TESTS";
+
 /// The storage format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -36,7 +41,13 @@ impl NodeStore {
                 source,
             })?;
         }
-        let db = sled::Config::new().path(&sled_dir).open()?;
+        let skip_fsync = std::env::var_os(UNSAFE_SKIP_FSYNC_ENV).is_some();
+        let mut sled_config = sled::Config::new().path(&sled_dir);
+        if skip_fsync {
+            tracing::error!("{UNSAFE_SKIP_FSYNC_ENV} is set: writes are NOT durable (test-only switch)");
+            sled_config = sled_config.flush_every_ms(None);
+        }
+        let db = sled_config.open()?;
         let meta = db.open_tree("node-meta")?;
         check_or_record(&meta, "format_version", FORMAT_VERSION, |stored| StoreError::FormatMismatch {
             stored,
@@ -50,7 +61,7 @@ impl NodeStore {
             stored,
             configured: shard_count,
         })?;
-        let syncer = Syncer::start(db.clone(), sled_dir, metrics)?;
+        let syncer = Syncer::start(db.clone(), sled_dir, metrics, skip_fsync)?;
         let store = NodeStore {
             db,
             syncer,

@@ -85,8 +85,9 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the sync thread for `db`, whose directory is `dir`.
-    pub fn start(db: sled::Db, dir: PathBuf, metrics: StoreMetrics) -> Result<Syncer, StoreError> {
+    /// Starts the sync thread for `db`, whose directory is `dir`. With `skip_fsync` (a
+    /// test-only switch that breaks durability on purpose) it only calls sled's `flush()`.
+    pub fn start(db: sled::Db, dir: PathBuf, metrics: StoreMetrics, skip_fsync: bool) -> Result<Syncer, StoreError> {
         let db_file_path = dir.join("db");
         let db_file = File::open(&db_file_path).map_err(|source| StoreError::Io {
             action: "opening sled's db file for fsync",
@@ -101,7 +102,7 @@ impl Syncer {
         let thread_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("chorus-syncer".into())
-            .spawn(move || sync_loop(thread_shared, db, db_file, thread_metrics))
+            .spawn(move || sync_loop(thread_shared, db, db_file, thread_metrics, skip_fsync))
             .map_err(|source| StoreError::Io {
                 action: "starting the syncer thread",
                 path: dir,
@@ -153,7 +154,7 @@ impl Syncer {
     }
 }
 
-fn sync_loop(shared: Arc<Shared>, db: sled::Db, db_file: File, metrics: StoreMetrics) {
+fn sync_loop(shared: Arc<Shared>, db: sled::Db, db_file: File, metrics: StoreMetrics, skip_fsync: bool) {
     loop {
         let (waiters, stopped) = {
             let mut queue = shared.queue.lock().expect("syncer lock poisoned");
@@ -167,7 +168,12 @@ fn sync_loop(shared: Arc<Shared>, db: sled::Db, db_file: File, metrics: StoreMet
             let result = db
                 .flush()
                 .map_err(|e| format!("sled flush failed: {e}"))
-                .and_then(|_| db_file.sync_all().map_err(|e| format!("fsync of sled's db file failed: {e}")));
+                .and_then(|_| {
+                    if skip_fsync {
+                        return Ok(());
+                    }
+                    db_file.sync_all().map_err(|e| format!("fsync of sled's db file failed: {e}"))
+                });
             metrics.fsyncs.inc();
             metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
             metrics.entries_per_fsync.observe(waiters.len() as f64);
