@@ -1,7 +1,7 @@
 //! `chorus node`: wires storage, the cluster core, the gRPC server and the HTTP server.
 
 use crate::config::NodeConfig;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use chorus_cluster::service::ClusterService;
 use chorus_cluster::{ClusterConfig, ClusterMetrics, ClusterNode};
 use chorus_core::ChannelPattern;
@@ -84,18 +84,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         store,
         cluster_metrics,
     )
-    .await?;
+    .await
+    .context("refusing to start")?;
 
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(ClusterService::server(cluster.clone()))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(raft_listener));
     let grpc_task = tokio::spawn(grpc);
-
-    if let Err(e) = cluster.check_peers(Duration::from_secs(2)).await {
-        cluster.shutdown().await;
-        bail!("refusing to start: {e}");
-    }
 
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),

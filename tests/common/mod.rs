@@ -230,7 +230,7 @@ impl TestCluster {
             .args(["--shards", &self.shards.to_string()])
             .env("CHORUS_CLUSTER_SECRET", &node.cluster_secret)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
-            .env("CHORUS_LOG", "info")
+            .env("CHORUS_LOG", "info,openraft=warn")
             .envs(node.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
         if node.extra_args.iter().any(|a| a == "--join") {
@@ -304,7 +304,7 @@ impl TestCluster {
                 return Ok((status, self.log(id)));
             }
             if Instant::now() > deadline {
-                bail!("node {id} still running after {timeout:?}");
+                bail!("node {id} still running after {timeout:?}; its log:\n{}", tail(&self.log(id), 30));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

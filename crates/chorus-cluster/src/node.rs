@@ -132,6 +132,44 @@ fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> Forw
     }
 }
 
+/// Before any shard group starts: asks the configured peers who they are, and fails if one
+/// that answers belongs to another cluster than this data directory, or runs another shard
+/// count (a data directory from another cluster, or a misconfigured node). Peers that do not
+/// answer within `timeout`, or have no cluster id yet, are skipped.
+async fn preflight(
+    pool: &PeerPool,
+    config: &ClusterConfig,
+    ours: Option<&str>,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let own_addr = config.raft_addr.to_string();
+    for (id, addr) in config.peers.iter().filter(|(_, addr)| **addr != own_addr) {
+        let info = match pool.node_info(*id, addr, timeout).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::info!(peer = id, %addr, error = %e, "startup check: peer did not answer");
+                continue;
+            }
+        };
+        if info.shard_count != config.shard_count {
+            return Err(ClusterError::BadRequest(format!(
+                "node {id} at {addr} runs {} shards, this node is configured for {}",
+                info.shard_count, config.shard_count
+            )));
+        }
+        if let Some(ours) = ours
+            && !info.cluster_id.is_empty()
+            && info.cluster_id != ours
+        {
+            return Err(ClusterError::BadRequest(format!(
+                "this data directory belongs to cluster {ours}, but peer {id} at {addr} belongs to cluster {}; start this node with an empty data directory, or with its own cluster's peers",
+                info.cluster_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl ClusterNode {
     /// Opens every shard group on `store` and, with `peers` configured, initializes them
     /// (every node does so with the same membership, which openraft makes safe).
@@ -146,12 +184,14 @@ impl ClusterNode {
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
-            purge_batch_size: 256,
             ..Default::default()
         }
         .validate()
         .map_err(|e| ClusterError::Internal(format!("raft config: {e}")))?;
         let raft_config = Arc::new(raft_config);
+        let recorded_cluster_id = store.cluster_id().map_err(|e| ClusterError::Internal(e.to_string()))?;
+        pool.set_cluster_id(recorded_cluster_id.clone());
+        preflight(&pool, &config, recorded_cluster_id.as_deref(), Duration::from_secs(2)).await?;
         let mut shards = Vec::with_capacity(config.shard_count as usize);
         for s in 0..config.shard_count {
             let id = ShardId(s);
@@ -172,7 +212,7 @@ impl ClusterNode {
                 proof,
                 store,
                 metrics,
-                cluster_id: RwLock::new(None),
+                cluster_id: RwLock::new(recorded_cluster_id),
                 started: Instant::now(),
             }),
         };
@@ -251,8 +291,13 @@ impl ClusterNode {
 
     fn refresh_cluster_id(&self) {
         let id = self.inner.shards.first().and_then(|s| s.reader.cluster_id());
-        if id.is_some() && *self.inner.cluster_id.read().expect("lock") != id {
-            tracing::info!(cluster_id = id.as_deref().unwrap_or(""), "cluster id known");
+        if let Some(new_id) = &id
+            && *self.inner.cluster_id.read().expect("lock") != id
+        {
+            tracing::info!(cluster_id = %new_id, "cluster id known");
+            if let Err(e) = self.inner.store.set_cluster_id(new_id) {
+                tracing::error!(error = %e, "cannot record the cluster id in the data directory");
+            }
             self.inner.pool.set_cluster_id(id.clone());
             *self.inner.cluster_id.write().expect("lock") = id;
         }
@@ -338,6 +383,11 @@ impl ClusterNode {
                             Ok(result) => result,
                             Err(CallError::Transport(message)) if message.contains("connect") => {
                                 // Never delivered: safe to try again once a leader is known.
+                                Err(ForwardError::NotLeader { leader: None })
+                            }
+                            Err(CallError::Refused(_)) => {
+                                // Refused before handling (a stale leader hint pointing at a
+                                // process that is not one of ours): try again.
                                 Err(ForwardError::NotLeader { leader: None })
                             }
                             Err(e) => {
@@ -513,45 +563,11 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Asks every other member who it is, and fails if one that answers belongs to another
-    /// cluster or uses another shard count: a data directory from another cluster, or a
-    /// misconfigured node. Members that do not answer within `timeout` are skipped.
-    pub async fn check_peers(&self, timeout: Duration) -> Result<(), ClusterError> {
-        let Some(ours) = self.cluster_id() else { return Ok(()) };
-        let members: Vec<(u64, String)> = {
-            let shard = &self.inner.shards[0];
-            let metrics = shard.raft.metrics();
-            let m = metrics.borrow_watched();
-            m.membership_config
-                .membership()
-                .nodes()
-                .map(|(id, n)| (*id, n.raft_addr.clone()))
-                .collect()
-        };
-        for (id, addr) in members.into_iter().filter(|(id, _)| *id != self.node_id()) {
-            let Ok(info) = self.inner.pool.node_info(id, &addr, timeout).await else { continue };
-            if !info.cluster_id.is_empty() && info.cluster_id != ours {
-                return Err(ClusterError::BadRequest(format!(
-                    "this data directory belongs to cluster {ours}, but node {id} at {addr} belongs to cluster {}; start this node with an empty data directory or its own cluster's peers",
-                    info.cluster_id
-                )));
-            }
-            if info.shard_count != self.shard_count() {
-                return Err(ClusterError::BadRequest(format!(
-                    "node {id} at {addr} runs {} shards, this node {}",
-                    info.shard_count,
-                    self.shard_count()
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Stops every shard group and the storage syncer.
     pub async fn shutdown(&self) {
         for shard in self.shards() {
             let _ = shard.raft.shutdown().await;
         }
-        self.inner.store.close();
+        self.inner.store.close().await;
     }
 }

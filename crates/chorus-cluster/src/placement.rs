@@ -8,6 +8,8 @@
 use crate::node::ClusterNode;
 use chorus_core::ShardId;
 use openraft::ServerState;
+use openraft::async_runtime::Instant as _;
+use std::time::Duration;
 
 /// The preferred leader of `shard` among `voters` (sorted ascending).
 pub fn preferred_leader(shard: ShardId, voters: &[u64]) -> Option<u64> {
@@ -37,7 +39,13 @@ pub(crate) fn next_transfer(node: &ClusterNode) -> Option<(ShardId, u64)> {
             .as_ref()
             .and_then(|r| r.get(&preferred).cloned().flatten())
             .is_some_and(|matched| Some(matched.index) == last);
-        if caught_up {
+        // A recent heartbeat answer: the node is up and accepts our calls.
+        let answering = metrics
+            .heartbeat
+            .as_ref()
+            .and_then(|h| h.get(&preferred).cloned().flatten())
+            .is_some_and(|acked| acked.elapsed() < Duration::from_secs(1));
+        if caught_up && answering {
             return Some((shard.id, preferred));
         }
     }

@@ -12,18 +12,26 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// Serves the `Cluster` gRPC service for a node.
 pub struct ClusterService {
     node: ClusterNode,
+    /// When each (caller address, reason) refusal was last logged, to keep logs readable.
+    refusals_logged: Mutex<HashMap<(String, &'static str), Instant>>,
 }
 
 impl ClusterService {
     /// The tonic server for `node`.
     pub fn server(node: ClusterNode) -> ClusterServer<ClusterService> {
-        ClusterServer::new(ClusterService { node })
+        ClusterServer::new(ClusterService {
+            node,
+            refusals_logged: Mutex::new(HashMap::new()),
+        })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -31,8 +39,19 @@ impl ClusterService {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let ours = self.node.cluster_id();
         auth::check(request.metadata(), self.node.secret_proof(), ours.as_deref()).map_err(|e| {
-            let from = request.remote_addr().map_or("unknown".to_string(), |a: SocketAddr| a.to_string());
-            tracing::error!(%from, reason = %e, "refused a node-to-node call");
+            let from = request.remote_addr().map_or("unknown".to_string(), |a: SocketAddr| a.ip().to_string());
+            let kind = match e {
+                auth::PeerAuthError::Missing => "missing",
+                auth::PeerAuthError::WrongSecret => "secret",
+                auth::PeerAuthError::OtherCluster { .. } => "cluster",
+            };
+            let mut logged = self.refusals_logged.lock().expect("lock");
+            let now = Instant::now();
+            let key = (from.clone(), kind);
+            if logged.get(&key).is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10)) {
+                logged.insert(key, now);
+                tracing::error!(%from, reason = %e, "refused a node-to-node call");
+            }
             match e {
                 auth::PeerAuthError::OtherCluster { .. } => Status::failed_precondition(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),

@@ -87,13 +87,34 @@ impl NodeStore {
         ShardStateMachine::new(shard, limits, self.snapshot_dir.clone())
     }
 
+    /// The cluster id this data directory belongs to, once recorded.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        let meta = self.db.open_tree("node-meta")?;
+        match meta.get("cluster_id")? {
+            Some(bytes) => Ok(Some(decode("node metadata", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the cluster id this data directory belongs to.
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), StoreError> {
+        self.db.open_tree("node-meta")?.insert("cluster_id", encode(&id.to_string()))?;
+        let syncer = self.syncer.clone();
+        // Durable soon; if lost in a crash, the id is learned again from shard 0.
+        tokio::spawn(async move { syncer.flush().await });
+        Ok(())
+    }
+
     /// The group-commit syncer.
     pub fn syncer(&self) -> &Syncer {
         &self.syncer
     }
 
-    /// Completes pending syncs and stops the syncer thread.
-    pub fn close(&self) {
+    /// Makes everything written so far durable, then stops the syncer thread.
+    pub async fn close(&self) {
+        if let Err(e) = self.syncer.flush().await {
+            tracing::error!(error = %e, "final sync of the data directory failed");
+        }
         self.syncer.stop();
     }
 }
@@ -129,7 +150,7 @@ mod tests {
     fn refuses_other_shard_count_and_node_id() {
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(dir.path(), 1, 12, StoreMetrics::default()).unwrap();
-        store.close();
+        futures::executor::block_on(store.close());
         drop(store);
         let err = NodeStore::open(dir.path(), 1, 8, StoreMetrics::default()).err().unwrap();
         assert!(matches!(err, StoreError::ShardCountMismatch { stored: 12, configured: 8 }), "{err}");

@@ -1,0 +1,70 @@
+//! Membership changes on a live cluster: remove a node, join a new one that catches up
+//! from a snapshot.
+
+mod common;
+
+use anyhow::Result;
+use common::{builder, wait_for};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removed_node_leaves_and_joined_node_catches_up_from_a_snapshot() -> Result<()> {
+    let mut cluster = builder()
+        .config("[raft_timing]\nsnapshot_every_entries = 10\nlogs_kept_after_snapshot = 0\n")
+        .start()
+        .await?;
+    let channels: Vec<String> = (0..24).map(|i| format!("members.{i}")).collect();
+    for i in 0..360u64 {
+        let channel = &channels[(i % 24) as usize];
+        cluster.publish(1 + i % 3, channel, json!({"i": i}), None).await?;
+    }
+    // Snapshots were built and the logs purged behind them.
+    if std::env::var_os("CHORUS_TEST_VERBOSE").is_some() {
+        eprintln!("{}", cluster.status(1).await?);
+    }
+    let purged = wait_for("logs purged after snapshots", Duration::from_secs(20), || async {
+        let status = cluster.status(1).await.ok()?;
+        let purged: Vec<u64> = status["shards"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["purged_index"].as_u64().unwrap_or(0) > 0)
+            .map(|s| s["shard"].as_u64().unwrap())
+            .collect();
+        (purged.len() >= 10).then_some(purged)
+    })
+    .await?;
+
+    // Remove node 3 with the CLI.
+    let (ok, text) = cluster.cli(&["cluster", "remove", "--node", &cluster.url(1), "3"]);
+    assert!(ok, "cluster remove failed: {text}");
+    let status = cluster.status(2).await?;
+    for shard in status["shards"].as_array().unwrap() {
+        assert_eq!(shard["voters"], json!([1, 2]), "shard {}", shard["shard"]);
+    }
+    cluster.stop(3)?;
+
+    // Node 4 joins through node 1 and catches up.
+    cluster.add_joining_node(4, 1);
+    cluster.start_node(4)?;
+    cluster.wait_ready(4, Duration::from_secs(60)).await?;
+    let status = cluster.status(4).await?;
+    for shard in status["shards"].as_array().unwrap() {
+        assert_eq!(shard["voters"], json!([1, 2, 4]), "shard {}", shard["shard"]);
+        let id = shard["shard"].as_u64().unwrap();
+        if purged.contains(&id) {
+            assert!(
+                shard["snapshot_index"].as_u64().unwrap_or(0) > 0,
+                "shard {id}: node 4 should have installed a snapshot, got {shard}"
+            );
+        }
+    }
+    for channel in &channels {
+        let reference = cluster.history(1, channel).await?;
+        assert_eq!(reference.len(), 15);
+        assert_eq!(cluster.history(4, channel).await?, reference, "{channel} on node 4");
+    }
+    let reply = cluster.publish(4, &channels[0], json!("from node 4"), None).await?;
+    assert_eq!(reply["offset"], json!(16));
+    Ok(())
+}
