@@ -108,7 +108,13 @@ impl AdminAuth {
             .jwt_secret
             .as_deref()
             .context("give --token (or CHORUS_TOKEN), or CHORUS_JWT_SECRET to mint an admin token")?;
-        mint(secret, "chorus-cli", &["admin".to_string()], Duration::from_secs(300), None)
+        mint(
+            secret,
+            "chorus-cli",
+            &["admin".to_string()],
+            Duration::from_secs(300),
+            None,
+        )
     }
 }
 
@@ -116,7 +122,9 @@ impl AdminAuth {
 pub fn parse_ttl(text: &str) -> Result<Duration> {
     let text = text.trim();
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().with_context(|| format!("--ttl {text:?}: expected e.g. 30s, 15m, 1h, 7d"))?;
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("--ttl {text:?}: expected e.g. 30s, 15m, 1h, 7d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -131,8 +139,17 @@ pub fn parse_ttl(text: &str) -> Result<Duration> {
 }
 
 /// Mints an HS256 token.
-pub fn mint(secret: &str, sub: &str, roles: &[String], ttl: Duration, device: Option<String>) -> Result<String> {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + ttl.as_secs();
+pub fn mint(
+    secret: &str,
+    sub: &str,
+    roles: &[String],
+    ttl: Duration,
+    device: Option<String>,
+) -> Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + ttl.as_secs();
     let claims = chorus_http::Claims {
         sub: sub.to_string(),
         exp,
@@ -152,7 +169,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;
-            println!("{}", mint(&args.jwt_secret, &args.sub, &args.roles, ttl, args.device)?);
+            println!(
+                "{}",
+                mint(&args.jwt_secret, &args.sub, &args.roles, ttl, args.device)?
+            );
             Ok(())
         }
         Command::Cluster(ClusterCommand::Status { node, json, auth }) => {
@@ -166,7 +186,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(ClusterCommand::Remove { node, id, auth }) => {
             let body = serde_json::json!({ "id": id });
-            let _: serde_json::Value = admin_request(&node, "POST", "/api/v1/cluster/remove", Some(body), &auth).await?;
+            let _: serde_json::Value =
+                admin_request(&node, "POST", "/api/v1/cluster/remove", Some(body), &auth).await?;
             println!("node {id} removed from every shard");
             Ok(())
         }
@@ -208,13 +229,13 @@ fn print_status(status: &ClusterStatus) {
         status.cluster_id.as_deref().unwrap_or("(not yet recorded)"),
         status.shard_count
     );
-    println!("\nNODES\n{:<6} {:<24} {}", "ID", "RAFT ADDR", "LEADS");
+    println!("\nNODES\n{:<6} {:<24} LEADS", "ID", "RAFT ADDR");
     for node in &status.nodes {
         println!("{:<6} {:<24} {}", node.id, node.raft_addr, node.leads);
     }
     println!(
-        "\nSHARDS\n{:<6} {:<7} {:<6} {:<10} {:<10} {:<10} {:<10} {}",
-        "SHARD", "LEADER", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT", "VOTERS"
+        "\nSHARDS\n{:<6} {:<7} {:<6} {:<10} {:<10} {:<10} {:<10} VOTERS",
+        "SHARD", "LEADER", "TERM", "LAST LOG", "COMMIT", "APPLIED", "SNAPSHOT"
     );
     for s in &status.shards {
         println!(
@@ -227,7 +248,11 @@ fn print_status(status: &ClusterStatus) {
             s.applied_index,
             s.snapshot_index,
             s.voters,
-            if s.learners.is_empty() { String::new() } else { format!(" learners {:?}", s.learners) }
+            if s.learners.is_empty() {
+                String::new()
+            } else {
+                format!(" learners {:?}", s.learners)
+            }
         );
     }
 }

@@ -221,7 +221,10 @@ impl NodeConfig {
             (None, None) => BTreeMap::new(),
         };
         let config = NodeConfig {
-            id: args.id.or(file.id).context("`id` is required (--id or CHORUS_ID)")?,
+            id: args
+                .id
+                .or(file.id)
+                .context("`id` is required (--id or CHORUS_ID)")?,
             data_dir: args
                 .data_dir
                 .clone()
@@ -267,8 +270,12 @@ impl NodeConfig {
             bail!("`jwt_secret` must be at least 16 characters long (it signs HS256 tokens)");
         }
         match (&self.join, self.peers.is_empty()) {
-            (Some(_), false) => bail!("`join` and `peers` exclude each other: a node either bootstraps with peers or joins a running cluster"),
-            (None, true) => bail!("`peers` is required unless `join` is given, e.g. --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"),
+            (Some(_), false) => bail!(
+                "`join` and `peers` exclude each other: a node either bootstraps with peers or joins a running cluster"
+            ),
+            (None, true) => bail!(
+                "`peers` is required unless `join` is given, e.g. --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"
+            ),
             _ => {}
         }
         for (id, addr) in &self.peers {

@@ -67,17 +67,23 @@ impl Drop for Children {
 /// Starts three nodes, waits until they are ready, prints how to connect, runs until Ctrl-C.
 pub async fn run(args: DevArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the chorus executable")?;
-    let cluster_secret = args.cluster_secret.unwrap_or_else(|| DEV_CLUSTER_SECRET.to_string());
+    let cluster_secret = args
+        .cluster_secret
+        .unwrap_or_else(|| DEV_CLUSTER_SECRET.to_string());
     let jwt_secret = args.jwt_secret.unwrap_or_else(|| DEV_JWT_SECRET.to_string());
     let port = |offset: u16, n: u64| args.base_port + offset + (n as u16 - 1);
-    let peers: Vec<String> = (1..=3).map(|n| format!("{n}=127.0.0.1:{}", port(100, n))).collect();
+    let peers: Vec<String> = (1..=3)
+        .map(|n| format!("{n}=127.0.0.1:{}", port(100, n)))
+        .collect();
     let peers = peers.join(",");
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let mut children = Children(Vec::new());
     for n in 1..=3u64 {
         let dir = args.data_dir.join(format!("node{n}"));
         let log_path = args.data_dir.join(format!("node{n}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log =
+            std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let child = Command::new(&exe)
             .arg("node")
             .args(["--id", &n.to_string()])
@@ -117,13 +123,25 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("node {n} was not ready within 60 s; see {}", args.data_dir.join(format!("node{n}.log")).display());
+                bail!(
+                    "node {n} was not ready within 60 s; see {}",
+                    args.data_dir.join(format!("node{n}.log")).display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let token = mint(&jwt_secret, "dev", &["admin".to_string()], Duration::from_secs(24 * 3600), None)?;
-    println!("Chorus dev cluster is ready: 3 nodes, data under {}\n", args.data_dir.display());
+    let token = mint(
+        &jwt_secret,
+        "dev",
+        &["admin".to_string()],
+        Duration::from_secs(24 * 3600),
+        None,
+    )?;
+    println!(
+        "Chorus dev cluster is ready: 3 nodes, data under {}\n",
+        args.data_dir.display()
+    );
     for n in 1..=3u64 {
         println!(
             "  node {n}: http://127.0.0.1:{}  (raft 127.0.0.1:{}, quic 127.0.0.1:{}, log {})",
@@ -143,7 +161,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "  curl -s -H \"Authorization: Bearer $CHORUS_TOKEN\" http://127.0.0.1:{}/api/v1/channels/chat.lobby/history",
         port(0, 2)
     );
-    println!("  chorus cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)", port(0, 3));
+    println!(
+        "  chorus cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)",
+        port(0, 3)
+    );
     println!("\nCtrl-C stops the cluster.");
     crate::node::shutdown_signal().await;
     println!("\nstopping...");

@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing() {
-    let filter = EnvFilter::try_from_env("CHORUS_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_env("CHORUS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -26,7 +27,10 @@ fn init_tracing() {
 
 fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions>> {
     let compile = |patterns: &[String]| -> Result<Vec<ChannelPattern>> {
-        patterns.iter().map(|p| Ok(ChannelPattern::new(p.clone())?)).collect()
+        patterns
+            .iter()
+            .map(|p| Ok(ChannelPattern::new(p.clone())?))
+            .collect()
     };
     config
         .roles
@@ -62,8 +66,13 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let http_metrics = HttpMetrics::default();
     http_metrics.register(&mut registry);
 
-    let store = NodeStore::open(&config.data_dir, config.id, config.shards, store_metrics)
-        .with_context(|| format!("refusing to start on data directory {}", config.data_dir.display()))?;
+    let store =
+        NodeStore::open(&config.data_dir, config.id, config.shards, store_metrics).with_context(|| {
+            format!(
+                "refusing to start on data directory {}",
+                config.data_dir.display()
+            )
+        })?;
     let cluster = ClusterNode::start(
         ClusterConfig {
             node_id: config.id,
@@ -159,7 +168,8 @@ async fn join(url: String, id: u64, raft_addr: String, cluster: ClusterNode) {
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

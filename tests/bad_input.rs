@@ -8,8 +8,16 @@ use serde_json::{Value, json};
 use std::process::Command;
 use std::time::Duration;
 
-async fn post(cluster: &common::TestCluster, path: &str, body: &str, bearer: Option<&str>) -> Result<(u16, Value)> {
-    let mut request = cluster.client.post(format!("{}{path}", cluster.url(1))).body(body.to_string());
+async fn post(
+    cluster: &common::TestCluster,
+    path: &str,
+    body: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, Value)> {
+    let mut request = cluster
+        .client
+        .post(format!("{}{path}", cluster.url(1)))
+        .body(body.to_string());
     if let Some(bearer) = bearer {
         request = request.bearer_auth(bearer);
     }
@@ -22,35 +30,93 @@ async fn post(cluster: &common::TestCluster, path: &str, body: &str, bearer: Opt
 async fn bad_requests_get_clear_errors_and_change_nothing() -> Result<()> {
     let cluster = builder().start().await?;
     let admin = cluster.token.clone();
-    cluster.publish(1, "bad.input", json!("the only message"), None).await?;
+    cluster
+        .publish(1, "bad.input", json!("the only message"), None)
+        .await?;
     let publish = "/api/v1/channels/bad.input/publish";
     let big = format!("{{\"data\": \"{}\"}}", "x".repeat(70 * 1024));
     let cases: Vec<(&str, String, Option<String>, u16, &str)> = vec![
-        ("invalid channel", r#"{"data": 1}"#.into(), Some(admin.clone()), 400, "invalid_channel"),
-        ("payload over 64 KiB", big, Some(admin.clone()), 413, "payload_too_large"),
-        ("malformed JSON", r#"{"data": "#.into(), Some(admin.clone()), 400, "bad_request"),
-        ("missing data", r#"{"type": "x"}"#.into(), Some(admin.clone()), 400, "bad_request"),
+        (
+            "invalid channel",
+            r#"{"data": 1}"#.into(),
+            Some(admin.clone()),
+            400,
+            "invalid_channel",
+        ),
+        (
+            "payload over 64 KiB",
+            big,
+            Some(admin.clone()),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "malformed JSON",
+            r#"{"data": "#.into(),
+            Some(admin.clone()),
+            400,
+            "bad_request",
+        ),
+        (
+            "missing data",
+            r#"{"type": "x"}"#.into(),
+            Some(admin.clone()),
+            400,
+            "bad_request",
+        ),
         ("no token", r#"{"data": 1}"#.into(), None, 401, "unauthorized"),
-        ("bad token", r#"{"data": 1}"#.into(), Some("not-a-jwt".into()), 401, "unauthorized"),
-        ("forged token", r#"{"data": 1}"#.into(), Some(forged()), 401, "unauthorized"),
-        ("role without permission", r#"{"data": 1}"#.into(), Some(token("eve", &["nobody"])), 403, "forbidden"),
+        (
+            "bad token",
+            r#"{"data": 1}"#.into(),
+            Some("not-a-jwt".into()),
+            401,
+            "unauthorized",
+        ),
+        (
+            "forged token",
+            r#"{"data": 1}"#.into(),
+            Some(forged()),
+            401,
+            "unauthorized",
+        ),
+        (
+            "role without permission",
+            r#"{"data": 1}"#.into(),
+            Some(token("eve", &["nobody"])),
+            403,
+            "forbidden",
+        ),
     ];
     for (what, body, bearer, status, code) in cases {
-        let path = if what == "invalid channel" { "/api/v1/channels/bad..name/publish" } else { publish };
+        let path = if what == "invalid channel" {
+            "/api/v1/channels/bad..name/publish"
+        } else {
+            publish
+        };
         let (got_status, got) = post(&cluster, path, &body, bearer.as_deref()).await?;
         assert_eq!(got_status, status, "{what}: {got}");
         assert_eq!(got["code"], json!(code), "{what}: {got}");
-        assert!(got["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {got}");
+        assert!(
+            got["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {got}"
+        );
     }
     let response = cluster
         .client
-        .get(format!("{}/api/v1/channels/bad.input/history?since=abc", cluster.url(2)))
+        .get(format!(
+            "{}/api/v1/channels/bad.input/history?since=abc",
+            cluster.url(2)
+        ))
         .bearer_auth(&admin)
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 400);
     let history = cluster.history(3, "bad.input").await?;
-    assert_eq!(history.len(), 1, "bad requests must not change history: {history:?}");
+    assert_eq!(
+        history.len(),
+        1,
+        "bad requests must not change history: {history:?}"
+    );
     assert_eq!(history[0]["data"], json!("the only message"));
     Ok(())
 }
@@ -80,7 +146,10 @@ async fn node_refuses_another_shard_count_or_another_clusters_data() -> Result<(
     a.start_node(3)?;
     let (status, log) = a.wait_exit(3, Duration::from_secs(20))?;
     assert!(!status.success());
-    assert!(log.contains("created for 12 shards but the configuration says 8"), "{log}");
+    assert!(
+        log.contains("created for 12 shards but the configuration says 8"),
+        "{log}"
+    );
     a.shards = 12;
 
     // Cluster B's node 3 started on cluster A's node-3 data directory.
@@ -96,7 +165,10 @@ async fn node_refuses_another_shard_count_or_another_clusters_data() -> Result<(
     b.start_node(3)?;
     let (status, log) = b.wait_exit(3, Duration::from_secs(30))?;
     assert!(!status.success());
-    assert!(log.contains("refusing to start") && log.contains("belongs to cluster"), "{log}");
+    assert!(
+        log.contains("refusing to start") && log.contains("belongs to cluster"),
+        "{log}"
+    );
 
     // A still has its data and its node 3 rejoins fine.
     a.start_node(3)?;
@@ -114,15 +186,23 @@ async fn wrong_cluster_secret_is_refused_in_both_logs() -> Result<()> {
     node.data_dir = fresh;
     node.cluster_secret = "the-wrong-secret".into();
     cluster.start_node(3)?;
-    wait_for("refusals logged on both sides", Duration::from_secs(20), || async {
-        let peer = cluster.log(1) + &cluster.log(2);
-        let own = cluster.log(3);
-        (peer.contains("refused a node-to-node call") && peer.contains("wrong cluster secret")
-            && own.contains("peer refused this node's cluster credentials"))
-        .then_some(())
-    })
+    wait_for(
+        "refusals logged on both sides",
+        Duration::from_secs(20),
+        || async {
+            let peer = cluster.log(1) + &cluster.log(2);
+            let own = cluster.log(3);
+            (peer.contains("refused a node-to-node call")
+                && peer.contains("wrong cluster secret")
+                && own.contains("peer refused this node's cluster credentials"))
+            .then_some(())
+        },
+    )
     .await?;
-    assert!(!cluster.is_ready(3).await, "a node with the wrong secret must not become ready");
+    assert!(
+        !cluster.is_ready(3).await,
+        "a node with the wrong secret must not become ready"
+    );
     // The others keep serving.
     cluster.publish(1, "still.fine", json!(1), None).await?;
     Ok(())
@@ -143,11 +223,40 @@ fn invalid_configuration_is_refused_naming_the_field() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let err = run(&["--id", "4", "--data-dir", data, "--raft", "127.0.0.1:1", "--peers", "1=127.0.0.1:1"]);
+    let err = run(&[
+        "--id",
+        "4",
+        "--data-dir",
+        data,
+        "--raft",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+    ]);
     assert!(err.contains("`peers` does not list this node's id 4"), "{err}");
-    let err = run(&["--id", "1", "--data-dir", data, "--raft", "127.0.0.1:1", "--peers", "1=nowhere"]);
+    let err = run(&[
+        "--id",
+        "1",
+        "--data-dir",
+        data,
+        "--raft",
+        "127.0.0.1:1",
+        "--peers",
+        "1=nowhere",
+    ]);
     assert!(err.contains("`peers`: node 1's address \"nowhere\""), "{err}");
-    let err = run(&["--id", "1", "--data-dir", data, "--raft", "127.0.0.1:1", "--peers", "1=127.0.0.1:1", "--shards", "0"]);
+    let err = run(&[
+        "--id",
+        "1",
+        "--data-dir",
+        data,
+        "--raft",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+        "--shards",
+        "0",
+    ]);
     assert!(err.contains("`shards` must be between 1 and 1024"), "{err}");
     let err = run(&["--id", "1", "--raft", "127.0.0.1:1", "--peers", "1=127.0.0.1:1"]);
     assert!(err.contains("`data_dir` is required"), "{err}");

@@ -19,19 +19,30 @@ async fn check_histories(cluster: &TestCluster, acked: &BTreeMap<String, Vec<(u6
             let history = cluster.history(id, channel).await?;
             let offsets: Vec<u64> = history.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
             let expected: Vec<u64> = (1..=offsets.len() as u64).collect();
-            assert_eq!(offsets, expected, "node {id}, channel {channel}: offsets must be 1..n with no gap");
+            assert_eq!(
+                offsets, expected,
+                "node {id}, channel {channel}: offsets must be 1..n with no gap"
+            );
             let datas: Vec<Value> = history.iter().map(|m| m["data"].clone()).collect();
             let unique: BTreeSet<String> = datas.iter().map(|d| d.to_string()).collect();
-            assert_eq!(unique.len(), datas.len(), "node {id}, channel {channel}: a message is duplicated");
+            assert_eq!(
+                unique.len(),
+                datas.len(),
+                "node {id}, channel {channel}: a message is duplicated"
+            );
             for (offset, data) in acks {
                 assert_eq!(
-                    &history[*offset as usize - 1]["data"], data,
+                    &history[*offset as usize - 1]["data"],
+                    data,
                     "node {id}, channel {channel}: acknowledged offset {offset} holds other data"
                 );
             }
             match &reference {
                 None => reference = Some(datas),
-                Some(r) => assert_eq!(r, &datas, "node {id}, channel {channel}: order differs between nodes"),
+                Some(r) => assert_eq!(
+                    r, &datas,
+                    "node {id}, channel {channel}: order differs between nodes"
+                ),
             }
         }
     }
@@ -50,14 +61,18 @@ async fn three_nodes_form_one_cluster_with_spread_leaders() -> Result<()> {
         assert_eq!(shard["voters"], json!([1, 2, 3]), "shard {}", shard["shard"]);
     }
     // Leadership spreads over all three nodes: each leads 3 to 5 of the 12 shards.
-    let counts = wait_for("leaders spread 3..=5 per node", Duration::from_secs(20), || async {
-        let status = cluster.status(2).await.ok()?;
-        let mut counts = BTreeMap::new();
-        for shard in status["shards"].as_array()? {
-            *counts.entry(shard["leader"].as_u64()?).or_insert(0) += 1;
-        }
-        (counts.len() == 3 && counts.values().all(|c| (3..=5).contains(c))).then_some(counts)
-    })
+    let counts = wait_for(
+        "leaders spread 3..=5 per node",
+        Duration::from_secs(20),
+        || async {
+            let status = cluster.status(2).await.ok()?;
+            let mut counts = BTreeMap::new();
+            for shard in status["shards"].as_array()? {
+                *counts.entry(shard["leader"].as_u64()?).or_insert(0) += 1;
+            }
+            (counts.len() == 3 && counts.values().all(|c| (3..=5).contains(c))).then_some(counts)
+        },
+    )
     .await?;
     assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
     // The cluster records one id, known to all.
@@ -125,7 +140,13 @@ fn channels_on_shard(prefix: &str, shard: u64, shards: u32, count: usize) -> Vec
 }
 
 /// Publishes with an idempotency key, retrying (same key, rotating nodes) until acknowledged.
-async fn publish_until_acked(cluster: &TestCluster, nodes: &[u64], channel: &str, data: Value, key: &str) -> Result<Value> {
+async fn publish_until_acked(
+    cluster: &TestCluster,
+    nodes: &[u64],
+    channel: &str,
+    data: Value,
+    key: &str,
+) -> Result<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut attempt = 0;
     loop {
@@ -160,7 +181,9 @@ async fn killing_a_shard_leader_loses_nothing_acknowledged() -> Result<()> {
     let channels = channels_on_shard("failover", shard, cluster.shards, 8);
 
     // A publish acknowledged before the kill, to retry with its key afterwards.
-    let first = cluster.publish(leader, &channels[0], json!({"before": true}), Some("retry-me")).await?;
+    let first = cluster
+        .publish(leader, &channels[0], json!({"before": true}), Some("retry-me"))
+        .await?;
 
     let cluster = Arc::new(tokio::sync::RwLock::new(cluster));
     let acked_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -192,7 +215,10 @@ async fn killing_a_shard_leader_loses_nothing_acknowledged() -> Result<()> {
     .await?;
     cluster.write().await.kill(leader);
     let at_kill = acked_count.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(at_kill < 200, "publishing must go on across the kill ({at_kill} of 240 acked before it)");
+    assert!(
+        at_kill < 200,
+        "publishing must go on across the kill ({at_kill} of 240 acked before it)"
+    );
 
     let mut acked: BTreeMap<String, Vec<(u64, Value)>> = BTreeMap::new();
     for publisher in publishers {
@@ -200,16 +226,31 @@ async fn killing_a_shard_leader_loses_nothing_acknowledged() -> Result<()> {
             acked.entry(channel).or_default().push((offset, data));
         }
     }
-    assert_eq!(acked.values().map(Vec::len).sum::<usize>(), 240, "every publish was eventually acknowledged");
+    assert_eq!(
+        acked.values().map(Vec::len).sum::<usize>(),
+        240,
+        "every publish was eventually acknowledged"
+    );
 
     // Another node leads the shard now; the retried publish returns its original offset.
-    let cluster = Arc::try_unwrap(cluster).ok().expect("publishers done").into_inner();
+    let cluster = Arc::try_unwrap(cluster)
+        .ok()
+        .expect("publishers done")
+        .into_inner();
     let new_leader = cluster.leader_of(others[0], shard).await?;
-    assert!(new_leader.is_some() && new_leader != Some(leader), "new leader {new_leader:?}");
-    let retry = cluster.publish(others[1], &channels[0], json!({"before": true}), Some("retry-me")).await?;
+    assert!(
+        new_leader.is_some() && new_leader != Some(leader),
+        "new leader {new_leader:?}"
+    );
+    let retry = cluster
+        .publish(others[1], &channels[0], json!({"before": true}), Some("retry-me"))
+        .await?;
     assert_eq!(retry["offset"], first["offset"]);
     assert_eq!(retry["duplicate"], json!(true));
-    acked.entry(channels[0].clone()).or_default().push((first["offset"].as_u64().unwrap(), json!({"before": true})));
+    acked
+        .entry(channels[0].clone())
+        .or_default()
+        .push((first["offset"].as_u64().unwrap(), json!({"before": true})));
 
     // The killed node comes back and catches up to identical history.
     let mut cluster = cluster;
@@ -227,7 +268,10 @@ async fn all_nodes_killed_and_restarted_keep_every_acknowledged_message() -> Res
         let channel = format!("restart.{}", i % 10);
         let data = json!({"i": i});
         let reply = cluster.publish(1 + i % 3, &channel, data.clone(), None).await?;
-        acked.entry(channel).or_default().push((reply["offset"].as_u64().unwrap(), data));
+        acked
+            .entry(channel)
+            .or_default()
+            .push((reply["offset"].as_u64().unwrap(), data));
     }
     for id in [1, 2, 3] {
         cluster.kill(id);
@@ -242,6 +286,9 @@ async fn all_nodes_killed_and_restarted_keep_every_acknowledged_message() -> Res
     }
     // And the cluster serves writes again, continuing the offsets.
     let reply = cluster.publish(3, "restart.0", json!("after"), None).await?;
-    assert_eq!(reply["offset"].as_u64(), Some(acked["restart.0"].len() as u64 + 1));
+    assert_eq!(
+        reply["offset"].as_u64(),
+        Some(acked["restart.0"].len() as u64 + 1)
+    );
     Ok(())
 }

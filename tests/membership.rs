@@ -62,9 +62,15 @@ async fn removed_node_leaves_and_joined_node_catches_up_from_a_snapshot() -> Res
     for channel in &channels {
         let reference = cluster.history(1, channel).await?;
         assert_eq!(reference.len(), 15);
-        assert_eq!(cluster.history(4, channel).await?, reference, "{channel} on node 4");
+        assert_eq!(
+            cluster.history(4, channel).await?,
+            reference,
+            "{channel} on node 4"
+        );
     }
-    let reply = cluster.publish(4, &channels[0], json!("from node 4"), None).await?;
+    let reply = cluster
+        .publish(4, &channels[0], json!("from node 4"), None)
+        .await?;
     assert_eq!(reply["offset"], json!(16));
     Ok(())
 }

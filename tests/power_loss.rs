@@ -106,7 +106,9 @@ async fn lost_after_power_loss(unsafe_skip_fsync: bool) -> Result<Vec<String>> {
     let mut acked = Vec::new();
     for i in 0..120u64 {
         let channel = format!("power.{}", i % 6);
-        let reply = cluster.publish(1 + i % 3, &channel, json!({"i": i}), None).await?;
+        let reply = cluster
+            .publish(1 + i % 3, &channel, json!({"i": i}), None)
+            .await?;
         acked.push((channel, reply["offset"].as_u64().unwrap(), i));
     }
     for id in [1, 2, 3] {
@@ -133,7 +135,10 @@ async fn lost_after_power_loss(unsafe_skip_fsync: bool) -> Result<Vec<String>> {
     if lost.is_empty() {
         // The cluster serves again, continuing the offsets.
         let reply = wait_for("a publish after power loss", Duration::from_secs(20), || async {
-            cluster.publish(2, "power.0", json!("after"), Some("after-crash")).await.ok()
+            cluster
+                .publish(2, "power.0", json!("after"), Some("after-crash"))
+                .await
+                .ok()
         })
         .await?;
         assert_eq!(reply["offset"].as_u64(), Some(21));
@@ -157,7 +162,11 @@ async fn power_loss_of_all_nodes_keeps_every_acknowledged_message() -> Result<()
         return Ok(());
     }
     let lost = lost_after_power_loss(false).await?;
-    assert!(lost.is_empty(), "acknowledged messages lost in a power loss:\n{}", lost.join("\n"));
+    assert!(
+        lost.is_empty(),
+        "acknowledged messages lost in a power loss:\n{}",
+        lost.join("\n")
+    );
     Ok(())
 }
 
@@ -172,8 +181,15 @@ async fn power_loss_without_fsync_loses_acknowledged_messages() -> Result<()> {
     // Either history lost acknowledged messages, or the nodes could not even serve it.
     match lost {
         Ok(lost) => {
-            eprintln!("without fsync, {} acknowledged reads were lost or wrong, e.g. {:?}", lost.len(), lost.first());
-            assert!(!lost.is_empty(), "without fsync a power loss should lose acknowledged messages");
+            eprintln!(
+                "without fsync, {} acknowledged reads were lost or wrong, e.g. {:?}",
+                lost.len(),
+                lost.first()
+            );
+            assert!(
+                !lost.is_empty(),
+                "without fsync a power loss should lose acknowledged messages"
+            );
         }
         Err(e) => eprintln!("without fsync the cluster did not recover: {e:#}"),
     }

@@ -25,12 +25,20 @@ pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
 
 /// A port free on loopback at the time of asking.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Mints a token for `sub` with `roles`.
 pub fn token(sub: &str, roles: &[&str]) -> String {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
     let claims = json!({"sub": sub, "exp": exp, "roles": roles});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -146,7 +154,9 @@ impl Builder {
             peers,
             shards: self.shards,
             config_path,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
             token: token("tester", &["admin"]),
         };
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
@@ -173,7 +183,11 @@ fn new_node(id: u64, root: &Path, logs: &Path) -> TestNode {
 }
 
 fn peers_arg(nodes: &BTreeMap<u64, TestNode>) -> String {
-    nodes.values().map(|n| format!("{}={}", n.id, n.raft)).collect::<Vec<_>>().join(",")
+    nodes
+        .values()
+        .map(|n| format!("{}={}", n.id, n.raft))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Real chorus nodes on loopback; killed when dropped.
@@ -250,7 +264,10 @@ impl TestCluster {
 
     /// Starts node `id`, appending to its log.
     pub fn start_node(&mut self, id: u64) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(id).log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.node(id).log)?;
         let child = self
             .node_command(id)
             .stdout(log.try_clone()?)
@@ -290,21 +307,36 @@ impl TestCluster {
     /// SIGTERMs node `id` and waits for it to exit.
     pub fn stop(&mut self, id: u64) -> Result<std::process::ExitStatus> {
         self.signal(id, libc::SIGTERM);
-        let mut child = self.nodes.get_mut(&id).unwrap().child.take().context("not running")?;
+        let mut child = self
+            .nodes
+            .get_mut(&id)
+            .unwrap()
+            .child
+            .take()
+            .context("not running")?;
         Ok(child.wait()?)
     }
 
     /// Waits for node `id` to exit by itself (e.g. refusing to start) and returns its log.
     pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Result<(std::process::ExitStatus, String)> {
         let deadline = Instant::now() + timeout;
-        let child = self.nodes.get_mut(&id).unwrap().child.as_mut().context("not running")?;
+        let child = self
+            .nodes
+            .get_mut(&id)
+            .unwrap()
+            .child
+            .as_mut()
+            .context("not running")?;
         loop {
             if let Some(status) = child.try_wait()? {
                 self.nodes.get_mut(&id).unwrap().child = None;
                 return Ok((status, self.log(id)));
             }
             if Instant::now() > deadline {
-                bail!("node {id} still running after {timeout:?}; its log:\n{}", tail(&self.log(id), 30));
+                bail!(
+                    "node {id} still running after {timeout:?}; its log:\n{}",
+                    tail(&self.log(id), 30)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -320,9 +352,11 @@ impl TestCluster {
     }
 
     pub async fn wait_ready(&self, id: u64, timeout: Duration) -> Result<()> {
-        wait_for(&format!("node {id} /ready"), timeout, || async { self.is_ready(id).await.then_some(()) })
-            .await
-            .with_context(|| format!("log of node {id}:\n{}", tail(&self.log(id), 40)))
+        wait_for(&format!("node {id} /ready"), timeout, || async {
+            self.is_ready(id).await.then_some(())
+        })
+        .await
+        .with_context(|| format!("log of node {id}:\n{}", tail(&self.log(id), 40)))
     }
 
     pub async fn wait_all_ready(&self, timeout: Duration) -> Result<()> {
@@ -334,7 +368,11 @@ impl TestCluster {
 
     /// Ids of nodes whose process is running.
     pub fn running(&self) -> Vec<u64> {
-        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
     }
 
     /// `GET /api/v1/cluster` of node `id`.
@@ -354,7 +392,8 @@ impl TestCluster {
         if let Some(key) = key {
             body["idempotency_key"] = json!(key);
         }
-        self.publish_raw(id, channel, &body.to_string(), &self.token).await
+        self.publish_raw(id, channel, &body.to_string(), &self.token)
+            .await
     }
 
     /// Publishes a raw body with `token`.
@@ -382,7 +421,10 @@ impl TestCluster {
         loop {
             let r = self
                 .client
-                .get(format!("{}/api/v1/channels/{channel}/history?since={since}&limit=1000", self.url(id)))
+                .get(format!(
+                    "{}/api/v1/channels/{channel}/history?since={since}&limit=1000",
+                    self.url(id)
+                ))
                 .bearer_auth(&self.token)
                 .send()
                 .await?;
@@ -414,7 +456,11 @@ impl TestCluster {
             .env_remove("CHORUS_TOKEN")
             .output()
             .expect("running chorus cli");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), text)
     }
 }

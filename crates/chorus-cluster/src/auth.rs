@@ -87,7 +87,10 @@ mod tests {
             check(&metadata(&secret_proof("other"), "c1"), &ours, Some("c1")),
             Err(PeerAuthError::WrongSecret)
         );
-        assert_eq!(check(&MetadataMap::new(), &ours, None), Err(PeerAuthError::Missing));
+        assert_eq!(
+            check(&MetadataMap::new(), &ours, None),
+            Err(PeerAuthError::Missing)
+        );
         assert!(matches!(
             check(&metadata(&ours, "c2"), &ours, Some("c1")),
             Err(PeerAuthError::OtherCluster { .. })

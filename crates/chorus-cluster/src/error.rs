@@ -13,7 +13,9 @@ pub enum ClusterError {
         shard: ShardId,
     },
     /// The write was handed to Raft but its fate is unknown (leader lost, connection cut).
-    #[error("the write to shard {shard} may or may not have been applied ({reason}); retry with the same idempotency key")]
+    #[error(
+        "the write to shard {shard} may or may not have been applied ({reason}); retry with the same idempotency key"
+    )]
     Indeterminate {
         /// The shard.
         shard: ShardId,

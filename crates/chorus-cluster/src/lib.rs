@@ -20,7 +20,7 @@ pub mod service;
 pub mod status;
 
 pub use error::ClusterError;
-pub use node::{ClusterConfig, ClusterNode, ClusterMetrics};
+pub use node::{ClusterConfig, ClusterMetrics, ClusterNode};
 pub use status::{ClusterStatus, NodeStatus, ShardStatus};
 
 /// The Raft handle of one shard.

@@ -1,8 +1,8 @@
 //! The gRPC transport: one cached channel per peer, shared by every shard group.
 
 use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
-use chorus_proto::cluster::{NodeInfoReply, NodeInfoRequest, ShardMessage};
 use chorus_proto::cluster::cluster_client::ClusterClient;
+use chorus_proto::cluster::{NodeInfoReply, NodeInfoRequest, ShardMessage};
 use chorus_store::{ChorusNode, TypeConfig};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -139,13 +139,19 @@ impl PeerPool {
             Rpc::Forward => client.forward(req).await,
         };
         match reply {
-            Ok(reply) => postcard::from_bytes(&reply.into_inner().payload).map_err(|e| CallError::Decode(e.to_string())),
+            Ok(reply) => postcard::from_bytes(&reply.into_inner().payload)
+                .map_err(|e| CallError::Decode(e.to_string())),
             Err(status) => Err(self.classify(node, addr, status)),
         }
     }
 
     /// Asks `node` who it is.
-    pub async fn node_info(&self, node: u64, addr: &str, timeout: Duration) -> Result<NodeInfoReply, CallError> {
+    pub async fn node_info(
+        &self,
+        node: u64,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<NodeInfoReply, CallError> {
         let channel = self.channel(node, addr)?;
         let mut req = tonic::Request::new(NodeInfoRequest {});
         req.set_timeout(timeout);
@@ -163,13 +169,19 @@ impl PeerPool {
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 let mut last = self.last_refusal_log.lock().expect("lock");
                 let now = Instant::now();
-                if last.get(&node).is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10)) {
+                if last
+                    .get(&node)
+                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
+                {
                     last.insert(node, now);
                     tracing::error!(peer = node, %addr, reason = %status.message(), "peer refused this node's cluster credentials: check that every node has the same cluster secret and belongs to the same cluster");
                 }
                 CallError::Refused(status.message().to_string())
             }
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded => {
                 CallError::Transport(format!("{}: {}", status.code(), status.message()))
             }
             _ => CallError::Status(format!("{}: {}", status.code(), status.message())),
@@ -227,7 +239,14 @@ impl ShardNetwork {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let result: Result<Resp, E> = self
             .pool
-            .call(self.target, &self.addr, rpc, self.shard, request, option.hard_ttl())
+            .call(
+                self.target,
+                &self.addr,
+                rpc,
+                self.shard,
+                request,
+                option.hard_ttl(),
+            )
             .await
             .map_err(rpc_error)?;
         result.map_err(|e| RPCError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}"))))
@@ -266,10 +285,19 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         let timeout = option.hard_ttl().max(Duration::from_secs(30));
         let result: Result<SnapshotResponse<TypeConfig>, openraft::errors::Fatal<TypeConfig>> = self
             .pool
-            .call(self.target, &self.addr, Rpc::InstallSnapshot, self.shard, &request, timeout)
+            .call(
+                self.target,
+                &self.addr,
+                Rpc::InstallSnapshot,
+                self.shard,
+                &request,
+                timeout,
+            )
             .await
             .map_err(|e| StreamingError::from(rpc_error(e)))?;
-        result.map_err(|e| StreamingError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}"))))
+        result.map_err(|e| {
+            StreamingError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}")))
+        })
     }
 
     async fn transfer_leader(

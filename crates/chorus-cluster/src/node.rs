@@ -6,8 +6,8 @@ use crate::forward::{ForwardError, ForwardRequest, ForwardResponse, ForwardResul
 use crate::network::{CallError, PeerPool, Rpc, ShardNetworkFactory};
 use crate::placement;
 use chorus_core::{
-    ChannelName, Command, CommandResult, ErrorCode, HistoryLimits, HistoryPage, PublishCommand,
-    Published, ShardId, shard_for,
+    ChannelName, Command, CommandResult, ErrorCode, HistoryLimits, HistoryPage, PublishCommand, Published,
+    ShardId, shard_for,
 };
 use chorus_store::{ChorusNode, NodeStore, ShardReader, ShardRequest, ShardResponse, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
@@ -82,13 +82,41 @@ impl ClusterMetrics {
     /// Registers under `chorus_*`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register("chorus_writes", "client writes by outcome", self.writes.clone());
-        registry.register("chorus_forwards", "requests forwarded to another node's shard leader", self.forwards.clone());
-        registry.register("chorus_shard_term", "current Raft term per shard", self.term.clone());
-        registry.register("chorus_shard_leader", "id of the shard's leader (0: none known)", self.leader.clone());
-        registry.register("chorus_shard_is_leader", "1 when this node leads the shard", self.is_leader.clone());
-        registry.register("chorus_shard_commit_index", "committed log index per shard", self.committed.clone());
-        registry.register("chorus_shard_applied_index", "applied log index per shard", self.applied.clone());
-        registry.register("chorus_shard_last_log_index", "last log index per shard", self.last_log.clone());
+        registry.register(
+            "chorus_forwards",
+            "requests forwarded to another node's shard leader",
+            self.forwards.clone(),
+        );
+        registry.register(
+            "chorus_shard_term",
+            "current Raft term per shard",
+            self.term.clone(),
+        );
+        registry.register(
+            "chorus_shard_leader",
+            "id of the shard's leader (0: none known)",
+            self.leader.clone(),
+        );
+        registry.register(
+            "chorus_shard_is_leader",
+            "1 when this node leads the shard",
+            self.is_leader.clone(),
+        );
+        registry.register(
+            "chorus_shard_commit_index",
+            "committed log index per shard",
+            self.committed.clone(),
+        );
+        registry.register(
+            "chorus_shard_applied_index",
+            "applied log index per shard",
+            self.applied.clone(),
+        );
+        registry.register(
+            "chorus_shard_last_log_index",
+            "last log index per shard",
+            self.last_log.clone(),
+        );
     }
 }
 
@@ -125,9 +153,13 @@ fn failed(code: ErrorCode, message: impl ToString, indeterminate: bool) -> Forwa
 
 fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
     match &err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader { leader: f.leader_id },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            ForwardError::NotLeader { leader: f.leader_id }
+        }
         RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => failed(ErrorCode::Timeout, &err, true),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => failed(ErrorCode::BadRequest, e, false),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            failed(ErrorCode::BadRequest, e, false)
+        }
         _ => failed(ErrorCode::Unavailable, &err, true),
     }
 }
@@ -173,7 +205,11 @@ async fn preflight(
 impl ClusterNode {
     /// Opens every shard group on `store` and, with `peers` configured, initializes them
     /// (every node does so with the same membership, which openraft makes safe).
-    pub async fn start(config: ClusterConfig, store: NodeStore, metrics: ClusterMetrics) -> Result<ClusterNode, ClusterError> {
+    pub async fn start(
+        config: ClusterConfig,
+        store: NodeStore,
+        metrics: ClusterMetrics,
+    ) -> Result<ClusterNode, ClusterError> {
         let proof = crate::auth::secret_proof(&config.cluster_secret);
         let pool = PeerPool::new(proof.clone());
         let raft_config = openraft::Config {
@@ -189,16 +225,29 @@ impl ClusterNode {
         .validate()
         .map_err(|e| ClusterError::Internal(format!("raft config: {e}")))?;
         let raft_config = Arc::new(raft_config);
-        let recorded_cluster_id = store.cluster_id().map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let recorded_cluster_id = store
+            .cluster_id()
+            .map_err(|e| ClusterError::Internal(e.to_string()))?;
         pool.set_cluster_id(recorded_cluster_id.clone());
-        preflight(&pool, &config, recorded_cluster_id.as_deref(), Duration::from_secs(2)).await?;
+        preflight(
+            &pool,
+            &config,
+            recorded_cluster_id.as_deref(),
+            Duration::from_secs(2),
+        )
+        .await?;
         let mut shards = Vec::with_capacity(config.shard_count as usize);
         for s in 0..config.shard_count {
             let id = ShardId(s);
-            let log = store.log_store(id).map_err(|e| ClusterError::Internal(e.to_string()))?;
+            let log = store
+                .log_store(id)
+                .map_err(|e| ClusterError::Internal(e.to_string()))?;
             let sm = store.state_machine(id, config.limits);
             let reader = sm.reader();
-            let network = ShardNetworkFactory { shard: s, pool: pool.clone() };
+            let network = ShardNetworkFactory {
+                shard: s,
+                pool: pool.clone(),
+            };
             let raft = ShardRaft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .map_err(|e| ClusterError::Internal(format!("starting shard {s}: {e}")))?;
@@ -231,15 +280,31 @@ impl ClusterNode {
             .config
             .peers
             .iter()
-            .map(|(id, addr)| (*id, ChorusNode { raft_addr: addr.clone() }))
+            .map(|(id, addr)| {
+                (
+                    *id,
+                    ChorusNode {
+                        raft_addr: addr.clone(),
+                    },
+                )
+            })
             .collect();
         for shard in &self.inner.shards {
-            let initialized = shard.raft.is_initialized().await.map_err(|e| ClusterError::Internal(e.to_string()))?;
+            let initialized = shard
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| ClusterError::Internal(e.to_string()))?;
             if !initialized {
                 match shard.raft.initialize(members.clone()).await {
                     Ok(()) => {}
                     Err(RaftError::APIError(openraft::errors::InitializeError::NotAllowed(_))) => {}
-                    Err(e) => return Err(ClusterError::Internal(format!("initializing shard {}: {e}", shard.id))),
+                    Err(e) => {
+                        return Err(ClusterError::Internal(format!(
+                            "initializing shard {}: {e}",
+                            shard.id
+                        )));
+                    }
                 }
             }
         }
@@ -310,18 +375,29 @@ impl ClusterNode {
     fn raft_addr_of(&self, shard: &Shard, node: u64) -> Option<String> {
         let metrics = shard.raft.metrics();
         let m = metrics.borrow_watched();
-        m.membership_config.membership().get_node(&node).map(|n| n.raft_addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&node)
+            .map(|n| n.raft_addr.clone())
     }
 
     /// Publishes one event through the channel's shard leader; answers after commit.
     pub async fn publish(&self, command: PublishCommand) -> Result<Published, ClusterError> {
         let shard = shard_for(command.channel.as_str(), self.shard_count());
-        let response = self.write(shard, ShardRequest(vec![Command::Publish(command)])).await;
+        let response = self
+            .write(shard, ShardRequest(vec![Command::Publish(command)]))
+            .await;
         let outcome = if response.is_ok() { "ok" } else { "error" };
-        self.inner.metrics.writes.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.inner
+            .metrics
+            .writes
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
         match response?.0.into_iter().next() {
             Some(CommandResult::Published(published)) => Ok(published),
-            other => Err(ClusterError::Internal(format!("unexpected apply result {other:?}"))),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -335,10 +411,17 @@ impl ClusterNode {
 
     /// Reads a channel's history, linearizably: it includes every write acknowledged before
     /// the read began, whichever node acknowledged it.
-    pub async fn history(&self, channel: &ChannelName, since: u64, limit: usize) -> Result<HistoryPage, ClusterError> {
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, ClusterError> {
         let shard = shard_for(channel.as_str(), self.shard_count());
         self.read_barrier(shard).await?;
-        Ok(self.inner.shards[shard.0 as usize].reader.history(channel, since, limit))
+        Ok(self.inner.shards[shard.0 as usize]
+            .reader
+            .history(channel, since, limit))
     }
 
     /// Waits until this node has applied everything the shard had committed when called.
@@ -360,24 +443,39 @@ impl ClusterNode {
 
     /// Runs `request` on the shard's leader: here if this node leads, else over gRPC.
     /// Retries while leadership moves, until [`ROUTE_DEADLINE`].
-    pub async fn leader_call(&self, shard: ShardId, request: ForwardRequest) -> Result<ForwardResponse, ClusterError> {
+    pub async fn leader_call(
+        &self,
+        shard: ShardId,
+        request: ForwardRequest,
+    ) -> Result<ForwardResponse, ClusterError> {
         let s = self
             .shard(shard.0)
             .ok_or_else(|| ClusterError::BadRequest(format!("no shard {shard}")))?;
         let deadline = Instant::now() + ROUTE_DEADLINE;
         let mut hint: Option<u64> = None;
         loop {
-            let leader = hint.take().or_else(|| s.raft.metrics().borrow_watched().current_leader);
+            let leader = hint
+                .take()
+                .or_else(|| s.raft.metrics().borrow_watched().current_leader);
             let result = match leader {
                 Some(leader) if leader == self.node_id() => self.handle_forward(shard, request.clone()).await,
                 Some(leader) => match self.raft_addr_of(s, leader) {
                     Some(addr) => {
                         self.inner.metrics.forwards.inc();
-                        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                        let remaining = deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(100));
                         match self
                             .inner
                             .pool
-                            .call::<_, ForwardResult>(leader, &addr, Rpc::Forward, shard.0, &request, remaining)
+                            .call::<_, ForwardResult>(
+                                leader,
+                                &addr,
+                                Rpc::Forward,
+                                shard.0,
+                                &request,
+                                remaining,
+                            )
                             .await
                         {
                             Ok(result) => result,
@@ -392,7 +490,11 @@ impl ClusterNode {
                             }
                             Err(e) => {
                                 let indeterminate = matches!(request, ForwardRequest::Write(_));
-                                Err(failed(ErrorCode::Unavailable, format!("forwarding to node {leader}: {e}"), indeterminate))
+                                Err(failed(
+                                    ErrorCode::Unavailable,
+                                    format!("forwarding to node {leader}: {e}"),
+                                    indeterminate,
+                                ))
                             }
                         }
                     }
@@ -411,13 +513,23 @@ impl ClusterNode {
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                Err(ForwardError::Failed { code, message, indeterminate }) => {
+                Err(ForwardError::Failed {
+                    code,
+                    message,
+                    indeterminate,
+                }) => {
                     return Err(if indeterminate {
-                        ClusterError::Indeterminate { shard, reason: message }
+                        ClusterError::Indeterminate {
+                            shard,
+                            reason: message,
+                        }
                     } else {
                         match code {
                             ErrorCode::BadRequest => ClusterError::Membership(message),
-                            ErrorCode::Unavailable => ClusterError::Unreachable { node: leader.unwrap_or(0), reason: message },
+                            ErrorCode::Unavailable => ClusterError::Unreachable {
+                                node: leader.unwrap_or(0),
+                                reason: message,
+                            },
                             _ => ClusterError::Internal(message),
                         }
                     });
@@ -438,12 +550,15 @@ impl ClusterNode {
                 Ok(ForwardResponse::Written(response.data))
             }
             ForwardRequest::ReadIndex => {
-                let read = raft.ensure_linearizable(ReadPolicy::ReadIndex).await.map_err(|e| match e {
-                    RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)) => {
-                        ForwardError::NotLeader { leader: f.leader_id }
-                    }
-                    other => failed(ErrorCode::Unavailable, other, false),
-                })?;
+                let read = raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await
+                    .map_err(|e| match e {
+                        RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)) => {
+                            ForwardError::NotLeader { leader: f.leader_id }
+                        }
+                        other => failed(ErrorCode::Unavailable, other, false),
+                    })?;
                 Ok(ForwardResponse::ReadIndex(read.index()))
             }
             ForwardRequest::AddLearner { id, node } => {
@@ -479,9 +594,13 @@ impl ClusterNode {
             return Err(ClusterError::BadRequest("node id must be positive".into()));
         }
         for shard in self.shards() {
-            let node = ChorusNode { raft_addr: raft_addr.clone() };
-            self.leader_call(shard.id, ForwardRequest::AddLearner { id, node }).await?;
-            self.leader_call(shard.id, ForwardRequest::AddVoter { id }).await?;
+            let node = ChorusNode {
+                raft_addr: raft_addr.clone(),
+            };
+            self.leader_call(shard.id, ForwardRequest::AddLearner { id, node })
+                .await?;
+            self.leader_call(shard.id, ForwardRequest::AddVoter { id })
+                .await?;
             tracing::info!(node = id, shard = shard.id.0, "node added as voter");
         }
         Ok(())
@@ -490,11 +609,20 @@ impl ClusterNode {
     /// Removes node `id` from every shard.
     pub async fn remove_node(&self, id: u64) -> Result<(), ClusterError> {
         for shard in self.shards() {
-            let voters: Vec<u64> = self.metrics_of(shard).membership_config.membership().voter_ids().collect();
+            let voters: Vec<u64> = self
+                .metrics_of(shard)
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
             if voters.len() <= 1 && voters.contains(&id) {
-                return Err(ClusterError::Membership(format!("node {id} is the last voter of shard {}", shard.id)));
+                return Err(ClusterError::Membership(format!(
+                    "node {id} is the last voter of shard {}",
+                    shard.id
+                )));
             }
-            self.leader_call(shard.id, ForwardRequest::RemoveNode { id }).await?;
+            self.leader_call(shard.id, ForwardRequest::RemoveNode { id })
+                .await?;
             tracing::info!(node = id, shard = shard.id.0, "node removed");
         }
         Ok(())
@@ -507,7 +635,9 @@ impl ClusterNode {
             let raft_metrics = self.metrics_of(shard);
             let label = ShardLabel { shard: shard.id.0 };
             m.term.get_or_create(&label).set(raft_metrics.current_term as i64);
-            m.leader.get_or_create(&label).set(raft_metrics.current_leader.unwrap_or(0) as i64);
+            m.leader
+                .get_or_create(&label)
+                .set(raft_metrics.current_leader.unwrap_or(0) as i64);
             m.is_leader
                 .get_or_create(&label)
                 .set(i64::from(raft_metrics.state == ServerState::Leader));
@@ -517,7 +647,9 @@ impl ClusterNode {
             m.applied
                 .get_or_create(&label)
                 .set(raft_metrics.last_applied.map_or(0, |l| l.index) as i64);
-            m.last_log.get_or_create(&label).set(raft_metrics.last_log_index.unwrap_or(0) as i64);
+            m.last_log
+                .get_or_create(&label)
+                .set(raft_metrics.last_log_index.unwrap_or(0) as i64);
         }
     }
 
@@ -555,7 +687,11 @@ impl ClusterNode {
         if self.inner.started.elapsed() > Duration::from_secs(2)
             && let Some((shard, target)) = placement::next_transfer(self)
         {
-            tracing::info!(shard = shard.0, to = target, "transferring shard leadership to its preferred node");
+            tracing::info!(
+                shard = shard.0,
+                to = target,
+                "transferring shard leadership to its preferred node"
+            );
             if let Some(s) = self.shard(shard.0) {
                 let _ = s.raft.trigger().transfer_leader(target).await;
             }

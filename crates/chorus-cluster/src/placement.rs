@@ -61,7 +61,9 @@ mod tests {
         let voters = [1, 2, 3];
         let mut counts = std::collections::BTreeMap::new();
         for s in 0..12 {
-            *counts.entry(preferred_leader(ShardId(s), &voters).unwrap()).or_insert(0) += 1;
+            *counts
+                .entry(preferred_leader(ShardId(s), &voters).unwrap())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4]);
         assert_eq!(preferred_leader(ShardId(0), &[]), None);

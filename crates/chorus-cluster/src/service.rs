@@ -32,14 +32,16 @@ impl ClusterService {
             node,
             refusals_logged: Mutex::new(HashMap::new()),
         })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let ours = self.node.cluster_id();
         auth::check(request.metadata(), self.node.secret_proof(), ours.as_deref()).map_err(|e| {
-            let from = request.remote_addr().map_or("unknown".to_string(), |a: SocketAddr| a.ip().to_string());
+            let from = request
+                .remote_addr()
+                .map_or("unknown".to_string(), |a: SocketAddr| a.ip().to_string());
             let kind = match e {
                 auth::PeerAuthError::Missing => "missing",
                 auth::PeerAuthError::WrongSecret => "secret",
@@ -48,7 +50,10 @@ impl ClusterService {
             let mut logged = self.refusals_logged.lock().expect("lock");
             let now = Instant::now();
             let key = (from.clone(), kind);
-            if logged.get(&key).is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10)) {
+            if logged
+                .get(&key)
+                .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
+            {
                 logged.insert(key, now);
                 tracing::error!(%from, reason = %e, "refused a node-to-node call");
             }
@@ -60,7 +65,8 @@ impl ClusterService {
     }
 
     fn decode<T: DeserializeOwned>(message: &ShardMessage) -> Result<T, Status> {
-        postcard::from_bytes(&message.payload).map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+        postcard::from_bytes(&message.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
     }
 
     fn reply<T: Serialize>(shard: u32, value: &T) -> Result<Response<ShardMessage>, Status> {
@@ -69,9 +75,13 @@ impl ClusterService {
     }
 
     fn raft(&self, shard: u32) -> Result<&crate::ShardRaft, Status> {
-        self.node
-            .raft(shard)
-            .ok_or_else(|| Status::not_found(format!("no shard {shard} on node {} (shard count {})", self.node.node_id(), self.node.shard_count())))
+        self.node.raft(shard).ok_or_else(|| {
+            Status::not_found(format!(
+                "no shard {shard} on node {} (shard count {})",
+                self.node.node_id(),
+                self.node.shard_count()
+            ))
+        })
     }
 }
 
@@ -93,16 +103,26 @@ impl Cluster for ClusterService {
         Self::reply(message.shard, &result)
     }
 
-    async fn install_snapshot(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<ShardMessage>,
+    ) -> Result<Response<ShardMessage>, Status> {
         self.authorize(&request)?;
         let message = request.into_inner();
-        let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) = Self::decode(&message)?;
+        let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) =
+            Self::decode(&message)?;
         let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-        let result = self.raft(message.shard)?.install_full_snapshot(vote, snapshot).await;
+        let result = self
+            .raft(message.shard)?
+            .install_full_snapshot(vote, snapshot)
+            .await;
         Self::reply(message.shard, &result)
     }
 
-    async fn transfer_leader(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<ShardMessage>,
+    ) -> Result<Response<ShardMessage>, Status> {
         self.authorize(&request)?;
         let message = request.into_inner();
         let rpc: TransferLeaderRequest<TypeConfig> = Self::decode(&message)?;

@@ -127,8 +127,18 @@ impl ClusterNode {
     pub fn readiness(&self) -> Vec<ReadinessCheck> {
         let status = self.status();
         let me = self.node_id();
-        let not_member: Vec<u32> = status.shards.iter().filter(|s| !s.voters.contains(&me)).map(|s| s.shard).collect();
-        let leaderless: Vec<u32> = status.shards.iter().filter(|s| s.leader.is_none()).map(|s| s.shard).collect();
+        let not_member: Vec<u32> = status
+            .shards
+            .iter()
+            .filter(|s| !s.voters.contains(&me))
+            .map(|s| s.shard)
+            .collect();
+        let leaderless: Vec<u32> = status
+            .shards
+            .iter()
+            .filter(|s| s.leader.is_none())
+            .map(|s| s.shard)
+            .collect();
         let behind: Vec<u32> = status
             .shards
             .iter()

@@ -35,7 +35,9 @@ pub enum ChannelNameError {
         position: usize,
     },
     /// A character outside the allowed set.
-    #[error("channel name has the character {character:?} at byte {index}; allowed are letters, digits, '.', '-', '_', ':', '@', '=', '+'")]
+    #[error(
+        "channel name has the character {character:?} at byte {index}; allowed are letters, digits, '.', '-', '_', ':', '@', '=', '+'"
+    )]
     BadCharacter {
         /// The offending character.
         character: char,
@@ -72,10 +74,7 @@ impl ChannelName {
                 max: MAX_CHANNEL_LEN,
             });
         }
-        if let Some((index, character)) = name
-            .char_indices()
-            .find(|&(_, c)| c != '.' && !is_token_char(c))
-        {
+        if let Some((index, character)) = name.char_indices().find(|&(_, c)| c != '.' && !is_token_char(c)) {
             return Err(ChannelNameError::BadCharacter { character, index });
         }
         if let Some(position) = name.split('.').position(str::is_empty) {
@@ -156,10 +155,7 @@ mod tests {
         let long = "a".repeat(MAX_CHANNEL_LEN + 1);
         assert_eq!(
             ChannelName::new(long),
-            Err(ChannelNameError::TooLong {
-                len: 256,
-                max: 255
-            })
+            Err(ChannelNameError::TooLong { len: 256, max: 255 })
         );
     }
 

@@ -142,9 +142,21 @@ mod tests {
 
     #[test]
     fn rejects_malformed_patterns() {
-        assert!(matches!(ChannelPattern::new("a.>.b"), Err(PatternError::TailNotLast { .. })));
-        assert!(matches!(ChannelPattern::new("a..b"), Err(PatternError::Invalid { .. })));
-        assert!(matches!(ChannelPattern::new("a*"), Err(PatternError::Invalid { .. })));
-        assert!(matches!(ChannelPattern::new(""), Err(PatternError::Invalid { .. })));
+        assert!(matches!(
+            ChannelPattern::new("a.>.b"),
+            Err(PatternError::TailNotLast { .. })
+        ));
+        assert!(matches!(
+            ChannelPattern::new("a..b"),
+            Err(PatternError::Invalid { .. })
+        ));
+        assert!(matches!(
+            ChannelPattern::new("a*"),
+            Err(PatternError::Invalid { .. })
+        ));
+        assert!(matches!(
+            ChannelPattern::new(""),
+            Err(PatternError::Invalid { .. })
+        ));
     }
 }

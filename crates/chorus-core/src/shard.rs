@@ -51,7 +51,10 @@ mod tests {
     #[test]
     fn placement_is_stable_and_spread() {
         // Pinned: changing the hash would move existing channels to other shards.
-        assert_eq!(shard_for("chat.room-1", 12), ShardId((fnv1a_64(b"chat.room-1") % 12) as u32));
+        assert_eq!(
+            shard_for("chat.room-1", 12),
+            ShardId((fnv1a_64(b"chat.room-1") % 12) as u32)
+        );
         let mut counts = [0u32; 12];
         for i in 0..1200 {
             counts[shard_for(&format!("chan-{i}"), 12).0 as usize] += 1;

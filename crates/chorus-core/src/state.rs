@@ -209,10 +209,7 @@ impl ShardState {
                 messages: Vec::new(),
             };
         };
-        let first_retained = log
-            .messages
-            .front()
-            .map_or(log.last_offset + 1, |m| m.offset);
+        let first_retained = log.messages.front().map_or(log.last_offset + 1, |m| m.offset);
         let skip = (since + 1).saturating_sub(first_retained) as usize;
         HistoryPage {
             epoch: log.epoch,
@@ -243,7 +240,11 @@ impl ChannelLog {
                 break;
             }
             let (_, key) = self.dedupe_order.pop_front().expect("front exists");
-            if self.dedupe.get(&key).is_some_and(|e| e.time_ms.saturating_add(window_ms) < now) {
+            if self
+                .dedupe
+                .get(&key)
+                .is_some_and(|e| e.time_ms.saturating_add(window_ms) < now)
+            {
                 self.dedupe.remove(&key);
             }
         }
@@ -281,12 +282,17 @@ mod tests {
         let mut state = ShardState::default();
         let mut offsets = Vec::new();
         for (i, channel) in ["a", "b", "a", "a", "b"].iter().enumerate() {
-            let ctx = ApplyContext { log_index: i as u64 + 1 };
+            let ctx = ApplyContext {
+                log_index: i as u64 + 1,
+            };
             offsets.push(published(state.apply(ctx, &publish(channel, "1", None, 10))).offset);
         }
         assert_eq!(offsets, vec![1, 1, 2, 3, 2]);
         let page = state.history(&ch("a"), 0, 100);
-        assert_eq!(page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(page.epoch, 1, "epoch is the log index that created the channel");
         assert_eq!(state.history(&ch("b"), 0, 100).epoch, 2);
     }
@@ -335,12 +341,18 @@ mod tests {
             state.apply(ctx, &publish("a", "1", None, 100 + t));
         }
         let page = state.history(&ch("a"), 0, 10);
-        assert_eq!(page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(page.first_retained, 3);
         // A write 2 s later ages out everything older than 1 s.
         state.apply(ctx, &publish("a", "1", None, 2_200));
         let page = state.history(&ch("a"), 0, 10);
-        assert_eq!(page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![6]
+        );
         assert_eq!(page.last_offset, 6);
     }
 
@@ -352,7 +364,10 @@ mod tests {
             state.apply(ctx, &publish("a", &t.to_string(), None, t));
         }
         let page = state.history(&ch("a"), 4, 3);
-        assert_eq!(page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert_eq!(
+            page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
         assert!(state.history(&ch("a"), 10, 3).messages.is_empty());
         let unknown = state.history(&ch("nope"), 0, 3);
         assert_eq!((unknown.epoch, unknown.last_offset), (0, 0));
@@ -395,7 +410,10 @@ mod tests {
             max_entries: 2,
             ..Default::default()
         };
-        assert_eq!(state.apply(ctx, &Command::SetLimits(limits)), CommandResult::LimitsSet);
+        assert_eq!(
+            state.apply(ctx, &Command::SetLimits(limits)),
+            CommandResult::LimitsSet
+        );
         assert_eq!(state.limits(), limits);
         assert_eq!(state.history(&ch("a"), 0, 10).messages.len(), 2);
     }

@@ -43,7 +43,10 @@ type Shared = Arc<HttpState>;
 
 /// The node's HTTP routes.
 pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
-    let body_limit = state.max_payload_bytes.saturating_mul(2).saturating_add(64 * 1024);
+    let body_limit = state
+        .max_payload_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -54,7 +57,10 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
         .route("/api/v1/channels/{channel}/publish", post(publish))
         .route("/api/v1/channels/{channel}/history", get(history))
         .layer(DefaultBodyLimit::max(body_limit))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::new(http_metrics), metrics::record))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(http_metrics),
+            metrics::record,
+        ))
         .with_state(state)
 }
 
@@ -90,9 +96,20 @@ async fn ready(State(state): State<Shared>) -> Response {
     let ok = checks.iter().all(|c| c.ok);
     let body: String = checks
         .iter()
-        .map(|c| format!("{} {}: {}\n", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail))
+        .map(|c| {
+            format!(
+                "{} {}: {}\n",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.name,
+                c.detail
+            )
+        })
         .collect();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, body).into_response()
 }
 
@@ -101,7 +118,10 @@ async fn metrics_text(State(state): State<Shared>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -122,13 +142,22 @@ struct JoinBody {
 
 async fn join(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let body: JoinBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("join body must be {{\"id\": <n>, \"raft_addr\": \"host:port\"}}: {e}")))?;
+    let body: JoinBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "join body must be {{\"id\": <n>, \"raft_addr\": \"host:port\"}}: {e}"
+        ))
+    })?;
     if body.raft_addr.parse::<std::net::SocketAddr>().is_err() {
-        return Err(ApiError::bad_request(format!("raft_addr {:?} is not ip:port", body.raft_addr)));
+        return Err(ApiError::bad_request(format!(
+            "raft_addr {:?} is not ip:port",
+            body.raft_addr
+        )));
     }
     state.cluster.add_node(body.id, body.raft_addr).await?;
-    Ok(Json(serde_json::json!({"joined": body.id, "cluster_id": state.cluster.cluster_id()})).into_response())
+    Ok(
+        Json(serde_json::json!({"joined": body.id, "cluster_id": state.cluster.cluster_id()}))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -138,8 +167,8 @@ struct RemoveBody {
 
 async fn remove(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let body: RemoveBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("remove body must be {{\"id\": <n>}}: {e}")))?;
+    let body: RemoveBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("remove body must be {{\"id\": <n>}}: {e}")))?;
     state.cluster.remove_node(body.id).await?;
     Ok(Json(serde_json::json!({"removed": body.id})).into_response())
 }
@@ -169,16 +198,22 @@ async fn publish(
 ) -> Result<Response, ApiError> {
     let claims = claims(&state, &headers)?;
     let channel = ChannelName::new(channel)?;
-    state.auth.authorize(&claims, Operation::Publish, channel.as_str())?;
-    let body: PublishBody<'_> =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    state
+        .auth
+        .authorize(&claims, Operation::Publish, channel.as_str())?;
+    let body: PublishBody<'_> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let data = body
         .data
         .ok_or_else(|| ApiError::bad_request("the body needs a \"data\" field (any JSON value)"))?;
     if data.get().len() > state.max_payload_bytes {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
-            format!("data is {} bytes; the limit is {}", data.get().len(), state.max_payload_bytes),
+            format!(
+                "data is {} bytes; the limit is {}",
+                data.get().len(),
+                state.max_payload_bytes
+            ),
         ));
     }
     if let Some(key) = &body.idempotency_key
@@ -191,7 +226,9 @@ async fn publish(
     if let Some(event_type) = &body.event_type
         && (event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN)
     {
-        return Err(ApiError::bad_request(format!("type must be 1 to {MAX_EVENT_TYPE_LEN} bytes")));
+        return Err(ApiError::bad_request(format!(
+            "type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"
+        )));
     }
     let published = state
         .cluster
@@ -235,9 +272,11 @@ struct HistoryReply<'a> {
 fn query_number(query: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
     match query.get(name) {
         None => Ok(default),
-        Some(text) => text
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("query parameter {name}={text:?} is not a non-negative integer"))),
+        Some(text) => text.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "query parameter {name}={text:?} is not a non-negative integer"
+            ))
+        }),
     }
 }
 
@@ -249,11 +288,15 @@ async fn history(
 ) -> Result<Response, ApiError> {
     let claims = claims(&state, &headers)?;
     let channel = ChannelName::new(channel)?;
-    state.auth.authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    state
+        .auth
+        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
     let since = query_number(&query, "since", 0)?;
     let limit = query_number(&query, "limit", DEFAULT_HISTORY_LIMIT as u64)?;
     if limit == 0 || limit > MAX_HISTORY_LIMIT as u64 {
-        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_HISTORY_LIMIT}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_HISTORY_LIMIT}"
+        )));
     }
     let page = state.cluster.history(&channel, since, limit as usize).await?;
     let mut messages = Vec::with_capacity(page.messages.len());

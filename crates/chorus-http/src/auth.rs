@@ -119,11 +119,15 @@ impl Authenticator {
 
     /// Checks that `claims` allow `operation` on `channel` (ignored for [`Operation::Admin`]).
     pub fn authorize(&self, claims: &Claims, operation: Operation, channel: &str) -> Result<(), AuthError> {
-        let allowed = claims.roles.iter().filter_map(|r| self.roles.get(r)).any(|role| match operation {
-            Operation::Publish => role.publish.iter().any(|p| p.matches(channel)),
-            Operation::Subscribe => role.subscribe.iter().any(|p| p.matches(channel)),
-            Operation::Admin => role.admin,
-        });
+        let allowed = claims
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .any(|role| match operation {
+                Operation::Publish => role.publish.iter().any(|p| p.matches(channel)),
+                Operation::Subscribe => role.subscribe.iter().any(|p| p.matches(channel)),
+                Operation::Admin => role.admin,
+            });
         if allowed {
             return Ok(());
         }

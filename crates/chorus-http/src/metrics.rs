@@ -27,7 +27,9 @@ impl Default for HttpMetrics {
     fn default() -> Self {
         HttpMetrics {
             latency: Family::new_with_constructor(|| {
-                Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0].into_iter())
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ])
             }),
         }
     }
@@ -36,7 +38,11 @@ impl Default for HttpMetrics {
 impl HttpMetrics {
     /// Registers `chorus_http_request_seconds`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("chorus_http_request_seconds", "HTTP request latency", self.latency.clone());
+        registry.register(
+            "chorus_http_request_seconds",
+            "HTTP request latency",
+            self.latency.clone(),
+        );
     }
 }
 

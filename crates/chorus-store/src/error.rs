@@ -27,7 +27,9 @@ pub enum StoreError {
         source: postcard::Error,
     },
     /// The data directory was created with another shard count.
-    #[error("the data directory was created for {stored} shards but the configuration says {configured}; the shard count is fixed when a cluster is created")]
+    #[error(
+        "the data directory was created for {stored} shards but the configuration says {configured}; the shard count is fixed when a cluster is created"
+    )]
     ShardCountMismatch {
         /// Shard count recorded in the data directory.
         stored: u32,
@@ -70,6 +72,9 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Decodes with postcard, naming `what` on failure.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|source| StoreError::Decode { what, source })
 }

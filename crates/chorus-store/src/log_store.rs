@@ -112,11 +112,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogIdOf<TypeConfig>> = self.read_meta(LAST_PURGED)?;
         let last = match self.reader.log.last().map_err(io_err)? {
-            Some((_, value)) => Some(decode::<EntryOf<TypeConfig>>("raft log entry", &value).map_err(io_err)?.log_id),
+            Some((_, value)) => Some(
+                decode::<EntryOf<TypeConfig>>("raft log entry", &value)
+                    .map_err(io_err)?
+                    .log_id,
+            ),
             None => None,
         };
         Ok(LogState {
-            last_log_id: last.or_else(|| last_purged_log_id.clone()),
+            last_log_id: last.or(last_purged_log_id),
             last_purged_log_id,
         })
     }
@@ -133,12 +137,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
         // Not synced on its own: a committed id older than the truth after a crash is safe,
         // openraft only uses it to re-apply sooner on restart.
-        self.reader.meta.insert(COMMITTED, encode(&committed)).map_err(io_err)?;
+        self.reader
+            .meta
+            .insert(COMMITTED, encode(&committed))
+            .map_err(io_err)?;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self.read_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -167,7 +176,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        self.reader.meta.insert(LAST_PURGED, encode(&log_id)).map_err(io_err)?;
+        self.reader
+            .meta
+            .insert(LAST_PURGED, encode(&log_id))
+            .map_err(io_err)?;
         let mut batch = sled::Batch::default();
         for item in self.reader.log.range(..=index_key(log_id.index)) {
             let (key, _) = item.map_err(io_err)?;

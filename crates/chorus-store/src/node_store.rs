@@ -49,17 +49,21 @@ impl NodeStore {
         }
         let db = sled_config.open()?;
         let meta = db.open_tree("node-meta")?;
-        check_or_record(&meta, "format_version", FORMAT_VERSION, |stored| StoreError::FormatMismatch {
-            stored,
-            supported: FORMAT_VERSION,
+        check_or_record(&meta, "format_version", FORMAT_VERSION, |stored| {
+            StoreError::FormatMismatch {
+                stored,
+                supported: FORMAT_VERSION,
+            }
         })?;
         check_or_record(&meta, "node_id", node_id, |stored| StoreError::NodeIdMismatch {
             stored,
             configured: node_id,
         })?;
-        check_or_record(&meta, "shard_count", shard_count, |stored| StoreError::ShardCountMismatch {
-            stored,
-            configured: shard_count,
+        check_or_record(&meta, "shard_count", shard_count, |stored| {
+            StoreError::ShardCountMismatch {
+                stored,
+                configured: shard_count,
+            }
         })?;
         let syncer = Syncer::start(db.clone(), sled_dir, metrics, skip_fsync)?;
         let store = NodeStore {
@@ -98,7 +102,9 @@ impl NodeStore {
 
     /// Records the cluster id this data directory belongs to.
     pub fn set_cluster_id(&self, id: &str) -> Result<(), StoreError> {
-        self.db.open_tree("node-meta")?.insert("cluster_id", encode(&id.to_string()))?;
+        self.db
+            .open_tree("node-meta")?
+            .insert("cluster_id", encode(&id.to_string()))?;
         let syncer = self.syncer.clone();
         // Durable soon; if lost in a crash, the id is learned again from shard 0.
         tokio::spawn(async move { syncer.flush().await });
@@ -152,10 +158,32 @@ mod tests {
         let store = NodeStore::open(dir.path(), 1, 12, StoreMetrics::default()).unwrap();
         futures::executor::block_on(store.close());
         drop(store);
-        let err = NodeStore::open(dir.path(), 1, 8, StoreMetrics::default()).err().unwrap();
-        assert!(matches!(err, StoreError::ShardCountMismatch { stored: 12, configured: 8 }), "{err}");
-        let err = NodeStore::open(dir.path(), 2, 12, StoreMetrics::default()).err().unwrap();
-        assert!(matches!(err, StoreError::NodeIdMismatch { stored: 1, configured: 2 }), "{err}");
+        let err = NodeStore::open(dir.path(), 1, 8, StoreMetrics::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                StoreError::ShardCountMismatch {
+                    stored: 12,
+                    configured: 8
+                }
+            ),
+            "{err}"
+        );
+        let err = NodeStore::open(dir.path(), 2, 12, StoreMetrics::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                StoreError::NodeIdMismatch {
+                    stored: 1,
+                    configured: 2
+                }
+            ),
+            "{err}"
+        );
         assert!(NodeStore::open(dir.path(), 1, 12, StoreMetrics::default()).is_ok());
     }
 }

@@ -55,7 +55,12 @@ pub struct ShardReader {
 impl ShardReader {
     /// Events of `channel` after `since`, at most `limit`.
     pub fn history(&self, channel: &ChannelName, since: u64, limit: usize) -> HistoryPage {
-        self.shared.applied.read().expect("state lock poisoned").state.history(channel, since, limit)
+        self.shared
+            .applied
+            .read()
+            .expect("state lock poisoned")
+            .state
+            .history(channel, since, limit)
     }
 
     /// The index of the last applied entry (0 when none).
@@ -72,7 +77,12 @@ impl ShardReader {
 
     /// The replicated history limits.
     pub fn limits(&self) -> HistoryLimits {
-        self.shared.applied.read().expect("state lock poisoned").state.limits()
+        self.shared
+            .applied
+            .read()
+            .expect("state lock poisoned")
+            .state
+            .limits()
     }
 
     /// The shard read.
@@ -126,7 +136,8 @@ impl ShardStateMachine {
             source,
         };
         let mut out = std::fs::File::create(&tmp).map_err(|e| io("creating snapshot", e))?;
-        out.write_all(&encode(file)).map_err(|e| io("writing snapshot", e))?;
+        out.write_all(&encode(file))
+            .map_err(|e| io("writing snapshot", e))?;
         out.sync_all().map_err(|e| io("fsyncing snapshot", e))?;
         drop(out);
         std::fs::rename(&tmp, path).map_err(|e| io("renaming snapshot", e))?;
@@ -146,7 +157,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         let (meta, data) = {
             let applied = self.shared.applied.read().expect("state lock poisoned");
             let meta = SnapshotMetaOf::<TypeConfig> {
-                last_log_id: applied.last_applied.clone(),
+                last_log_id: applied.last_applied,
                 last_membership: applied.last_membership.clone(),
             };
             (meta, encode(&applied.state))
@@ -171,7 +182,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let applied = self.shared.applied.read().expect("state lock poisoned");
-        Ok((applied.last_applied.clone(), applied.last_membership.clone()))
+        Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -181,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         while let Some((entry, responder)) = entries.try_next().await? {
             let response = {
                 let mut applied = self.shared.applied.write().expect("state lock poisoned");
-                applied.last_applied = Some(entry.log_id.clone());
+                applied.last_applied = Some(entry.log_id);
                 match &entry.payload {
                     EntryPayload::Blank => ShardResponse::default(),
                     EntryPayload::Normal(request) => {
@@ -192,7 +203,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     }
                     EntryPayload::Membership(membership) => {
                         applied.last_membership =
-                            StoredMembership::new(Some(entry.log_id.clone()), membership.clone());
+                            StoredMembership::new(Some(entry.log_id), membership.clone());
                         ShardResponse::default()
                     }
                 }
@@ -224,7 +235,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             .map_err(io::Error::other)??;
         let mut applied = self.shared.applied.write().expect("state lock poisoned");
         applied.state = state;
-        applied.last_applied = meta.last_log_id.clone();
+        applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
         Ok(())
     }

@@ -36,10 +36,8 @@ impl Default for StoreMetrics {
     fn default() -> Self {
         StoreMetrics {
             fsyncs: Counter::default(),
-            fsync_seconds: Histogram::new(
-                [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5].into_iter(),
-            ),
-            entries_per_fsync: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0].into_iter()),
+            fsync_seconds: Histogram::new([0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5]),
+            entries_per_fsync: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         }
     }
 }
@@ -47,7 +45,11 @@ impl Default for StoreMetrics {
 impl StoreMetrics {
     /// Registers the metrics under `chorus_store_*`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("chorus_store_fsyncs", "fsyncs of the sled db file", self.fsyncs.clone());
+        registry.register(
+            "chorus_store_fsyncs",
+            "fsyncs of the sled db file",
+            self.fsyncs.clone(),
+        );
         registry.register(
             "chorus_store_fsync_seconds",
             "time of one sled flush plus fsync",
@@ -82,12 +84,18 @@ struct Shared {
 pub struct Syncer {
     shared: Arc<Shared>,
     metrics: StoreMetrics,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Syncer {
     /// Starts the sync thread for `db`, whose directory is `dir`. With `skip_fsync` (a
     /// test-only switch that breaks durability on purpose) it only calls sled's `flush()`.
-    pub fn start(db: sled::Db, dir: PathBuf, metrics: StoreMetrics, skip_fsync: bool) -> Result<Syncer, StoreError> {
+    pub fn start(
+        db: sled::Db,
+        dir: PathBuf,
+        metrics: StoreMetrics,
+        skip_fsync: bool,
+    ) -> Result<Syncer, StoreError> {
         let db_file_path = dir.join("db");
         let db_file = File::open(&db_file_path).map_err(|source| StoreError::Io {
             action: "opening sled's db file for fsync",
@@ -100,7 +108,7 @@ impl Syncer {
         });
         let thread_shared = shared.clone();
         let thread_metrics = metrics.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("chorus-syncer".into())
             .spawn(move || sync_loop(thread_shared, db, db_file, thread_metrics, skip_fsync))
             .map_err(|source| StoreError::Io {
@@ -108,7 +116,11 @@ impl Syncer {
                 path: dir,
                 source,
             })?;
-        Ok(Syncer { shared, metrics })
+        Ok(Syncer {
+            shared,
+            metrics,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
     }
 
     /// The syncer's metrics.
@@ -147,10 +159,14 @@ impl Syncer {
         }
     }
 
-    /// Stops the thread after it has completed what is queued.
+    /// Stops the thread after it has completed what is queued, and waits for it to exit
+    /// (it holds the database open until then).
     pub fn stop(&self) {
         self.shared.queue.lock().expect("syncer lock poisoned").stopped = true;
         self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.lock().expect("syncer lock poisoned").take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -172,7 +188,9 @@ fn sync_loop(shared: Arc<Shared>, db: sled::Db, db_file: File, metrics: StoreMet
                     if skip_fsync {
                         return Ok(());
                     }
-                    db_file.sync_all().map_err(|e| format!("fsync of sled's db file failed: {e}"))
+                    db_file
+                        .sync_all()
+                        .map_err(|e| format!("fsync of sled's db file failed: {e}"))
                 });
             metrics.fsyncs.inc();
             metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());

@@ -24,5 +24,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, TempDir> for SledBuil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_store_passes_openraft_suite() {
-    Suite::test_all(SledBuilder).await.expect("openraft storage suite");
+    Suite::test_all(SledBuilder)
+        .await
+        .expect("openraft storage suite");
 }
