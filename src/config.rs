@@ -48,6 +48,9 @@ pub struct NodeArgs {
     /// Number of shards; fixed when the cluster is created.
     #[arg(long, env = "CHORUS_SHARDS")]
     pub shards: Option<u32>,
+    /// Largest event payload (the JSON `data`) in bytes.
+    #[arg(long, env = "CHORUS_MAX_PAYLOAD_BYTES")]
+    pub max_payload_bytes: Option<usize>,
 }
 
 /// The `[history]` table.
@@ -246,7 +249,10 @@ impl NodeConfig {
                 .or(file.jwt_secret)
                 .context("`jwt_secret` is required (--jwt-secret or CHORUS_JWT_SECRET)")?,
             shards: args.shards.or(file.shards).unwrap_or(12),
-            max_payload_bytes: file.max_payload_bytes.unwrap_or(64 * 1024),
+            max_payload_bytes: args
+                .max_payload_bytes
+                .or(file.max_payload_bytes)
+                .unwrap_or(64 * 1024),
             history: file.history.unwrap_or_default(),
             raft_timing: file.raft_timing.unwrap_or_default(),
             roles: file.roles.unwrap_or_else(default_roles),
@@ -348,5 +354,60 @@ impl NodeConfig {
             max_age_ms: self.history.max_age_secs.saturating_mul(1000),
             dedupe_window_ms: self.history.dedupe_window_secs.saturating_mul(1000),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_with_secrets() -> NodeArgs {
+        NodeArgs {
+            cluster_secret: Some("cluster-secret".into()),
+            jwt_secret: Some("jwt-secret-0123456789".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let mut args = args_with_secrets();
+        args.config = Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster/chorus.example.toml"
+        )));
+        let config = NodeConfig::load(&args).expect("example config loads");
+        assert_eq!(config.peers.len(), 3);
+        assert!(config.roles.contains_key("member"));
+        for n in 1..=3 {
+            let mut args = args_with_secrets();
+            args.config = Some(PathBuf::from(format!(
+                "{}/cluster/node{n}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            )));
+            assert_eq!(NodeConfig::load(&args).expect("local cluster config loads").id, n);
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_errors_name_the_field() {
+        let mut args = args_with_secrets();
+        args.config = Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster/node2.toml"
+        )));
+        args.shards = Some(6);
+        let config = NodeConfig::load(&args).unwrap();
+        assert_eq!((config.id, config.shards), (2, 6));
+        args.raft = Some("127.0.0.1:9999".parse().unwrap());
+        let err = NodeConfig::load(&args).unwrap_err().to_string();
+        assert!(err.contains("`peers` gives node 2 the address"), "{err}");
+        assert!(
+            parse_peers("1=a:1,x=b")
+                .unwrap_err()
+                .to_string()
+                .contains("`peers`")
+        );
+        assert_eq!(parse_peers("1=127.0.0.1:1, 2=127.0.0.1:2").unwrap().len(), 2);
     }
 }

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// How long a routed request keeps retrying leader changes before giving up.
 const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a membership change may take (a learner may need a whole snapshot).
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(120);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
@@ -451,7 +453,12 @@ impl ClusterNode {
         let s = self
             .shard(shard.0)
             .ok_or_else(|| ClusterError::BadRequest(format!("no shard {shard}")))?;
-        let deadline = Instant::now() + ROUTE_DEADLINE;
+        // Membership changes wait for a learner to catch up, possibly through a snapshot.
+        let allowed = match request {
+            ForwardRequest::Write(_) | ForwardRequest::ReadIndex => ROUTE_DEADLINE,
+            _ => MEMBERSHIP_DEADLINE,
+        };
+        let deadline = Instant::now() + allowed;
         let mut hint: Option<u64> = None;
         loop {
             let leader = hint
