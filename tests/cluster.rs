@@ -173,8 +173,11 @@ fn tracing_like(message: &str) {
 async fn killing_a_shard_leader_loses_nothing_acknowledged() -> Result<()> {
     let cluster = builder().start().await?;
     let shard = 5;
-    let leader = wait_for("a leader for shard 5", Duration::from_secs(10), || async {
-        cluster.leader_of(1, shard).await.ok().flatten()
+    // Placement settles shard 5 on its preferred node (position 5 % 3 of [1, 2, 3]).
+    let leader = 3;
+    wait_for("node 3 leading shard 5", Duration::from_secs(20), || async {
+        let status = cluster.status(leader).await.ok()?;
+        (status["shards"][shard as usize]["role"] == "leader").then_some(())
     })
     .await?;
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
@@ -213,7 +216,15 @@ async fn killing_a_shard_leader_loses_nothing_acknowledged() -> Result<()> {
         (acked_count.load(std::sync::atomic::Ordering::SeqCst) >= 60).then_some(())
     })
     .await?;
-    cluster.write().await.kill(leader);
+    {
+        let mut guard = cluster.write().await;
+        let status = guard.status(leader).await?;
+        assert_eq!(
+            status["shards"][shard as usize]["role"], "leader",
+            "the node killed leads the shard"
+        );
+        guard.kill(leader);
+    }
     let at_kill = acked_count.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         at_kill < 200,

@@ -94,11 +94,24 @@ impl Drop for LazyFs {
     }
 }
 
+/// Message `i`: small, but every fourth one close to the 64 KiB limit (large values take
+/// other paths in sled).
+fn payload(i: u64) -> serde_json::Value {
+    if i.is_multiple_of(4) {
+        json!({"i": i, "pad": "x".repeat(60 * 1024)})
+    } else {
+        json!({"i": i})
+    }
+}
+
 /// Publishes 120 messages, cuts the power of all three nodes, restarts them, and returns
 /// the acknowledged messages that are missing afterwards.
 async fn lost_after_power_loss(unsafe_skip_fsync: bool) -> Result<Vec<String>> {
     let lazyfs = LazyFs::mount()?;
-    let mut b = builder().data_root(&lazyfs.mount);
+    // Frequent snapshots (and log purges), so snapshot files are part of what must survive.
+    let mut b = builder()
+        .data_root(&lazyfs.mount)
+        .config("[raft_timing]\nsnapshot_every_entries = 10\nlogs_kept_after_snapshot = 2\n");
     if unsafe_skip_fsync {
         b = b.env(chorus_store::node_store::UNSAFE_SKIP_FSYNC_ENV, "1");
     }
@@ -106,9 +119,7 @@ async fn lost_after_power_loss(unsafe_skip_fsync: bool) -> Result<Vec<String>> {
     let mut acked = Vec::new();
     for i in 0..120u64 {
         let channel = format!("power.{}", i % 6);
-        let reply = cluster
-            .publish(1 + i % 3, &channel, json!({"i": i}), None)
-            .await?;
+        let reply = cluster.publish(1 + i % 3, &channel, payload(i), None).await?;
         acked.push((channel, reply["offset"].as_u64().unwrap(), i));
     }
     for id in [1, 2, 3] {
@@ -119,14 +130,15 @@ async fn lost_after_power_loss(unsafe_skip_fsync: bool) -> Result<Vec<String>> {
     for id in [1, 2, 3] {
         cluster.start_node(id)?;
     }
-    cluster.wait_all_ready(Duration::from_secs(60)).await?;
+    let ready_within = Duration::from_secs(if unsafe_skip_fsync { 20 } else { 60 });
+    cluster.wait_all_ready(ready_within).await?;
     let mut lost = Vec::new();
     for id in [1, 2, 3] {
         for channel in (0..6).map(|c| format!("power.{c}")) {
             let history = cluster.history(id, &channel).await?;
             for (_, offset, i) in acked.iter().filter(|(c, _, _)| *c == channel) {
                 match history.get(*offset as usize - 1) {
-                    Some(message) if message["data"] == json!({"i": i}) => {}
+                    Some(message) if message["data"] == payload(*i) => {}
                     other => lost.push(format!("node {id} {channel}@{offset}: found {other:?}")),
                 }
             }

@@ -42,6 +42,11 @@ pub enum PeerAuthError {
     },
 }
 
+/// Whether `presented` is our proof (constant-time).
+pub fn proof_matches(presented: &str, proof: &str) -> bool {
+    constant_time_eq(presented.as_bytes(), proof.as_bytes())
+}
+
 /// Checks a call's metadata against our proof and cluster id.
 pub fn check(metadata: &MetadataMap, proof: &str, our_cluster_id: Option<&str>) -> Result<(), PeerAuthError> {
     let presented = metadata

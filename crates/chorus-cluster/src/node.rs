@@ -244,7 +244,7 @@ impl ClusterNode {
             let log = store
                 .log_store(id)
                 .map_err(|e| ClusterError::Internal(e.to_string()))?;
-            let sm = store.state_machine(id, config.limits);
+            let sm = store.state_machine(id);
             let reader = sm.reader();
             let network = ShardNetworkFactory {
                 shard: s,
@@ -486,7 +486,7 @@ impl ClusterNode {
                             .await
                         {
                             Ok(result) => result,
-                            Err(CallError::Transport(message)) if message.contains("connect") => {
+                            Err(CallError::Transport(message)) if message.contains("tcp connect error") => {
                                 // Never delivered: safe to try again once a leader is known.
                                 Err(ForwardError::NotLeader { leader: None })
                             }
@@ -546,7 +546,36 @@ impl ClusterNode {
     }
 
     /// Does what a forwarded request asks, if this node leads the shard.
+    /// Bounded in time: a leader that lost its quorum answers with an error, not never.
     pub async fn handle_forward(&self, shard: ShardId, request: ForwardRequest) -> ForwardResult {
+        let (allowed, on_timeout) = match request {
+            ForwardRequest::Write(_) => (
+                ROUTE_DEADLINE,
+                failed(ErrorCode::Timeout, "no commit in time", true),
+            ),
+            ForwardRequest::ReadIndex => (
+                ROUTE_DEADLINE,
+                failed(
+                    ErrorCode::Unavailable,
+                    "no quorum confirmed leadership in time",
+                    false,
+                ),
+            ),
+            _ => (
+                MEMBERSHIP_DEADLINE,
+                failed(
+                    ErrorCode::Timeout,
+                    "membership change not committed in time",
+                    true,
+                ),
+            ),
+        };
+        tokio::time::timeout(allowed, self.handle_forward_unbounded(shard, request))
+            .await
+            .unwrap_or(Err(on_timeout))
+    }
+
+    async fn handle_forward_unbounded(&self, shard: ShardId, request: ForwardRequest) -> ForwardResult {
         let s = self
             .shard(shard.0)
             .ok_or_else(|| failed(ErrorCode::BadRequest, format!("no shard {shard}"), false))?;

@@ -210,7 +210,8 @@ impl ShardState {
             };
         };
         let first_retained = log.messages.front().map_or(log.last_offset + 1, |m| m.offset);
-        let skip = (since + 1).saturating_sub(first_retained) as usize;
+        let skip = since.saturating_add(1).saturating_sub(first_retained);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
         HistoryPage {
             epoch: log.epoch,
             last_offset: log.last_offset,
@@ -369,6 +370,7 @@ mod tests {
             vec![5, 6, 7]
         );
         assert!(state.history(&ch("a"), 10, 3).messages.is_empty());
+        assert!(state.history(&ch("a"), u64::MAX, 3).messages.is_empty());
         let unknown = state.history(&ch("nope"), 0, 3);
         assert_eq!((unknown.epoch, unknown.last_offset), (0, 0));
     }

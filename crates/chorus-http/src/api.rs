@@ -72,7 +72,7 @@ fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
 /// Admin operations accept an admin token or the node-to-node cluster credentials.
 fn require_admin(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(proof) = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()) {
-        if proof == state.cluster.secret_proof() {
+        if chorus_cluster::auth::proof_matches(proof, state.cluster.secret_proof()) {
             return Ok(());
         }
         return Err(ApiError::new(ErrorCode::Unauthorized, "wrong cluster secret"));

@@ -48,6 +48,13 @@ impl NodeStore {
             sled_config = sled_config.flush_every_ms(None);
         }
         let db = sled_config.open()?;
+        // Make the new directories themselves durable (their entries live in the parents).
+        for dir in [data_dir, &sled_dir, &snapshot_dir] {
+            sync_dir(dir)?;
+        }
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let meta = db.open_tree("node-meta")?;
         check_or_record(&meta, "format_version", FORMAT_VERSION, |stored| {
             StoreError::FormatMismatch {
@@ -86,9 +93,10 @@ impl NodeStore {
     }
 
     /// The state machine of `shard` (empty until openraft installs its snapshot and
-    /// re-applies the log).
-    pub fn state_machine(&self, shard: ShardId, limits: HistoryLimits) -> ShardStateMachine {
-        ShardStateMachine::new(shard, limits, self.snapshot_dir.clone())
+    /// re-applies the log). It starts with the default limits on every node; only committed
+    /// `SetLimits` commands change them, so replicas never apply under different limits.
+    pub fn state_machine(&self, shard: ShardId) -> ShardStateMachine {
+        ShardStateMachine::new(shard, HistoryLimits::default(), self.snapshot_dir.clone())
     }
 
     /// The cluster id this data directory belongs to, once recorded.
@@ -123,6 +131,16 @@ impl NodeStore {
         }
         self.syncer.stop();
     }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| StoreError::Io {
+            action: "fsyncing directory",
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 fn check_or_record<T>(

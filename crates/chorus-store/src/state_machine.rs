@@ -36,8 +36,9 @@ struct Shared {
     shard: ShardId,
     applied: RwLock<Applied>,
     snapshot_path: PathBuf,
-    /// Serializes snapshot file writes (builder and install may race).
-    snapshot_write: std::sync::Mutex<()>,
+    /// Serializes snapshot file writes (a build and an install may race) and remembers the
+    /// last log index of the file on disk (`None` inside: no file; outer `None`: not read yet).
+    snapshot_write: std::sync::Mutex<Option<Option<u64>>>,
 }
 
 /// The openraft state machine of one shard. Cloning shares it.
@@ -101,7 +102,7 @@ impl ShardStateMachine {
                     ..Default::default()
                 }),
                 snapshot_path: snapshot_dir.join(format!("shard-{}.snap", shard.0)),
-                snapshot_write: std::sync::Mutex::new(()),
+                snapshot_write: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -127,7 +128,20 @@ impl ShardStateMachine {
 
     /// Writes the snapshot durably: temp file, fsync, rename, fsync of the directory.
     fn write_snapshot_file(&self, file: &SnapshotFile) -> Result<(), StoreError> {
-        let _guard = self.shared.snapshot_write.lock().expect("snapshot lock poisoned");
+        let mut on_disk = self.shared.snapshot_write.lock().expect("snapshot lock poisoned");
+        if on_disk.is_none() {
+            let existing = self.read_snapshot_file()?;
+            *on_disk = Some(existing.and_then(|f| f.meta.last_log_id.map(|l| l.index)));
+        }
+        let new_index = file.meta.last_log_id.map(|l| l.index);
+        if let Some(Some(existing)) = *on_disk
+            && new_index <= Some(existing)
+        {
+            // A build that started before a newer snapshot was installed: keep the newer one,
+            // the log behind it may already be purged.
+            tracing::debug!(?new_index, existing, "not replacing a newer snapshot file");
+            return Ok(());
+        }
         let path = &self.shared.snapshot_path;
         let tmp = path.with_extension("snap.tmp");
         let io = |action, source| StoreError::Io {
@@ -141,6 +155,7 @@ impl ShardStateMachine {
         out.sync_all().map_err(|e| io("fsyncing snapshot", e))?;
         drop(out);
         std::fs::rename(&tmp, path).map_err(|e| io("renaming snapshot", e))?;
+        *on_disk = Some(new_index);
         if let Some(dir) = path.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())

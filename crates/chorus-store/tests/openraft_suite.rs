@@ -1,6 +1,6 @@
 //! openraft's own storage conformance suite against the sled store.
 
-use chorus_core::{HistoryLimits, ShardId};
+use chorus_core::ShardId;
 use chorus_store::{LogStore, NodeStore, ShardStateMachine, StoreMetrics, TypeConfig};
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, TempDir> for SledBuil
         let log = store
             .log_store(ShardId(2))
             .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-        let sm = store.state_machine(ShardId(2), HistoryLimits::default());
+        let sm = store.state_machine(ShardId(2));
         Ok((dir, log, sm))
     }
 }
