@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench-core cluster-up cluster-down clean-data
+.PHONY: run test lint fmt build bench bench-core cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -21,6 +21,11 @@ test:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: publish load against a fresh local 3-node cluster (release build), batching on and off
+bench:
+	$(CARGO) build --release --bin chorus
+	scripts/bench.sh
 
 ## bench-core: criterion micro-benchmarks of the pure core (apply, placement, patterns)
 bench-core:

@@ -26,6 +26,15 @@ enum Command {
     /// Administer a running cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Load benchmarks against a running cluster.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Concurrent publishes over the HTTP API: acked msgs/s and ack latency percentiles.
+    Publish(crate::bench::PublishBenchArgs),
 }
 
 /// Flags of `chorus dev`.
@@ -167,6 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::node::run(config).await
         }
         Command::Dev(args) => crate::dev::run(args).await,
+        Command::Bench(BenchCommand::Publish(args)) => crate::bench::publish(args).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;
             println!(

@@ -90,6 +90,8 @@ pub struct RaftTiming {
     pub snapshot_every_entries: u64,
     /// Log entries kept after a snapshot (for followers that are a little behind).
     pub logs_kept_after_snapshot: u64,
+    /// Most client commands the shard leader puts in one Raft entry; 1 turns batching off.
+    pub max_batch_commands: usize,
 }
 
 impl Default for RaftTiming {
@@ -100,6 +102,7 @@ impl Default for RaftTiming {
             election_timeout_max_ms: 600,
             snapshot_every_entries: 5_000,
             logs_kept_after_snapshot: 1_000,
+            max_batch_commands: 512,
         }
     }
 }
@@ -321,6 +324,9 @@ impl NodeConfig {
         let t = &self.raft_timing;
         if t.heartbeat_ms == 0 || t.election_timeout_min_ms <= t.heartbeat_ms {
             bail!("`raft_timing.election_timeout_min_ms` must exceed `raft_timing.heartbeat_ms` (> 0)");
+        }
+        if t.max_batch_commands == 0 {
+            bail!("`raft_timing.max_batch_commands` must be at least 1 (1 turns batching off)");
         }
         if t.snapshot_every_entries == 0 {
             bail!("`raft_timing.snapshot_every_entries` must be positive");

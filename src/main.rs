@@ -1,6 +1,7 @@
 //! `chorus`: the one binary. `chorus node` runs a cluster node; `chorus dev` a local
 //! 3-node cluster; `chorus token` mints a client token; `chorus cluster` administers.
 
+mod bench;
 mod cli;
 mod config;
 mod dev;

@@ -16,6 +16,7 @@ pub mod forward;
 pub mod network;
 pub mod node;
 pub mod placement;
+pub mod proposer;
 pub mod service;
 pub mod status;
 

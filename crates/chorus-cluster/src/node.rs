@@ -5,6 +5,7 @@ use crate::error::ClusterError;
 use crate::forward::{ForwardError, ForwardRequest, ForwardResponse, ForwardResult};
 use crate::network::{CallError, PeerPool, Rpc, ShardNetworkFactory};
 use crate::placement;
+use crate::proposer::Proposer;
 use chorus_core::{
     ChannelName, Command, CommandResult, ErrorCode, HistoryLimits, HistoryPage, PublishCommand, Published,
     ShardId, shard_for,
@@ -55,6 +56,8 @@ pub struct ClusterConfig {
     pub snapshot_every_entries: u64,
     /// Log entries kept after a snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// Most client commands in one Raft entry; 1 turns proposal batching off.
+    pub max_batch_commands: usize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,7 +71,7 @@ struct OutcomeLabel {
 }
 
 /// Prometheus metrics of the cluster layer.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ClusterMetrics {
     writes: Family<OutcomeLabel, Counter>,
     forwards: Counter,
@@ -78,6 +81,25 @@ pub struct ClusterMetrics {
     applied: Family<ShardLabel, Gauge>,
     last_log: Family<ShardLabel, Gauge>,
     is_leader: Family<ShardLabel, Gauge>,
+    commands_per_entry: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        ClusterMetrics {
+            writes: Family::default(),
+            forwards: Counter::default(),
+            term: Family::default(),
+            leader: Family::default(),
+            committed: Family::default(),
+            applied: Family::default(),
+            last_log: Family::default(),
+            is_leader: Family::default(),
+            commands_per_entry: prometheus_client::metrics::histogram::Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        }
+    }
 }
 
 impl ClusterMetrics {
@@ -115,6 +137,11 @@ impl ClusterMetrics {
             self.applied.clone(),
         );
         registry.register(
+            "chorus_commands_per_entry",
+            "client commands proposed in one Raft entry (proposal batching)",
+            self.commands_per_entry.clone(),
+        );
+        registry.register(
             "chorus_shard_last_log_index",
             "last log index per shard",
             self.last_log.clone(),
@@ -126,6 +153,8 @@ pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) raft: ShardRaft,
     pub(crate) reader: ShardReader,
+    /// Batches writes into entries; `None` when batching is off.
+    proposer: Option<Proposer>,
 }
 
 struct Inner {
@@ -145,7 +174,7 @@ pub struct ClusterNode {
     inner: Arc<Inner>,
 }
 
-fn failed(code: ErrorCode, message: impl ToString, indeterminate: bool) -> ForwardError {
+pub(crate) fn failed(code: ErrorCode, message: impl ToString, indeterminate: bool) -> ForwardError {
     ForwardError::Failed {
         code,
         message: message.to_string(),
@@ -153,7 +182,7 @@ fn failed(code: ErrorCode, message: impl ToString, indeterminate: bool) -> Forwa
     }
 }
 
-fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
+pub(crate) fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
     match &err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ForwardError::NotLeader { leader: f.leader_id }
@@ -253,7 +282,19 @@ impl ClusterNode {
             let raft = ShardRaft::new(config.node_id, raft_config.clone(), network, log, sm)
                 .await
                 .map_err(|e| ClusterError::Internal(format!("starting shard {s}: {e}")))?;
-            shards.push(Shard { id, raft, reader });
+            let proposer = (config.max_batch_commands > 1).then(|| {
+                Proposer::start(
+                    raft.clone(),
+                    config.max_batch_commands,
+                    metrics.commands_per_entry.clone(),
+                )
+            });
+            shards.push(Shard {
+                id,
+                raft,
+                reader,
+                proposer,
+            });
         }
         let node = ClusterNode {
             inner: Arc::new(Inner {
@@ -582,8 +623,17 @@ impl ClusterNode {
         let raft = &s.raft;
         match request {
             ForwardRequest::Write(batch) => {
-                let response = raft.client_write(batch).await.map_err(write_error)?;
-                Ok(ForwardResponse::Written(response.data))
+                if !raft.is_leader() {
+                    let leader = s.raft.metrics().borrow_watched().current_leader;
+                    return Err(ForwardError::NotLeader { leader });
+                }
+                match &s.proposer {
+                    Some(proposer) => proposer.propose(batch.0).await,
+                    None => {
+                        let response = raft.client_write(batch).await.map_err(write_error)?;
+                        Ok(ForwardResponse::Written(response.data))
+                    }
+                }
             }
             ForwardRequest::ReadIndex => {
                 let read = raft

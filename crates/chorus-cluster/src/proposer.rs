@@ -1,0 +1,119 @@
+//! Proposal batching: the shard leader puts concurrent writes into one Raft entry.
+//!
+//! ```text
+//!  write ─┐                 ┌─ client_write(entry: [c1, c2, c3]) ─┐
+//!  write ─┼─► queue ─► task ┤   (at most MAX_IN_FLIGHT at once)   ├─► results split back
+//!  write ─┘                 └─ client_write(entry: [c4])         ─┘
+//! ```
+//!
+//! At low load each write gets its own entry at once (a proposal slot is free). Under load
+//! the slots are busy, writes queue, and the next free slot takes everything queued (up to
+//! the configured maximum) as one entry: one log write, one replication message and one apply
+//! call for all of them on every node.
+
+use crate::ShardRaft;
+use crate::forward::{ForwardResponse, ForwardResult};
+use chorus_core::Command;
+use chorus_store::{ShardRequest, ShardResponse};
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Default of the most commands in one Raft entry.
+pub const DEFAULT_MAX_BATCH_COMMANDS: usize = 512;
+/// Proposals of one shard in flight at once.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+struct Pending {
+    commands: Vec<Command>,
+    reply: oneshot::Sender<ForwardResult>,
+}
+
+/// Handle to a shard's batching task. Cloning is cheap.
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batching task of a shard.
+    pub(crate) fn start(raft: ShardRaft, max_batch: usize, commands_per_entry: Histogram) -> Proposer {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx, max_batch, commands_per_entry));
+        Proposer { queue }
+    }
+
+    /// Proposes `commands` (in this order, in one entry with maybe others) and answers
+    /// their results once committed and applied.
+    pub(crate) async fn propose(&self, commands: Vec<Command>) -> ForwardResult {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Pending { commands, reply }).is_err() {
+            return Err(crate::node::failed(
+                chorus_core::ErrorCode::Unavailable,
+                "the shard is shutting down",
+                false,
+            ));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(crate::node::failed(
+                chorus_core::ErrorCode::Timeout,
+                "the proposal was dropped",
+                true,
+            ))
+        })
+    }
+}
+
+async fn run(
+    raft: ShardRaft,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    max_batch: usize,
+    commands_per_entry: Histogram,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut count = first.commands.len();
+        let mut batch = vec![first];
+        while count < max_batch {
+            match queue.try_recv() {
+                Ok(next) => {
+                    count += next.commands.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commands_per_entry.observe(count as f64);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let mut sizes = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut commands = Vec::with_capacity(count);
+            for pending in batch {
+                sizes.push(pending.commands.len());
+                replies.push(pending.reply);
+                commands.extend(pending.commands);
+            }
+            let result = raft.client_write(ShardRequest(commands)).await;
+            drop(slot);
+            match result {
+                Ok(response) => {
+                    let mut results = response.data.0.into_iter();
+                    for (size, reply) in sizes.into_iter().zip(replies) {
+                        let part: Vec<_> = results.by_ref().take(size).collect();
+                        let _ = reply.send(Ok(ForwardResponse::Written(ShardResponse(part))));
+                    }
+                }
+                Err(e) => {
+                    let error = crate::node::write_error(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
