@@ -223,41 +223,36 @@ fn invalid_configuration_is_refused_naming_the_field() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let err = run(&[
-        "--id",
-        "4",
-        "--data-dir",
-        data,
-        "--raft",
-        "127.0.0.1:1",
-        "--peers",
-        "1=127.0.0.1:1",
-    ]);
-    assert!(err.contains("`peers` does not list this node's id 4"), "{err}");
-    let err = run(&[
-        "--id",
-        "1",
-        "--data-dir",
-        data,
-        "--raft",
-        "127.0.0.1:1",
-        "--peers",
-        "1=nowhere",
-    ]);
-    assert!(err.contains("`peers`: node 1's address \"nowhere\""), "{err}");
-    let err = run(&[
-        "--id",
-        "1",
-        "--data-dir",
-        data,
-        "--raft",
-        "127.0.0.1:1",
-        "--peers",
-        "1=127.0.0.1:1",
-        "--shards",
-        "0",
-    ]);
-    assert!(err.contains("`shards` must be between 1 and 1024"), "{err}");
+    let cases: [(&str, &str, &[&str], &str); 3] = [
+        (
+            "4",
+            "1=127.0.0.1:1",
+            &[],
+            "`peers` does not list this node's id 4",
+        ),
+        ("1", "1=nowhere", &[], "`peers`: node 1's address \"nowhere\""),
+        (
+            "1",
+            "1=127.0.0.1:1",
+            &["--shards", "0"],
+            "`shards` must be between 1 and 1024",
+        ),
+    ];
+    for (id, peers, extra, expected) in cases {
+        let mut args = vec![
+            "--id",
+            id,
+            "--data-dir",
+            data,
+            "--raft",
+            "127.0.0.1:1",
+            "--peers",
+            peers,
+        ];
+        args.extend_from_slice(extra);
+        let err = run(&args);
+        assert!(err.contains(expected), "{err}");
+    }
     let err = run(&["--id", "1", "--raft", "127.0.0.1:1", "--peers", "1=127.0.0.1:1"]);
     assert!(err.contains("`data_dir` is required"), "{err}");
 }

@@ -26,6 +26,12 @@ use std::time::{Duration, Instant};
 
 /// How long a routed request keeps retrying leader changes before giving up.
 const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// How long a membership change may take (a learner may need a whole snapshot).
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(120);
 /// Pause between attempts while no leader is known.
@@ -622,7 +628,15 @@ impl ClusterNode {
             .ok_or_else(|| failed(ErrorCode::BadRequest, format!("no shard {shard}"), false))?;
         let raft = &s.raft;
         match request {
-            ForwardRequest::Write(batch) => {
+            ForwardRequest::Write(mut batch) => {
+                // The leader stamps publish times: one clock per shard orders retention and
+                // the dedupe window, whatever the clocks of the nodes that accepted them.
+                let now = now_ms();
+                for command in &mut batch.0 {
+                    if let Command::Publish(publish) = command {
+                        publish.time_ms = now;
+                    }
+                }
                 if !raft.is_leader() {
                     let leader = s.raft.metrics().borrow_watched().current_leader;
                     return Err(ForwardError::NotLeader { leader });

@@ -37,8 +37,8 @@ pub struct PublishCommand {
     pub publisher: String,
     /// Retries with the same key within the dedupe window are applied once.
     pub idempotency_key: Option<String>,
-    /// Wall-clock time in milliseconds since the Unix epoch, stamped by the node that
-    /// accepted the write. Apply never reads a clock: this is its only notion of time.
+    /// Wall-clock time in milliseconds since the Unix epoch, stamped by the shard leader
+    /// when it proposes the write. Apply never reads a clock: this is its only notion of time.
     pub time_ms: u64,
 }
 

@@ -169,19 +169,25 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let (meta, data) = {
+        // Copy under the lock (apply waits only for the copy); encode and write outside it.
+        let (meta, state) = {
             let applied = self.shared.applied.read().expect("state lock poisoned");
             let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: applied.last_applied,
                 last_membership: applied.last_membership.clone(),
             };
-            (meta, encode(&applied.state))
+            (meta, applied.state.clone())
         };
         let this = self.clone();
-        let file = SnapshotFile { meta, data };
-        let file = tokio::task::spawn_blocking(move || this.write_snapshot_file(&file).map(|_| file))
-            .await
-            .map_err(io::Error::other)??;
+        let file = tokio::task::spawn_blocking(move || {
+            let file = SnapshotFile {
+                meta,
+                data: encode(&state),
+            };
+            this.write_snapshot_file(&file).map(|_| file)
+        })
+        .await
+        .map_err(io::Error::other)??;
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta: file.meta,
             snapshot: file.data,
