@@ -102,7 +102,7 @@ impl Default for RaftTiming {
             election_timeout_max_ms: 600,
             snapshot_every_entries: 5_000,
             logs_kept_after_snapshot: 1_000,
-            max_batch_commands: 512,
+            max_batch_commands: chorus_cluster::proposer::DEFAULT_MAX_BATCH_COMMANDS,
         }
     }
 }
