@@ -76,14 +76,14 @@ async fn three_nodes_form_one_cluster_with_spread_leaders() -> Result<()> {
     .await?;
     assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
     // The cluster records one id, known to all.
-    let ids: BTreeSet<String> = futures_ids(&cluster).await?;
+    let ids: BTreeSet<String> = cluster_ids(&cluster).await?;
     assert_eq!(ids.len(), 1, "cluster ids: {ids:?}");
     let (ok, text) = cluster.cli(&["cluster", "status", "--node", &cluster.url(3)]);
     assert!(ok && text.contains("SHARDS") && text.contains("LEADER"), "{text}");
     Ok(())
 }
 
-async fn futures_ids(cluster: &TestCluster) -> Result<BTreeSet<String>> {
+async fn cluster_ids(cluster: &TestCluster) -> Result<BTreeSet<String>> {
     let mut ids = BTreeSet::new();
     for id in cluster.running() {
         let status = wait_for("cluster id recorded", Duration::from_secs(10), || async {
@@ -94,6 +94,35 @@ async fn futures_ids(cluster: &TestCluster) -> Result<BTreeSet<String>> {
         ids.insert(status["cluster_id"].as_str().unwrap().to_string());
     }
     Ok(ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_started_later_joins_the_same_cluster() -> Result<()> {
+    // Nodes 1 and 2 form the cluster alone (a quorum of the three peers) and take writes.
+    let mut cluster = builder().hold_back(3).start().await?;
+    let mut acked = BTreeMap::new();
+    for i in 0..30u64 {
+        let channel = format!("late.{}", i % 5);
+        let reply = cluster
+            .publish(1 + i % 2, &channel, json!({"i": i}), None)
+            .await?;
+        acked
+            .entry(channel)
+            .or_insert_with(Vec::new)
+            .push((reply["offset"].as_u64().unwrap(), json!({"i": i})));
+    }
+    // Node 3 starts later with the same --peers: it initializes with the same membership,
+    // which changes nothing, and catches up.
+    cluster.start_node(3)?;
+    cluster.wait_ready(3, Duration::from_secs(20)).await?;
+    let ids = cluster_ids(&cluster).await?;
+    assert_eq!(ids.len(), 1, "one cluster, one id: {ids:?}");
+    let status = cluster.status(3).await?;
+    for shard in status["shards"].as_array().unwrap() {
+        assert_eq!(shard["voters"], json!([1, 2, 3]));
+    }
+    check_histories(&cluster, &acked).await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

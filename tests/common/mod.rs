@@ -97,6 +97,7 @@ pub struct Builder {
     config: String,
     root: Option<PathBuf>,
     env: Vec<(String, String)>,
+    held_back: Vec<u64>,
 }
 
 impl Builder {
@@ -113,6 +114,12 @@ impl Builder {
     /// Extra TOML for every node's config file (e.g. `[raft_timing]` settings).
     pub fn config(mut self, toml: &str) -> Self {
         self.config = toml.to_string();
+        self
+    }
+
+    /// Do not start node `id` with the others (start it later with `start_node`).
+    pub fn hold_back(mut self, id: u64) -> Self {
+        self.held_back.push(id);
         self
     }
 
@@ -159,7 +166,12 @@ impl Builder {
                 .build()?,
             token: token("tester", &["admin"]),
         };
-        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        let ids: Vec<u64> = cluster
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| !self.held_back.contains(id))
+            .collect();
         for id in ids {
             cluster.start_node(id)?;
         }
@@ -208,6 +220,7 @@ pub fn builder() -> Builder {
         config: String::new(),
         root: None,
         env: Vec::new(),
+        held_back: Vec::new(),
     }
 }
 
