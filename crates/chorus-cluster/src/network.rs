@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
+/// The shortest deadline given to a Raft RPC.
+pub const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(1000);
+
 /// Largest gRPC message (snapshots travel in one message).
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
@@ -245,7 +248,9 @@ impl ShardNetwork {
                 rpc,
                 self.shard,
                 request,
-                option.hard_ttl(),
+                // openraft derives the deadline from the heartbeat interval (60 ms by
+                // default); an append carrying many entries needs longer on a busy machine.
+                option.hard_ttl().max(MIN_RPC_TIMEOUT),
             )
             .await
             .map_err(rpc_error)?;

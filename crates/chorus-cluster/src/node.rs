@@ -255,6 +255,8 @@ impl ClusterNode {
             election_timeout_min: config.election_timeout_ms.0,
             election_timeout_max: config.election_timeout_ms.1,
             install_snapshot_timeout: 10_000,
+            // Bounds one AppendEntries message: with batched entries of up to 1 MiB.
+            max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             ..Default::default()

@@ -21,6 +21,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Default of the most commands in one Raft entry.
 pub const DEFAULT_MAX_BATCH_COMMANDS: usize = 512;
+/// Most payload bytes in one batched entry (a single larger write still goes alone), so that
+/// replication messages stay small enough to be sent within their deadlines.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Proposals of one shard in flight at once. Fewer in flight means bigger batches under load:
 /// on the 2-core machine 8 in flight gave 1.07x over no batching, 2 gave 1.49x, 1 gave 1.55x
 /// (docs/benchmarks.md); 2 keeps some pipelining for links with real latency.
@@ -73,21 +76,43 @@ async fn run(
     commands_per_entry: Histogram,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    // A write that did not fit the previous batch starts the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let mut count = first.commands.len();
+        let mut bytes = payload_bytes(&first.commands);
         let mut batch = vec![first];
-        while count < max_batch {
+        while count < max_batch && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
+                // Its caller gave up (timed out, told the outcome is unknown): drop it.
+                Ok(next) if next.reply.is_closed() => {}
+                Ok(next) if bytes + payload_bytes(&next.commands) > MAX_BATCH_BYTES => {
+                    carried = Some(next);
+                    break;
+                }
                 Ok(next) => {
                     count += next.commands.len();
+                    bytes += payload_bytes(&next.commands);
                     batch.push(next);
                 }
                 Err(_) => break,
             }
         }
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let count: usize = batch.iter().map(|p| p.commands.len()).sum();
         commands_per_entry.observe(count as f64);
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -118,4 +143,15 @@ async fn run(
             }
         });
     }
+}
+
+/// Bytes of event data in `commands` (what dominates an entry's size).
+fn payload_bytes(commands: &[Command]) -> usize {
+    commands
+        .iter()
+        .map(|c| match c {
+            Command::Publish(p) => p.data.len() + p.channel.as_str().len(),
+            _ => 64,
+        })
+        .sum()
 }

@@ -181,14 +181,11 @@ impl ShardState {
             time_ms: cmd.time_ms,
         });
         if let Some(key) = &cmd.idempotency_key {
-            log.dedupe.insert(
-                key.clone(),
-                DedupeEntry {
-                    offset,
-                    time_ms: cmd.time_ms,
-                },
-            );
-            log.dedupe_order.push_back((cmd.time_ms, key.clone()));
+            // Recorded at the shard's clock (not the command's own time), so that the expiry
+            // order stays monotonic even if a new leader's clock is behind the old one's.
+            log.dedupe
+                .insert(key.clone(), DedupeEntry { offset, time_ms: now });
+            log.dedupe_order.push_back((now, key.clone()));
         }
         log.enforce(&limits, now);
         Published {

@@ -176,7 +176,10 @@ impl Syncer {
 /// showed it). After each flush, every blob file not yet synced is fsynced, then the folder.
 struct BlobSyncer {
     dir: PathBuf,
-    synced: std::collections::HashSet<std::ffi::OsString>,
+    /// Blob files fsynced, with the length they had when fsynced: sled writes a blob on the
+    /// inserting thread while this one may list it half written, so a file whose length
+    /// changed is fsynced again.
+    synced: std::collections::HashMap<std::ffi::OsString, u64>,
 }
 
 impl BlobSyncer {
@@ -193,23 +196,28 @@ impl BlobSyncer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(format!("listing {}: {e}", self.dir.display())),
         };
-        let mut present = std::collections::HashSet::new();
+        let mut present = std::collections::HashMap::new();
         let mut synced_any = false;
         for entry in entries {
             let entry = entry.map_err(|e| format!("listing {}: {e}", self.dir.display()))?;
             let name = entry.file_name();
-            if !self.synced.contains(&name) {
-                match File::open(entry.path()) {
-                    Ok(file) => file
-                        .sync_all()
-                        .map_err(|e| format!("fsync of blob {name:?}: {e}"))?,
-                    // Removed by sled's garbage collection meanwhile.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(format!("opening blob {name:?}: {e}")),
-                }
+            let file = match File::open(entry.path()) {
+                Ok(file) => file,
+                // Removed by sled's garbage collection meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("opening blob {name:?}: {e}")),
+            };
+            // The length read before the fsync: every byte up to it is covered by the fsync.
+            let len = file
+                .metadata()
+                .map_err(|e| format!("stat of blob {name:?}: {e}"))?
+                .len();
+            if self.synced.get(&name) != Some(&len) {
+                file.sync_all()
+                    .map_err(|e| format!("fsync of blob {name:?}: {e}"))?;
                 synced_any = true;
             }
-            present.insert(name);
+            present.insert(name, len);
         }
         if synced_any {
             File::open(&self.dir)
