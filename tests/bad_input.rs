@@ -188,7 +188,7 @@ async fn wrong_cluster_secret_is_refused_in_both_logs() -> Result<()> {
     cluster.start_node(3)?;
     wait_for(
         "refusals logged on both sides",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let peer = cluster.log(1) + &cluster.log(2);
             let own = cluster.log(3);
