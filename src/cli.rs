@@ -26,6 +26,9 @@ enum Command {
     /// Administer a running cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Talk to the cluster as a client over QUIC (subscribe, publish, history).
+    #[command(subcommand)]
+    Client(crate::client_cli::ClientCommand),
     /// Load benchmarks against a running cluster.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -176,6 +179,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::node::run(config).await
         }
         Command::Dev(args) => crate::dev::run(args).await,
+        Command::Client(command) => crate::client_cli::run(command).await,
         Command::Bench(BenchCommand::Publish(args)) => crate::bench::publish(args).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Flags of `chorus node` (each also settable as `CHORUS_<NAME>` and in the TOML file).
 #[derive(Debug, Clone, Default, Args)]
@@ -51,6 +52,62 @@ pub struct NodeArgs {
     /// Largest event payload (the JSON `data`) in bytes.
     #[arg(long, env = "CHORUS_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,
+    /// PEM certificate (chain) for the QUIC listener; without it one is generated.
+    #[arg(long, env = "CHORUS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "CHORUS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the node pings each client connection, ms.
+    #[arg(long, env = "CHORUS_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// A client connection with nothing received for this long is closed, ms.
+    #[arg(long, env = "CHORUS_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// The `[clients]` table: client connections (QUIC and WebSocket).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsConfig {
+    /// PEM certificate chain of the QUIC listener (with `tls_key`); generated when absent.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How often the node pings each connection, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Close a connection with nothing received for this long, ms.
+    pub idle_timeout_ms: u64,
+    /// Keep a connection whose token expired open this long for a refresh, ms.
+    pub token_grace_ms: u64,
+    /// A new connection must send its connect frame within this, ms.
+    pub connect_timeout_ms: u64,
+    /// Largest frame accepted from a client, bytes (default: max_payload_bytes + 64 KiB).
+    pub max_frame_bytes: Option<usize>,
+    /// Bytes queued per connection for its high, normal and low classes together.
+    pub outbox_max_bytes: usize,
+    /// Bytes queued per connection for its critical class (replies, pings, resync).
+    pub outbox_max_critical_bytes: usize,
+    /// Publish and history requests one connection may have in flight.
+    pub max_requests_in_flight: usize,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        let d = chorus_gateway::GatewayConfig::default();
+        ClientsConfig {
+            tls_cert: None,
+            tls_key: None,
+            heartbeat_interval_ms: d.heartbeat_interval.as_millis() as u64,
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
+            token_grace_ms: d.token_grace.as_millis() as u64,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            max_frame_bytes: None,
+            outbox_max_bytes: d.outbox.max_bytes,
+            outbox_max_critical_bytes: d.outbox.max_critical_bytes,
+            max_requests_in_flight: d.max_requests_in_flight,
+        }
+    }
 }
 
 /// The `[history]` table.
@@ -113,7 +170,7 @@ impl Default for RaftTiming {
 pub struct RoleConfig {
     /// Channels this role may publish to.
     pub publish: Vec<String>,
-    /// Channels whose history this role may read (and, later, subscribe to).
+    /// Channels this role may subscribe to and read the history of.
     pub subscribe: Vec<String>,
     /// Cluster administration (join, remove, status).
     pub admin: bool,
@@ -137,6 +194,7 @@ struct FileConfig {
     history: Option<HistoryConfig>,
     raft_timing: Option<RaftTiming>,
     roles: Option<BTreeMap<String, RoleConfig>>,
+    clients: Option<ClientsConfig>,
 }
 
 /// The validated configuration of one node.
@@ -150,7 +208,7 @@ pub struct NodeConfig {
     pub http: SocketAddr,
     /// gRPC listen address.
     pub raft: SocketAddr,
-    /// QUIC listen address (the client protocol lands in a later release).
+    /// QUIC listen address for clients.
     pub quic: SocketAddr,
     /// Initial voters by id (empty when joining).
     pub peers: BTreeMap<u64, String>,
@@ -170,6 +228,8 @@ pub struct NodeConfig {
     pub raft_timing: RaftTiming,
     /// Role name to permissions.
     pub roles: BTreeMap<String, RoleConfig>,
+    /// Client connections.
+    pub clients: ClientsConfig,
 }
 
 /// The shipped roles: `admin` may do everything.
@@ -259,6 +319,16 @@ impl NodeConfig {
             history: file.history.unwrap_or_default(),
             raft_timing: file.raft_timing.unwrap_or_default(),
             roles: file.roles.unwrap_or_else(default_roles),
+            clients: {
+                let mut clients = file.clients.unwrap_or_default();
+                clients.tls_cert = args.tls_cert.clone().or(clients.tls_cert);
+                clients.tls_key = args.tls_key.clone().or(clients.tls_key);
+                clients.heartbeat_interval_ms = args
+                    .heartbeat_interval_ms
+                    .unwrap_or(clients.heartbeat_interval_ms);
+                clients.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(clients.idle_timeout_ms);
+                clients
+            },
         };
         config.validate()?;
         Ok(config)
@@ -342,6 +412,35 @@ impl NodeConfig {
                 }
             }
         }
+        let c = &self.clients;
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            bail!("`clients.tls_cert` and `clients.tls_key` go together: give both or neither");
+        }
+        if c.heartbeat_interval_ms == 0 {
+            bail!("`clients.heartbeat_interval_ms` must be positive");
+        }
+        if c.idle_timeout_ms <= c.heartbeat_interval_ms {
+            bail!(
+                "`clients.idle_timeout_ms` ({}) must exceed `clients.heartbeat_interval_ms` ({}): clients answer pings",
+                c.idle_timeout_ms,
+                c.heartbeat_interval_ms
+            );
+        }
+        if c.connect_timeout_ms == 0 || c.max_requests_in_flight == 0 {
+            bail!("`clients.connect_timeout_ms` and `clients.max_requests_in_flight` must be positive");
+        }
+        let frame = self.max_frame_bytes();
+        if frame <= self.max_payload_bytes || frame > u32::MAX as usize {
+            bail!(
+                "`clients.max_frame_bytes` ({frame}) must exceed `max_payload_bytes` ({}) and fit in 32 bits",
+                self.max_payload_bytes
+            );
+        }
+        if c.outbox_max_bytes < 2 * frame || c.outbox_max_critical_bytes < frame {
+            bail!(
+                "`clients.outbox_max_bytes` must be at least twice, and `clients.outbox_max_critical_bytes` at least once, the largest frame ({frame} bytes)"
+            );
+        }
         let addrs = [("http", self.http), ("raft", self.raft), ("quic", self.quic)];
         for (i, (a, x)) in addrs.iter().enumerate() {
             for (b, y) in &addrs[i + 1..] {
@@ -351,6 +450,31 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The largest client frame accepted.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.clients
+            .max_frame_bytes
+            .unwrap_or(self.max_payload_bytes + 64 * 1024)
+    }
+
+    /// The gateway settings.
+    pub fn gateway(&self) -> chorus_gateway::GatewayConfig {
+        let c = &self.clients;
+        chorus_gateway::GatewayConfig {
+            max_frame_bytes: self.max_frame_bytes(),
+            max_payload_bytes: self.max_payload_bytes,
+            heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+            idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            token_grace: Duration::from_millis(c.token_grace_ms),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            outbox: chorus_gateway::outbox::OutboxLimits {
+                max_bytes: c.outbox_max_bytes,
+                max_critical_bytes: c.outbox_max_critical_bytes,
+            },
+            max_requests_in_flight: c.max_requests_in_flight,
+        }
     }
 
     /// The replicated history limits these settings ask for.

@@ -1,8 +1,10 @@
 //! `chorus`: the one binary. `chorus node` runs a cluster node; `chorus dev` a local
-//! 3-node cluster; `chorus token` mints a client token; `chorus cluster` administers.
+//! 3-node cluster; `chorus token` mints a client token; `chorus cluster` administers;
+//! `chorus client` subscribes, publishes and reads history over QUIC.
 
 mod bench;
 mod cli;
+mod client_cli;
 mod config;
 mod dev;
 mod node;

@@ -65,6 +65,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     cluster_metrics.register(&mut registry);
     let http_metrics = HttpMetrics::default();
     http_metrics.register(&mut registry);
+    let gateway_metrics = chorus_gateway::GatewayMetrics::default();
+    gateway_metrics.register(&mut registry);
 
     let store =
         NodeStore::open(&config.data_dir, config.id, config.shards, store_metrics).with_context(|| {
@@ -109,7 +111,30 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         registry,
         max_payload_bytes: config.max_payload_bytes,
     });
-    let app = chorus_http::router(state, http_metrics);
+    let gateway_config = config.gateway();
+    let tls = chorus_gateway::tls::load_or_generate(
+        config.clients.tls_cert.as_deref(),
+        config.clients.tls_key.as_deref(),
+        &config.data_dir,
+        certificate_names(&config),
+    )
+    .context("`clients.tls_cert` / `clients.tls_key`")?;
+    let endpoint = chorus_gateway::quic::bind(config.quic, &tls, gateway_config.idle_timeout)?;
+    tracing::info!(
+        quic = %config.quic,
+        certificate = %tls.cert_path.display(),
+        sha256 = %tls.fingerprint,
+        generated = tls.generated,
+        "QUIC listener ready; clients trust this certificate or its fingerprint"
+    );
+    let gateway = chorus_gateway::Gateway::new(
+        cluster.clone(),
+        state.auth.clone(),
+        gateway_config,
+        gateway_metrics,
+    );
+    let quic_task = tokio::spawn(gateway.clone().serve_quic(endpoint.clone()));
+    let app = chorus_http::router(state, http_metrics).merge(gateway.ws_router());
     let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
     tracing::info!(
         node = config.id,
@@ -131,9 +156,25 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     http_task.abort();
+    endpoint.close(0u32.into(), b"node shutting down");
+    quic_task.abort();
     cluster.shutdown().await;
     grpc_task.abort();
     Ok(())
+}
+
+/// Names in a generated certificate: localhost, loopback, and the QUIC address when specific.
+fn certificate_names(config: &NodeConfig) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ip = config.quic.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    names
 }
 
 /// Asks a member to add this node to every shard, retrying until it succeeds.

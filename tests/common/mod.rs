@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -453,6 +455,43 @@ impl TestCluster {
             since = messages.last().unwrap()["offset"].as_u64().unwrap();
             all.extend(messages);
         }
+    }
+
+    /// Node `id`'s QUIC certificate (generated into its data directory at start).
+    pub fn cert_path(&self, id: u64) -> PathBuf {
+        self.node(id).data_dir.join("tls/cert.pem")
+    }
+
+    /// An SDK client builder for nodes `ids` (tried in that order) with `token`, trusting
+    /// every node's certificate.
+    pub fn sdk(&self, ids: &[u64], token: &str) -> chorus_client::ClientBuilder {
+        let mut builder = chorus_client::Client::builder()
+            .endpoints(ids.iter().map(|id| self.node(*id).quic.to_string()))
+            .token(token);
+        for id in self.nodes.keys() {
+            if self.cert_path(*id).exists() {
+                builder = builder.trust_certificate_pem_file(self.cert_path(*id));
+            }
+        }
+        builder
+    }
+
+    /// The value of a metric line of node `id` (the first whose name and labels start with
+    /// `prefix`), or 0 when absent.
+    pub async fn metric(&self, id: u64, prefix: &str) -> Result<f64> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.url(id)))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// The node leading `shard`, as node `asking` sees it.

@@ -400,6 +400,12 @@ impl ClusterNode {
         &self.inner.shards
     }
 
+    /// A read-only view of what this node has applied for `shard` (not linearizable: use
+    /// [`ClusterNode::history`] for reads that must include every acknowledged write).
+    pub fn local_reader(&self, shard: ShardId) -> Option<ShardReader> {
+        self.shard(shard.0).map(|s| s.reader.clone())
+    }
+
     /// The Raft handle of a shard.
     pub fn raft(&self, shard: u32) -> Option<&ShardRaft> {
         self.shard(shard).map(|s| &s.raft)

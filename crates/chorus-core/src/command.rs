@@ -5,6 +5,7 @@
 //! gets one [`CommandResult`], in order.
 
 use crate::channel::ChannelName;
+use crate::error::ErrorCode;
 use crate::state::HistoryLimits;
 use serde::{Deserialize, Serialize};
 
@@ -64,4 +65,66 @@ pub struct Published {
     pub epoch: u64,
     /// True when the idempotency key was seen before and nothing was appended.
     pub duplicate: bool,
+}
+
+/// Longest accepted idempotency key, bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// Longest accepted event type, bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+
+/// Checks the client-supplied parts of a publish (the same rules on every face: HTTP, QUIC,
+/// WebSocket). `data_len` is the JSON text's length. The message names the bad field.
+pub fn check_publish_input(
+    data_len: usize,
+    max_payload_bytes: usize,
+    event_type: Option<&str>,
+    idempotency_key: Option<&str>,
+) -> Result<(), (ErrorCode, String)> {
+    if data_len > max_payload_bytes {
+        return Err((
+            ErrorCode::PayloadTooLarge,
+            format!("data is {data_len} bytes; the limit is {max_payload_bytes}"),
+        ));
+    }
+    if let Some(key) = idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err((
+            ErrorCode::BadRequest,
+            format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        ));
+    }
+    if let Some(event_type) = event_type
+        && (event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN)
+    {
+        return Err((
+            ErrorCode::BadRequest,
+            format!("type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_input_rules_name_the_field() {
+        assert!(check_publish_input(10, 10, Some("t"), Some("k")).is_ok());
+        assert_eq!(
+            check_publish_input(11, 10, None, None).unwrap_err().0,
+            ErrorCode::PayloadTooLarge
+        );
+        let (code, message) = check_publish_input(1, 10, None, Some("")).unwrap_err();
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(message.contains("idempotency_key"));
+        let long = "x".repeat(MAX_EVENT_TYPE_LEN + 1);
+        assert!(
+            check_publish_input(1, 10, Some(&long), None)
+                .unwrap_err()
+                .1
+                .contains("type")
+        );
+    }
 }

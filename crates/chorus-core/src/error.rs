@@ -28,6 +28,15 @@ pub enum ErrorCode {
     Timeout,
     /// A bug or an unexpected storage failure.
     Internal,
+    /// A client broke the wire protocol (undecodable, oversized or unexpected frame); the
+    /// connection is closed.
+    Protocol,
+    /// The connection's token expired and was not refreshed in time; the connection is closed.
+    TokenExpired,
+    /// Nothing arrived on the connection for the idle timeout; the connection is closed.
+    IdleTimeout,
+    /// The client read so slowly that even its most important frames could not be queued.
+    SlowConsumer,
 }
 
 impl ErrorCode {
@@ -43,15 +52,21 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::Protocol => "protocol_error",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::SlowConsumer => "slow_consumer",
         }
     }
 
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::BadRequest | ErrorCode::InvalidChannel => 400,
+            ErrorCode::BadRequest | ErrorCode::InvalidChannel | ErrorCode::Protocol => 400,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
+            ErrorCode::IdleTimeout => 408,
+            ErrorCode::SlowConsumer => 429,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Unavailable => 503,

@@ -20,7 +20,10 @@ pub mod shard;
 pub mod state;
 
 pub use channel::{ChannelName, ChannelNameError};
-pub use command::{Command, CommandBatch, CommandResult, PublishCommand, Published};
+pub use command::{
+    Command, CommandBatch, CommandResult, MAX_EVENT_TYPE_LEN, MAX_IDEMPOTENCY_KEY_LEN, PublishCommand,
+    Published, check_publish_input,
+};
 pub use error::ErrorCode;
 pub use pattern::{ChannelPattern, PatternError};
 pub use shard::{ShardId, shard_for};

@@ -99,6 +99,27 @@ impl ChannelPattern {
         names.next().is_none()
     }
 
+    /// Whether every channel that `other` matches is also matched by `self`: a role allowed
+    /// `chat.>` may subscribe to `chat.*.typing`, one allowed `chat.*` may not subscribe to
+    /// `chat.>` (it would receive `chat.1.x`).
+    pub fn covers(&self, other: &ChannelPattern) -> bool {
+        let mut theirs = other.tokens.iter();
+        for token in &self.tokens {
+            let Some(their) = theirs.next() else {
+                return false;
+            };
+            match (token, their) {
+                (Token::Tail, _) => return true,
+                (_, Token::Tail) => return false,
+                (Token::One, _) => {}
+                (Token::Literal(_), Token::One) => return false,
+                (Token::Literal(a), Token::Literal(b)) if a != b => return false,
+                (Token::Literal(_), Token::Literal(_)) => {}
+            }
+        }
+        theirs.next().is_none()
+    }
+
     /// The pattern's text.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -138,6 +159,21 @@ mod tests {
         assert!(!p("a.*.c").matches("a.b.d"));
         assert!(p("exact").matches("exact") && !p("exact").matches("exactly"));
         assert!(p("exact.name").is_exact() && !p("a.*").is_exact());
+    }
+
+    #[test]
+    fn covers_only_patterns_whose_every_match_it_matches() {
+        assert!(p(">").covers(&p("a.*")));
+        assert!(p("chat.>").covers(&p("chat.*.typing")));
+        assert!(p("chat.>").covers(&p("chat.>")));
+        assert!(p("chat.*").covers(&p("chat.*")));
+        assert!(p("chat.*").covers(&p("chat.1")));
+        assert!(!p("chat.*").covers(&p("chat.>")));
+        assert!(!p("chat.1").covers(&p("chat.*")));
+        assert!(!p("chat.>").covers(&p("chat")));
+        assert!(!p("chat.*").covers(&p("chat.1.x")));
+        assert!(!p("a.b").covers(&p("a")));
+        assert!(!p("other.>").covers(&p(">")));
     }
 
     #[test]

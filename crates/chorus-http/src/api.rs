@@ -11,17 +11,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chorus_cluster::ClusterNode;
 use chorus_cluster::auth::AUTH_HEADER;
-use chorus_core::{ChannelName, ErrorCode, PublishCommand};
+use chorus_core::{ChannelName, ErrorCode, PublishCommand, check_publish_input};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Longest accepted idempotency key.
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
-/// Longest accepted event type.
-pub const MAX_EVENT_TYPE_LEN: usize = 128;
 /// Default and largest history page.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 /// Largest history page.
@@ -206,30 +202,13 @@ async fn publish(
     let data = body
         .data
         .ok_or_else(|| ApiError::bad_request("the body needs a \"data\" field (any JSON value)"))?;
-    if data.get().len() > state.max_payload_bytes {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "data is {} bytes; the limit is {}",
-                data.get().len(),
-                state.max_payload_bytes
-            ),
-        ));
-    }
-    if let Some(key) = &body.idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
-    {
-        return Err(ApiError::bad_request(format!(
-            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
-        )));
-    }
-    if let Some(event_type) = &body.event_type
-        && (event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN)
-    {
-        return Err(ApiError::bad_request(format!(
-            "type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"
-        )));
-    }
+    check_publish_input(
+        data.get().len(),
+        state.max_payload_bytes,
+        body.event_type.as_deref(),
+        body.idempotency_key.as_deref(),
+    )
+    .map_err(|(code, message)| ApiError::new(code, message))?;
     let published = state
         .cluster
         .publish(PublishCommand {

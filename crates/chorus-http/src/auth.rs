@@ -145,6 +145,26 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Checks that `claims` allow subscribing to every channel `pattern` matches.
+    pub fn authorize_pattern(&self, claims: &Claims, pattern: &ChannelPattern) -> Result<(), AuthError> {
+        let allowed = claims
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .any(|role| role.subscribe.iter().any(|p| p.covers(pattern)));
+        if allowed {
+            return Ok(());
+        }
+        Err(AuthError::Forbidden {
+            user: claims.sub.clone(),
+            roles: claims.roles.clone(),
+            operation: "subscribe to",
+            target: format!("every channel of pattern {:?}", pattern.as_str()),
+        })
+    }
+}
+
 /// Mints an HS256 token (for `chorus token` and tests).
 pub fn mint_token(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
@@ -206,6 +226,9 @@ mod tests {
         let denied = auth.authorize(&c, Operation::Publish, "public.news").unwrap_err();
         assert_eq!(denied.code(), ErrorCode::Forbidden);
         assert!(auth.authorize(&c, Operation::Admin, "").is_err());
+        let pattern = |s: &str| ChannelPattern::new(s).unwrap();
+        assert!(auth.authorize_pattern(&c, &pattern("public.*")).is_ok());
+        assert!(auth.authorize_pattern(&c, &pattern("public.>")).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! openraft re-applies the committed log after the snapshot on restart.
 
 pub mod error;
+pub mod feed;
 pub mod log_store;
 pub mod node_store;
 pub mod state_machine;
@@ -25,6 +26,7 @@ pub mod syncer;
 pub mod types;
 
 pub use error::StoreError;
+pub use feed::{AppliedEvent, EventFeed, FeedItem};
 pub use log_store::{LogReader, LogStore};
 pub use node_store::NodeStore;
 pub use state_machine::{ShardReader, ShardStateMachine};

@@ -1,6 +1,7 @@
 //! Opening a node's data directory and handing out per-shard stores.
 
 use crate::error::{StoreError, decode, encode};
+use crate::feed::EventFeed;
 use crate::log_store::LogStore;
 use crate::state_machine::ShardStateMachine;
 use crate::syncer::{StoreMetrics, Syncer};
@@ -21,6 +22,7 @@ pub struct NodeStore {
     db: sled::Db,
     syncer: Syncer,
     snapshot_dir: PathBuf,
+    feed: EventFeed,
 }
 
 impl NodeStore {
@@ -77,6 +79,7 @@ impl NodeStore {
             db,
             syncer,
             snapshot_dir,
+            feed: EventFeed::default(),
         };
         // Make the identity records durable before anything depends on them.
         futures::executor::block_on(store.syncer.flush()).map_err(|source| StoreError::Io {
@@ -96,7 +99,17 @@ impl NodeStore {
     /// re-applies the log). It starts with the default limits on every node; only committed
     /// `SetLimits` commands change them, so replicas never apply under different limits.
     pub fn state_machine(&self, shard: ShardId) -> ShardStateMachine {
-        ShardStateMachine::new(shard, HistoryLimits::default(), self.snapshot_dir.clone())
+        ShardStateMachine::new(
+            shard,
+            HistoryLimits::default(),
+            self.snapshot_dir.clone(),
+            self.feed.clone(),
+        )
+    }
+
+    /// The feed of events applied by this node's state machines.
+    pub fn feed(&self) -> &EventFeed {
+        &self.feed
     }
 
     /// The cluster id this data directory belongs to, once recorded.

@@ -6,8 +6,12 @@
 //! across an `.await`.
 
 use crate::error::{StoreError, decode, encode};
+use crate::feed::{AppliedEvent, EventFeed, FeedItem};
 use crate::types::{ShardResponse, TypeConfig};
-use chorus_core::{ApplyContext, ChannelName, HistoryLimits, HistoryPage, ShardId, ShardState};
+use chorus_core::{
+    ApplyContext, ChannelName, Command, CommandResult, HistoryLimits, HistoryPage, ShardId, ShardState,
+    StoredMessage,
+};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -39,6 +43,8 @@ struct Shared {
     /// Serializes snapshot file writes (a build and an install may race) and remembers the
     /// last log index of the file on disk (`None` inside: no file; outer `None`: not read yet).
     snapshot_write: std::sync::Mutex<Option<Option<u64>>>,
+    /// Where applied events are reported.
+    feed: EventFeed,
 }
 
 /// The openraft state machine of one shard. Cloning shares it.
@@ -93,7 +99,7 @@ impl ShardReader {
 }
 
 impl ShardStateMachine {
-    pub(crate) fn new(shard: ShardId, limits: HistoryLimits, snapshot_dir: PathBuf) -> Self {
+    pub(crate) fn new(shard: ShardId, limits: HistoryLimits, snapshot_dir: PathBuf, feed: EventFeed) -> Self {
         ShardStateMachine {
             shared: Arc::new(Shared {
                 shard,
@@ -103,6 +109,7 @@ impl ShardStateMachine {
                 }),
                 snapshot_path: snapshot_dir.join(format!("shard-{}.snap", shard.0)),
                 snapshot_write: std::sync::Mutex::new(None),
+                feed,
             }),
         }
     }
@@ -165,6 +172,29 @@ impl ShardStateMachine {
     }
 }
 
+impl ShardStateMachine {
+    fn report_applied(&self, commands: &[Command], results: &[CommandResult]) {
+        for (command, result) in commands.iter().zip(results) {
+            if let (Command::Publish(publish), CommandResult::Published(published)) = (command, result)
+                && !published.duplicate
+            {
+                self.shared.feed.send(FeedItem::Event(AppliedEvent {
+                    shard: self.shared.shard,
+                    channel: published.channel.clone(),
+                    epoch: published.epoch,
+                    message: StoredMessage {
+                        offset: published.offset,
+                        event_type: publish.event_type.clone(),
+                        data: publish.data.clone(),
+                        publisher: publish.publisher.clone(),
+                        time_ms: publish.time_ms,
+                    },
+                }));
+            }
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
     type SnapshotData = Vec<u8>;
 
@@ -220,7 +250,11 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                         let ctx = ApplyContext {
                             log_index: entry.log_id.index,
                         };
-                        ShardResponse(applied.state.apply_batch(ctx, &request.0))
+                        let results = applied.state.apply_batch(ctx, &request.0);
+                        // Reported while the state lock is held, so that a reader of the
+                        // state and a receiver of the feed agree on what came first.
+                        self.report_applied(&request.0, &results);
+                        ShardResponse(results)
                     }
                     EntryPayload::Membership(membership) => {
                         applied.last_membership =
@@ -258,6 +292,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
+        self.shared
+            .feed
+            .send(FeedItem::SnapshotInstalled(self.shared.shard));
         Ok(())
     }
 

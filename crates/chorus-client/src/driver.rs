@@ -1,0 +1,667 @@
+//! The task that owns the QUIC connection: connects, reconnects with backoff, restores
+//! subscriptions from their last positions, retries requests, refreshes the token.
+//!
+//! ```text
+//!  Client handles ──Command──> driver task ──frames──> control stream (node)
+//!                                   ^  <──replies, pings, resync── control stream
+//!  Subscription streams <── reader tasks <──events── push streams (node)
+//! ```
+//!
+//! Events go from the stream readers straight into their subscription's bounded channel, so
+//! an application that reads slowly slows only its event streams (the node then tells it to
+//! resync), never the replies or the heartbeats.
+
+use crate::types::{Event, Position};
+use crate::{ClientOptions, Error};
+use bytes::BytesMut;
+use chorus_proto::client::{self as wire, ClientFrame, ServerFrame, client_frame, server_frame};
+use chorus_proto::codec::{FrameReader, put_length_delimited};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Largest frame the SDK reads.
+const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a subscribe reply says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeInfo {
+    /// The channel's position on the node when subscribed (exact channels).
+    pub position: Option<Position>,
+    /// False when events after `since` were lost to retention or an epoch change.
+    pub recovered: bool,
+}
+
+pub(crate) enum Command {
+    Request {
+        kind: client_frame::Kind,
+        reply: oneshot::Sender<Result<server_frame::Kind, Error>>,
+    },
+    Subscribe {
+        local: u64,
+        reply: oneshot::Sender<Result<SubscribeInfo, Error>>,
+    },
+    Unsubscribe {
+        local: u64,
+    },
+    Close,
+}
+
+pub(crate) struct LocalSub {
+    pub(crate) channel: String,
+    pub(crate) exact: bool,
+    pub(crate) event_types: Vec<String>,
+    /// The last position handed to the application's channel (exact channels).
+    pub(crate) last: Option<Position>,
+    pub(crate) sender: mpsc::Sender<Event>,
+    /// Recoveries that could not be complete (epoch change or retention).
+    pub(crate) incomplete: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+pub(crate) struct Subs {
+    pub(crate) by_local: HashMap<u64, LocalSub>,
+    wire_to_local: HashMap<u64, u64>,
+}
+
+/// State shared by the driver, the stream readers and the handles.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) subs: Mutex<Subs>,
+    /// The node currently connected to (0: none).
+    pub(crate) node: AtomicU64,
+}
+
+enum Pending {
+    Request {
+        kind: client_frame::Kind,
+        reply: oneshot::Sender<Result<server_frame::Kind, Error>>,
+    },
+    Subscribe {
+        local: u64,
+    },
+    Ignore,
+}
+
+struct Live {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    frames: mpsc::Receiver<ServerFrame>,
+    /// When to ask the refresher for a new token.
+    refresh_at: Instant,
+}
+
+/// When to refresh a token expiring at `expires_at`: 30 s before, or halfway when it has
+/// less than a minute left.
+fn refresh_deadline(expires_at: u64) -> Instant {
+    let left = expires_at.saturating_sub(now_secs());
+    let margin = (left / 2).min(30);
+    Instant::now() + Duration::from_secs(left - margin)
+}
+
+pub(crate) struct Driver {
+    pub(crate) options: Arc<ClientOptions>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) quic: quinn::ClientConfig,
+    pub(crate) token: String,
+    pub(crate) next_endpoint: usize,
+    next_id: u64,
+    next_wire: u64,
+    pending: HashMap<u64, Pending>,
+    /// Requests to send again on the next connection (publishes carry idempotency keys).
+    retry: Vec<(
+        client_frame::Kind,
+        oneshot::Sender<Result<server_frame::Kind, Error>>,
+    )>,
+    waiting_subscribe: HashMap<u64, oneshot::Sender<Result<SubscribeInfo, Error>>>,
+    /// The last subscribe reply per subscription (a subscribe command that arrives after
+    /// `restore` already subscribed it is answered from here).
+    established: HashMap<u64, SubscribeInfo>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
+    let exp = options.backoff_initial.saturating_mul(1u32 << attempt.min(16));
+    let delay = exp.min(options.backoff_max);
+    // Full jitter over the upper half: spreads reconnecting clients apart.
+    delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0)
+}
+
+enum Outcome {
+    Closed,
+    Lost(String),
+}
+
+impl Driver {
+    pub(crate) fn new(
+        options: Arc<ClientOptions>,
+        shared: Arc<Shared>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        endpoint: quinn::Endpoint,
+        quic: quinn::ClientConfig,
+    ) -> Self {
+        Driver {
+            token: options.token.clone(),
+            options,
+            shared,
+            commands,
+            endpoint,
+            quic,
+            next_endpoint: 0,
+            next_id: 1,
+            next_wire: 1,
+            pending: HashMap::new(),
+            retry: Vec::new(),
+            waiting_subscribe: HashMap::new(),
+            established: HashMap::new(),
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Connects (retrying with backoff over every endpoint), then serves until closed.
+    /// Returns an error right away if the first connection cannot be made.
+    pub(crate) async fn connect(mut self) -> Result<(), Error> {
+        let live = self.connect_with_retries().await?;
+        tokio::spawn(async move { self.run(live).await });
+        Ok(())
+    }
+
+    async fn run(mut self, mut live: Live) {
+        loop {
+            match self.serve(&mut live).await {
+                Outcome::Closed => break,
+                Outcome::Lost(reason) => {
+                    tracing::warn!(%reason, "connection lost; reconnecting");
+                    self.shared.node.store(0, Ordering::Relaxed);
+                    self.requeue();
+                    match self.connect_with_retries().await {
+                        Ok(next) => live = next,
+                        Err(e) => {
+                            tracing::error!(error = %e, "giving up");
+                            self.fail_all(&e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.shared.node.store(0, Ordering::Relaxed);
+        self.endpoint.close(0u32.into(), b"client closed");
+    }
+
+    fn fail_all(&mut self, reason: &str) {
+        let closed = || Error::Closed(reason.to_string());
+        for (_, reply) in self.retry.drain(..) {
+            let _ = reply.send(Err(closed()));
+        }
+        for (_, reply) in self.waiting_subscribe.drain() {
+            let _ = reply.send(Err(closed()));
+        }
+        // Dropping the senders ends every subscription stream.
+        self.shared.subs.lock().expect("subs lock").by_local.clear();
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Request { reply, .. } => drop(reply.send(Err(closed()))),
+                Command::Subscribe { reply, .. } => drop(reply.send(Err(closed()))),
+                _ => {}
+            }
+        }
+    }
+
+    /// Requests in flight on a lost connection: publishes and history reads are sent again.
+    fn requeue(&mut self) {
+        for (_, pending) in self.pending.drain() {
+            if let Pending::Request { kind, reply } = pending {
+                self.retry.push((kind, reply));
+            }
+        }
+    }
+
+    async fn connect_with_retries(&mut self) -> Result<Live, Error> {
+        let attempts = self.options.reconnect_attempts.max(1);
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(&self.options, attempt - 1)).await;
+            }
+            if let Some(refresher) = &self.options.token_refresher
+                && attempt > 0
+            {
+                match refresher().await {
+                    Ok(token) => self.token = token,
+                    Err(e) => tracing::warn!(error = %e, "token refresher failed"),
+                }
+            }
+            let endpoint = self.options.endpoints[self.next_endpoint % self.options.endpoints.len()].clone();
+            self.next_endpoint += 1;
+            match tokio::time::timeout(self.options.connect_timeout, self.open(&endpoint)).await {
+                Ok(Ok(live)) => return Ok(live),
+                Ok(Err(e)) => last = format!("{endpoint}: {e}"),
+                Err(_) => last = format!("{endpoint}: no answer within {:?}", self.options.connect_timeout),
+            }
+            tracing::debug!(attempt, error = %last, "connect attempt failed");
+        }
+        Err(Error::Connect { attempts, last })
+    }
+
+    async fn open(&mut self, endpoint: &str) -> Result<Live, String> {
+        let addr = tokio::net::lookup_host(endpoint)
+            .await
+            .map_err(|e| format!("cannot resolve: {e}"))?
+            .next()
+            .ok_or("resolves to no address")?;
+        let host = endpoint
+            .rsplit_once(':')
+            .map_or(endpoint, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let connection = self
+            .endpoint
+            .connect_with(self.quic.clone(), addr, host)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let (frames_tx, mut frames) = mpsc::channel(256);
+        tokio::spawn(read_stream(recv, self.shared.clone(), frames_tx.clone()));
+        let acceptor = connection.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Ok(stream) = acceptor.accept_uni().await {
+                tokio::spawn(read_stream(stream, shared.clone(), frames_tx.clone()));
+            }
+        });
+        let id = self.next_id();
+        let connect = wire::Connect {
+            token: self.token.clone(),
+            protocol_version: crate::PROTOCOL_VERSION,
+            accept_compression: if self.options.compression {
+                vec!["deflate".into()]
+            } else {
+                Vec::new()
+            },
+            client_name: self.options.client_name.clone(),
+        };
+        write_frame(&mut send, id, client_frame::Kind::Connect(connect))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = frames.recv().await.ok_or_else(|| {
+            connection
+                .close_reason()
+                .map_or("closed during the handshake".to_string(), |r| r.to_string())
+        })?;
+        match reply.kind {
+            Some(server_frame::Kind::ConnectOk(ok)) if reply.id == id => {
+                self.shared.node.store(ok.node_id, Ordering::Relaxed);
+                tracing::info!(node = ok.node_id, %endpoint, "connected");
+                Ok(Live {
+                    connection,
+                    send,
+                    frames,
+                    refresh_at: refresh_deadline(ok.token_expires_at),
+                })
+            }
+            Some(server_frame::Kind::Disconnect(d)) => Err(format!("{}: {}", d.code, d.reason)),
+            Some(server_frame::Kind::Error(e)) => Err(format!("{}: {}", e.code, e.message)),
+            other => Err(format!("unexpected handshake reply {other:?}")),
+        }
+    }
+
+    /// Resubscribes every subscription from its last position and resends retried requests.
+    async fn restore(&mut self, live: &mut Live) -> Result<(), String> {
+        let locals: Vec<u64> = {
+            let mut subs = self.shared.subs.lock().expect("subs lock");
+            subs.wire_to_local.clear();
+            subs.by_local.keys().copied().collect()
+        };
+        for local in locals {
+            self.send_subscribe(live, local).await?;
+        }
+        for (kind, reply) in std::mem::take(&mut self.retry) {
+            let id = self.next_id();
+            write_frame(&mut live.send, id, kind.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            self.pending.insert(id, Pending::Request { kind, reply });
+        }
+        Ok(())
+    }
+
+    async fn send_subscribe(&mut self, live: &mut Live, local: u64) -> Result<(), String> {
+        let wire_id = self.next_wire;
+        self.next_wire += 1;
+        let request = {
+            let mut subs = self.shared.subs.lock().expect("subs lock");
+            let Some(sub) = subs.by_local.get(&local) else {
+                return Ok(());
+            };
+            let request = wire::Subscribe {
+                sub: wire_id,
+                channel: sub.channel.clone(),
+                event_types: sub.event_types.clone(),
+                since: sub.last.filter(|_| sub.exact).map(|p| wire::Position {
+                    epoch: p.epoch,
+                    offset: p.offset,
+                }),
+            };
+            subs.wire_to_local.insert(wire_id, local);
+            request
+        };
+        let id = self.next_id();
+        self.pending.insert(id, Pending::Subscribe { local });
+        write_frame(&mut live.send, id, client_frame::Kind::Subscribe(request))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn serve(&mut self, live: &mut Live) -> Outcome {
+        if let Err(e) = self.restore(live).await {
+            return Outcome::Lost(e);
+        }
+        loop {
+            let result = tokio::select! {
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Close) => {
+                        live.connection.close(0u32.into(), b"client closed");
+                        return Outcome::Closed;
+                    }
+                    Some(command) => self.on_command(live, command).await,
+                },
+                frame = live.frames.recv() => match frame {
+                    None => Err(live
+                        .connection
+                        .close_reason()
+                        .map_or("connection lost".to_string(), |r| r.to_string())),
+                    Some(frame) => self.on_frame(live, frame).await,
+                },
+                _ = tokio::time::sleep_until(live.refresh_at), if self.options.token_refresher.is_some() => {
+                    // Until RefreshOk moves it: try again in 5 s.
+                    live.refresh_at = Instant::now() + Duration::from_secs(5);
+                    self.refresh(live).await
+                },
+            };
+            if let Err(reason) = result {
+                live.connection.close(0u32.into(), b"reconnecting");
+                return Outcome::Lost(reason);
+            }
+        }
+    }
+
+    async fn refresh(&mut self, live: &mut Live) -> Result<(), String> {
+        let Some(refresher) = self.options.token_refresher.clone() else {
+            return Ok(());
+        };
+        match refresher().await {
+            Ok(token) => {
+                self.token = token.clone();
+                let id = self.next_id();
+                self.pending.insert(id, Pending::Ignore);
+                write_frame(
+                    &mut live.send,
+                    id,
+                    client_frame::Kind::Refresh(wire::RefreshToken { token }),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "token refresher failed; retrying in 5 s");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_command(&mut self, live: &mut Live, command: Command) -> Result<(), String> {
+        match command {
+            Command::Request { kind, reply } => {
+                let id = self.next_id();
+                let sent = write_frame(&mut live.send, id, kind.clone()).await;
+                self.pending.insert(id, Pending::Request { kind, reply });
+                sent.map_err(|e| e.to_string())
+            }
+            Command::Subscribe { local, reply } => {
+                // `restore` may have subscribed it already (it was registered before the
+                // command was sent): answer from its reply, or wait for that one.
+                if let Some(info) = self.established.get(&local) {
+                    let _ = reply.send(Ok(*info));
+                    return Ok(());
+                }
+                self.waiting_subscribe.insert(local, reply);
+                let in_flight = self
+                    .shared
+                    .subs
+                    .lock()
+                    .expect("subs lock")
+                    .wire_to_local
+                    .values()
+                    .any(|l| *l == local);
+                if in_flight {
+                    return Ok(());
+                }
+                self.send_subscribe(live, local).await
+            }
+            Command::Unsubscribe { local } => {
+                self.established.remove(&local);
+                let wire_id = {
+                    let mut subs = self.shared.subs.lock().expect("subs lock");
+                    subs.by_local.remove(&local);
+                    let wire_id = subs
+                        .wire_to_local
+                        .iter()
+                        .find(|(_, l)| **l == local)
+                        .map(|(w, _)| *w);
+                    if let Some(w) = wire_id {
+                        subs.wire_to_local.remove(&w);
+                    }
+                    wire_id
+                };
+                let Some(sub) = wire_id else { return Ok(()) };
+                let id = self.next_id();
+                self.pending.insert(id, Pending::Ignore);
+                write_frame(
+                    &mut live.send,
+                    id,
+                    client_frame::Kind::Unsubscribe(wire::Unsubscribe { sub }),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            Command::Close => Ok(()),
+        }
+    }
+
+    async fn on_frame(&mut self, live: &mut Live, frame: ServerFrame) -> Result<(), String> {
+        let Some(kind) = frame.kind else {
+            return Ok(());
+        };
+        if frame.id != 0 {
+            match self.pending.remove(&frame.id) {
+                Some(Pending::Request { reply, .. }) => {
+                    let result = match kind {
+                        server_frame::Kind::Error(e) => Err(Error::Server {
+                            code: e.code,
+                            message: e.message,
+                        }),
+                        other => Ok(other),
+                    };
+                    let _ = reply.send(result);
+                }
+                Some(Pending::Subscribe { local }) => self.on_subscribe_reply(local, kind),
+                Some(Pending::Ignore) => {
+                    if let server_frame::Kind::RefreshOk(ok) = &kind {
+                        live.refresh_at = refresh_deadline(ok.token_expires_at);
+                    }
+                    if let server_frame::Kind::Error(e) = &kind {
+                        tracing::warn!(code = %e.code, message = %e.message, "request refused");
+                    }
+                }
+                None => {}
+            }
+            return Ok(());
+        }
+        match kind {
+            server_frame::Kind::Ping(_) => {
+                write_frame(&mut live.send, 0, client_frame::Kind::Pong(wire::Pong {}))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            server_frame::Kind::Resync(resync) => {
+                let local = self
+                    .shared
+                    .subs
+                    .lock()
+                    .expect("subs lock")
+                    .wire_to_local
+                    .remove(&resync.sub);
+                tracing::debug!(channel = %resync.channel, reason = %resync.reason, "resync");
+                match local {
+                    Some(local) => self.send_subscribe(live, local).await,
+                    None => Ok(()),
+                }
+            }
+            server_frame::Kind::Disconnect(d) => {
+                Err(format!("node closed the connection: {}: {}", d.code, d.reason))
+            }
+            server_frame::Kind::Error(e) => {
+                tracing::warn!(code = %e.code, message = %e.message, sub = e.sub, "subscription error");
+                let mut subs = self.shared.subs.lock().expect("subs lock");
+                if let Some(local) = subs.wire_to_local.remove(&e.sub) {
+                    subs.by_local.remove(&local);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_subscribe_reply(&mut self, local: u64, kind: server_frame::Kind) {
+        let waiting = self.waiting_subscribe.remove(&local);
+        match kind {
+            server_frame::Kind::SubscribeOk(ok) => {
+                let info = SubscribeInfo {
+                    position: ok.position.map(|p| Position {
+                        epoch: p.epoch,
+                        offset: p.offset,
+                    }),
+                    recovered: ok.recovered,
+                };
+                let subs = self.shared.subs.lock().expect("subs lock");
+                if let Some(sub) = subs.by_local.get(&local)
+                    && !ok.recovered
+                {
+                    sub.incomplete.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(channel = %sub.channel, "recovery incomplete: events were lost to retention or an epoch change");
+                }
+                drop(subs);
+                self.established.insert(local, info);
+                if let Some(reply) = waiting {
+                    let _ = reply.send(Ok(info));
+                }
+            }
+            server_frame::Kind::Error(e) => {
+                self.established.remove(&local);
+                self.shared
+                    .subs
+                    .lock()
+                    .expect("subs lock")
+                    .by_local
+                    .remove(&local);
+                let error = Error::Server {
+                    code: e.code,
+                    message: e.message,
+                };
+                match waiting {
+                    Some(reply) => drop(reply.send(Err(error))),
+                    None => tracing::warn!(%error, "resubscribe refused; the subscription ends"),
+                }
+            }
+            other => tracing::warn!(?other, "unexpected subscribe reply"),
+        }
+    }
+}
+
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    id: u64,
+    kind: client_frame::Kind,
+) -> Result<(), quinn::WriteError> {
+    let frame = ClientFrame { id, kind: Some(kind) };
+    let mut buf = BytesMut::with_capacity(frame.encoded_len() + 4);
+    put_length_delimited(&frame, &mut buf);
+    send.write_all(&buf).await
+}
+
+/// Reads a stream of server frames: events go to their subscription, the rest to the driver.
+async fn read_stream(mut recv: quinn::RecvStream, shared: Arc<Shared>, to_driver: mpsc::Sender<ServerFrame>) {
+    let mut reader = FrameReader::new(MAX_FRAME_BYTES);
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(Some(n)) = recv.read(&mut buf).await {
+        reader.extend(&buf[..n]);
+        loop {
+            let bytes = match reader.next_frame() {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break,
+                Err(e) => return tracing::warn!(error = %e, "unreadable stream from the node"),
+            };
+            let frame = match ServerFrame::decode(bytes) {
+                Ok(frame) => frame,
+                Err(e) => return tracing::warn!(error = %e, "undecodable frame from the node"),
+            };
+            match frame.kind {
+                Some(server_frame::Kind::Event(event)) => deliver(&shared, event).await,
+                _ => {
+                    if to_driver.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands an event to its subscription, once: an exact channel's events at or before the last
+/// position handed over are duplicates of a recovery and are skipped.
+async fn deliver(shared: &Shared, event: wire::Event) {
+    let wire_sub = event.sub;
+    let event = match Event::from_wire(event) {
+        Ok(event) => event,
+        Err(e) => return tracing::warn!(error = %e, "dropping an undecodable event"),
+    };
+    let sender = {
+        let mut subs = shared.subs.lock().expect("subs lock");
+        let Some(local) = subs.wire_to_local.get(&wire_sub).copied() else {
+            return;
+        };
+        let Some(sub) = subs.by_local.get_mut(&local) else {
+            return;
+        };
+        if sub.exact {
+            if let Some(last) = sub.last
+                && event.epoch == last.epoch
+                && event.offset <= last.offset
+            {
+                return;
+            }
+            sub.last = Some(event.position());
+        }
+        sub.sender.clone()
+    };
+    let _ = sender.send(event).await;
+}

@@ -1,0 +1,508 @@
+//! The hub: one task per node that owns every subscription and delivers applied events.
+//!
+//! ```text
+//!  connections ──HubCommand──┐
+//!                            v
+//!  applied-event feed ──> [hub task] ── per subscription: offset check, gap fill ──> outboxes
+//!                            │
+//!                            └── gap fills and recovery read the local shard state
+//! ```
+//!
+//! For each exact-channel subscription the hub remembers the last offset it queued. An event
+//! at that offset + 1 is queued; an older one is skipped (no duplicate); a newer one means
+//! events were not seen on the feed (the hub lagged, or a snapshot replaced the state), and
+//! the missing ones are read from the shard's applied history first (no gap). Because the
+//! state machine reports an event while it holds the state lock, "what the state holds" and
+//! "what the feed will still bring" never disagree.
+//!
+//! A subscription whose outbox is full is stopped and sent a `Resync`: the client subscribes
+//! again from the last position it saw. Pattern subscriptions have no position; they get
+//! live events only, and a `Resync` when the hub lagged.
+
+use crate::metrics::{GatewayMetrics, ReasonLabel};
+use crate::outbox::{Outbox, Priority};
+use chorus_core::{ChannelName, ChannelPattern, ShardId, StoredMessage, shard_for};
+use chorus_proto::client::{self, ServerFrame, server_frame::Kind};
+use chorus_store::{AppliedEvent, EventFeed, FeedItem, ShardReader};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc};
+
+/// Events read per step when filling a gap or recovering.
+const FILL_PAGE: usize = 512;
+/// Event data at least this long is compressed for connections that negotiated it.
+pub const COMPRESS_MIN_BYTES: usize = 512;
+
+/// What a subscription is for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One channel; recoverable by offset.
+    Exact(ChannelName),
+    /// Every channel matching; live only.
+    Pattern(ChannelPattern),
+}
+
+/// The connection-side facts the hub needs.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The connection's id on this node.
+    pub conn: u64,
+    /// Its outbound queues.
+    pub outbox: Arc<Outbox>,
+    /// Whether event data may be sent deflated.
+    pub deflate: bool,
+}
+
+/// A subscribe request, already authorized.
+pub struct SubscribeRequest {
+    /// Who.
+    pub subscriber: Subscriber,
+    /// The request id to reply to.
+    pub request_id: u64,
+    /// The client's subscription id.
+    pub sub: u64,
+    /// What.
+    pub target: Target,
+    /// Only these event types (all when empty).
+    pub event_types: Vec<String>,
+    /// Recover from this position (exact channels).
+    pub since: Option<client::Position>,
+}
+
+enum HubCommand {
+    Subscribe(SubscribeRequest),
+    Unsubscribe {
+        subscriber: Subscriber,
+        request_id: u64,
+        sub: u64,
+    },
+    Disconnected {
+        conn: u64,
+    },
+}
+
+/// A handle to the hub task. Cloning is cheap.
+#[derive(Clone)]
+pub struct Hub {
+    commands: mpsc::UnboundedSender<HubCommand>,
+}
+
+impl Hub {
+    /// Starts the hub task on the node's feed and shard readers (index = shard id).
+    pub fn start(feed: &EventFeed, readers: Vec<ShardReader>, metrics: GatewayMetrics) -> Hub {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let task = HubTask {
+            readers,
+            metrics,
+            subs: HashMap::new(),
+            exact: HashMap::new(),
+            patterns: Vec::new(),
+        };
+        tokio::spawn(task.run(feed.subscribe(), receiver));
+        Hub { commands }
+    }
+
+    /// Adds a subscription; the hub replies on the subscriber's outbox.
+    pub fn subscribe(&self, request: SubscribeRequest) {
+        let _ = self.commands.send(HubCommand::Subscribe(request));
+    }
+
+    /// Removes a subscription; the hub replies on the subscriber's outbox.
+    pub fn unsubscribe(&self, subscriber: Subscriber, request_id: u64, sub: u64) {
+        let _ = self.commands.send(HubCommand::Unsubscribe {
+            subscriber,
+            request_id,
+            sub,
+        });
+    }
+
+    /// Removes every subscription of a closed connection.
+    pub fn disconnected(&self, conn: u64) {
+        let _ = self.commands.send(HubCommand::Disconnected { conn });
+    }
+}
+
+type SubKey = (u64, u64);
+
+struct Subscription {
+    subscriber: Subscriber,
+    target: Target,
+    event_types: Vec<String>,
+    /// Exact channels: the epoch followed (0 until the channel exists here).
+    epoch: u64,
+    /// Exact channels: the last offset queued (or skipped by the filter).
+    delivered: u64,
+}
+
+impl Subscription {
+    fn wants(&self, event_type: Option<&str>) -> bool {
+        self.event_types.is_empty() || event_type.is_some_and(|t| self.event_types.iter().any(|w| w == t))
+    }
+}
+
+struct HubTask {
+    readers: Vec<ShardReader>,
+    metrics: GatewayMetrics,
+    subs: HashMap<SubKey, Subscription>,
+    exact: HashMap<ChannelName, Vec<SubKey>>,
+    patterns: Vec<SubKey>,
+}
+
+/// Builds the event frame for one subscription.
+pub fn event_frame(
+    sub: u64,
+    channel: &str,
+    epoch: u64,
+    message: &StoredMessage,
+    deflate: bool,
+) -> ServerFrame {
+    let mut event = client::Event {
+        sub,
+        channel: channel.to_string(),
+        epoch,
+        offset: message.offset,
+        event_type: message.event_type.clone().unwrap_or_default(),
+        data: String::new(),
+        publisher: message.publisher.clone(),
+        time_ms: message.time_ms,
+        data_deflate: Vec::new(),
+    };
+    if deflate && message.data.len() >= COMPRESS_MIN_BYTES {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(message.data.as_bytes())
+            .expect("writing to a Vec cannot fail");
+        event.data_deflate = encoder.finish().expect("writing to a Vec cannot fail");
+    } else {
+        event.data = message.data.clone();
+    }
+    ServerFrame {
+        id: 0,
+        kind: Some(Kind::Event(event)),
+    }
+}
+
+fn reply(subscriber: &Subscriber, id: u64, kind: Kind) {
+    // A reply that does not fit means the critical queue is full: the session closes.
+    if subscriber
+        .outbox
+        .push(Priority::Critical, ServerFrame { id, kind: Some(kind) })
+        .is_err()
+    {
+        subscriber.outbox.close();
+    }
+}
+
+/// An error reply with a stable code.
+pub fn error_kind(code: chorus_core::ErrorCode, message: impl Into<String>, sub: u64) -> Kind {
+    Kind::Error(client::Error {
+        code: code.as_str().to_string(),
+        message: message.into(),
+        sub,
+    })
+}
+
+impl HubTask {
+    async fn run(
+        mut self,
+        mut feed: broadcast::Receiver<Arc<FeedItem>>,
+        mut commands: mpsc::UnboundedReceiver<HubCommand>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => return,
+                },
+                item = feed.recv() => match item {
+                    Ok(item) => match &*item {
+                        FeedItem::Event(event) => self.on_event(event),
+                        FeedItem::SnapshotInstalled(shard) => self.catch_up(Some(*shard)),
+                    },
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event feed lagged; catching subscriptions up from history");
+                        self.catch_up(None);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    fn reader(&self, channel: &ChannelName) -> &ShardReader {
+        let ShardId(shard) = shard_for(channel.as_str(), self.readers.len() as u32);
+        &self.readers[shard as usize]
+    }
+
+    fn on_command(&mut self, command: HubCommand) {
+        match command {
+            HubCommand::Subscribe(request) => self.subscribe(request),
+            HubCommand::Unsubscribe {
+                subscriber,
+                request_id,
+                sub,
+            } => {
+                let kind = if self.remove((subscriber.conn, sub)).is_some() {
+                    Kind::UnsubscribeOk(client::UnsubscribeOk { sub })
+                } else {
+                    error_kind(
+                        chorus_core::ErrorCode::NotFound,
+                        format!("no subscription {sub} on this connection"),
+                        sub,
+                    )
+                };
+                reply(&subscriber, request_id, kind);
+            }
+            HubCommand::Disconnected { conn } => {
+                let keys: Vec<SubKey> = self.subs.keys().filter(|(c, _)| *c == conn).copied().collect();
+                for key in keys {
+                    self.remove(key);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: SubKey) -> Option<Subscription> {
+        let removed = self.subs.remove(&key)?;
+        match &removed.target {
+            Target::Exact(channel) => {
+                if let Some(keys) = self.exact.get_mut(channel) {
+                    keys.retain(|k| *k != key);
+                    if keys.is_empty() {
+                        self.exact.remove(channel);
+                    }
+                }
+            }
+            Target::Pattern(_) => self.patterns.retain(|k| *k != key),
+        }
+        self.metrics.subscriptions.dec();
+        Some(removed)
+    }
+
+    fn subscribe(&mut self, request: SubscribeRequest) {
+        let key = (request.subscriber.conn, request.sub);
+        if self.subs.contains_key(&key) {
+            let kind = error_kind(
+                chorus_core::ErrorCode::BadRequest,
+                format!(
+                    "subscription id {} is already in use on this connection",
+                    request.sub
+                ),
+                request.sub,
+            );
+            return reply(&request.subscriber, request.request_id, kind);
+        }
+        let mut ok = client::SubscribeOk {
+            sub: request.sub,
+            position: None,
+            recovered: true,
+            first_retained: 0,
+        };
+        let mut subscription = Subscription {
+            subscriber: request.subscriber.clone(),
+            target: request.target.clone(),
+            event_types: request.event_types,
+            epoch: 0,
+            delivered: 0,
+        };
+        match &request.target {
+            Target::Exact(channel) => {
+                let now = self.reader(channel).history(channel, 0, 0);
+                ok.position = Some(client::Position {
+                    epoch: now.epoch,
+                    offset: now.last_offset,
+                });
+                ok.first_retained = now.first_retained;
+                subscription.epoch = now.epoch;
+                subscription.delivered = now.last_offset;
+                if let Some(since) = request.since {
+                    let epoch_changed = now.epoch != 0 && since.epoch != 0 && since.epoch != now.epoch;
+                    if epoch_changed {
+                        ok.recovered = false;
+                    } else {
+                        if now.epoch == 0 {
+                            // Not (yet) written here: follow the client's epoch.
+                            subscription.epoch = since.epoch;
+                        }
+                        // Retention dropped some: deliver from the oldest retained.
+                        ok.recovered =
+                            since.offset + 1 >= now.first_retained || since.offset >= now.last_offset;
+                        subscription.delivered = if ok.recovered {
+                            since.offset
+                        } else {
+                            now.first_retained - 1
+                        };
+                    }
+                }
+                self.exact.entry(channel.clone()).or_default().push(key);
+            }
+            Target::Pattern(_) => self.patterns.push(key),
+        }
+        self.subs.insert(key, subscription);
+        self.metrics.subscriptions.inc();
+        reply(&request.subscriber, request.request_id, Kind::SubscribeOk(ok));
+        if let Target::Exact(channel) = &request.target {
+            let last = self.reader(channel).history(channel, 0, 0).last_offset;
+            self.fill(key, last);
+        }
+    }
+
+    fn on_event(&mut self, event: &AppliedEvent) {
+        let exact: Vec<SubKey> = self.exact.get(&event.channel).cloned().unwrap_or_default();
+        for key in exact {
+            self.deliver_exact(key, event);
+        }
+        let matching: Vec<SubKey> = self
+            .patterns
+            .iter()
+            .filter(|key| {
+                matches!(&self.subs[*key].target, Target::Pattern(p) if p.matches(event.channel.as_str()))
+            })
+            .copied()
+            .collect();
+        for key in matching {
+            let sub = &self.subs[&key];
+            if !sub.wants(event.message.event_type.as_deref()) {
+                continue;
+            }
+            let frame = event_frame(
+                key.1,
+                event.channel.as_str(),
+                event.epoch,
+                &event.message,
+                sub.subscriber.deflate,
+            );
+            if sub.subscriber.outbox.push(Priority::High, frame).is_ok() {
+                self.metrics.events_delivered.inc();
+            } else {
+                self.resync(key, "slow_consumer");
+            }
+        }
+    }
+
+    fn deliver_exact(&mut self, key: SubKey, event: &AppliedEvent) {
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        if sub.epoch == 0 {
+            sub.epoch = event.epoch;
+        } else if sub.epoch != event.epoch {
+            return self.resync(key, "epoch_changed");
+        }
+        let offset = event.message.offset;
+        if offset <= sub.delivered {
+            return;
+        }
+        if offset > sub.delivered + 1 && !self.fill(key, offset - 1) {
+            return;
+        }
+        let sub = self.subs.get_mut(&key).expect("still subscribed after fill");
+        sub.delivered = offset;
+        if !sub.wants(event.message.event_type.as_deref()) {
+            return;
+        }
+        let frame = event_frame(
+            key.1,
+            event.channel.as_str(),
+            event.epoch,
+            &event.message,
+            sub.subscriber.deflate,
+        );
+        if sub.subscriber.outbox.push(Priority::High, frame).is_ok() {
+            self.metrics.events_delivered.inc();
+        } else {
+            self.resync(key, "slow_consumer");
+        }
+    }
+
+    /// Queues the events after the subscription's last offset up to `upto`, from the
+    /// shard's applied history. False when the subscription had to be stopped.
+    fn fill(&mut self, key: SubKey, upto: u64) -> bool {
+        loop {
+            let Some(sub) = self.subs.get(&key) else {
+                return false;
+            };
+            let Target::Exact(channel) = &sub.target else {
+                return true;
+            };
+            if sub.delivered >= upto {
+                return true;
+            }
+            let want = ((upto - sub.delivered) as usize).min(FILL_PAGE);
+            let page = self.reader(channel).history(channel, sub.delivered, want);
+            if page.epoch != 0 && sub.epoch != 0 && page.epoch != sub.epoch {
+                self.resync(key, "epoch_changed");
+                return false;
+            }
+            match page.messages.first() {
+                None => return true, // not applied here yet; the feed brings it
+                Some(first) if first.offset != sub.delivered + 1 => {
+                    // Retention dropped what the subscriber still needed.
+                    self.resync(key, "retention");
+                    return false;
+                }
+                Some(_) => {}
+            }
+            let (channel, epoch) = (channel.clone(), page.epoch);
+            for message in &page.messages {
+                let sub = self.subs.get_mut(&key).expect("checked above");
+                sub.delivered = message.offset;
+                if !sub.wants(message.event_type.as_deref()) {
+                    continue;
+                }
+                let frame = event_frame(key.1, channel.as_str(), epoch, message, sub.subscriber.deflate);
+                if sub.subscriber.outbox.push(Priority::High, frame).is_err() {
+                    self.resync(key, "slow_consumer");
+                    return false;
+                }
+                self.metrics.events_delivered.inc();
+            }
+        }
+    }
+
+    /// After a lag or a snapshot install: brings exact subscriptions (of `shard`, or all) up
+    /// to what is applied; pattern subscriptions cannot be caught up and are told to resync.
+    fn catch_up(&mut self, shard: Option<ShardId>) {
+        let keys: Vec<SubKey> = self.subs.keys().copied().collect();
+        for key in keys {
+            let target = self.subs[&key].target.clone();
+            match target {
+                Target::Exact(channel) => {
+                    let reader = self.reader(&channel);
+                    if shard.is_some_and(|s| s != reader.shard()) {
+                        continue;
+                    }
+                    let last = reader.history(&channel, 0, 0).last_offset;
+                    self.fill(key, last);
+                }
+                Target::Pattern(_) if shard.is_none() => self.resync(key, "node_lagged"),
+                Target::Pattern(_) => {}
+            }
+        }
+    }
+
+    fn resync(&mut self, key: SubKey, reason: &'static str) {
+        let Some(sub) = self.remove(key) else {
+            return;
+        };
+        self.metrics.resyncs.get_or_create(&ReasonLabel { reason }).inc();
+        let channel = match &sub.target {
+            Target::Exact(c) => c.to_string(),
+            Target::Pattern(p) => p.as_str().to_string(),
+        };
+        tracing::debug!(conn = key.0, sub = key.1, %channel, reason, "subscription told to resync");
+        let frame = ServerFrame {
+            id: 0,
+            kind: Some(Kind::Resync(client::Resync {
+                sub: key.1,
+                channel,
+                reason: reason.to_string(),
+            })),
+        };
+        if sub.subscriber.outbox.push(Priority::Critical, frame).is_err() {
+            sub.subscriber.outbox.close();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The client edge of a Chorus node: QUIC and WebSocket connections, authentication,
+//! subscriptions, fan-out and outbound priority queues.
+//!
+//! ```text
+//!   QUIC (quic.rs) ─┐                           ┌─ publish / history ─> ClusterNode
+//!                   ├─ frames ─> session.rs ────┤
+//!   WebSocket (ws.rs)┘      (one task per conn) └─ subscribe ─> Hub (hub.rs, one task)
+//!                                                                   │ applied-event feed
+//!   writer task(s) per connection <── Outbox (outbox.rs) <──────────┘
+//! ```
+//!
+//! The transports only move bytes: `frame.rs` decodes them, `session.rs` runs the protocol
+//! (docs/protocol.md) the same way for both, the hub delivers what this node applies.
+
+pub mod frame;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod quic;
+mod session;
+pub mod tls;
+pub mod ws;
+
+use chorus_cluster::ClusterNode;
+use chorus_http::Authenticator;
+use hub::Hub;
+pub use metrics::GatewayMetrics;
+use outbox::OutboxLimits;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The ALPN protocol id of the client protocol over QUIC.
+pub const ALPN: &[u8] = b"chorus/1";
+/// The protocol version this node speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// How client connections behave. Validated by the binary's config.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Largest frame accepted from a client, bytes.
+    pub max_frame_bytes: usize,
+    /// Largest event payload, bytes (as the HTTP API).
+    pub max_payload_bytes: usize,
+    /// How often the node pings each client.
+    pub heartbeat_interval: Duration,
+    /// A connection with nothing received for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a connection may stay open after its token expired without a refresh.
+    pub token_grace: Duration,
+    /// How long a new connection has to send its `Connect` frame.
+    pub connect_timeout: Duration,
+    /// Caps of each connection's outbound queues.
+    pub outbox: OutboxLimits,
+    /// Publish and history requests a connection may have in flight.
+    pub max_requests_in_flight: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_frame_bytes: 1024 * 1024 + 64 * 1024,
+            max_payload_bytes: 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            token_grace: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            outbox: OutboxLimits {
+                max_bytes: 8 * 1024 * 1024,
+                max_critical_bytes: 2 * 1024 * 1024,
+            },
+            max_requests_in_flight: 256,
+        }
+    }
+}
+
+struct GatewayInner {
+    cluster: ClusterNode,
+    auth: Authenticator,
+    hub: Hub,
+    config: GatewayConfig,
+    metrics: GatewayMetrics,
+    next_conn: AtomicU64,
+}
+
+/// The gateway of one node. Cloning is cheap and shares it.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<GatewayInner>,
+}
+
+impl Gateway {
+    /// Starts the hub on the node's applied-event feed.
+    pub fn new(
+        cluster: ClusterNode,
+        auth: Authenticator,
+        config: GatewayConfig,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        let readers = (0..cluster.shard_count())
+            .map(|s| {
+                cluster
+                    .local_reader(chorus_core::ShardId(s))
+                    .expect("every shard below shard_count exists")
+            })
+            .collect();
+        let hub = Hub::start(cluster.store().feed(), readers, metrics.clone());
+        Gateway {
+            inner: Arc::new(GatewayInner {
+                cluster,
+                auth,
+                hub,
+                config,
+                metrics,
+                next_conn: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.inner.config
+    }
+
+    fn next_conn_id(&self) -> u64 {
+        self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,484 @@
+//! One client connection's protocol, whatever the transport: handshake, requests, heartbeats,
+//! token expiry. The transport feeds decoded frames in and drains the [`Outbox`].
+//!
+//! ```text
+//!  await Connect ──> ConnectOk ──> loop { request | heartbeat tick | token deadline | outbox closed }
+//!                                      └─> Disconnect{code} then the transport closes
+//! ```
+
+use crate::frame::{FrameError, kind_name};
+use crate::hub::{SubscribeRequest, Subscriber, Target, error_kind, event_frame};
+use crate::metrics::{ReasonLabel, TransportLabel};
+use crate::outbox::{Outbox, Priority};
+use crate::{Gateway, PROTOCOL_VERSION};
+use chorus_core::{ChannelName, ChannelPattern, ErrorCode, PublishCommand, check_publish_input};
+use chorus_http::Claims;
+use chorus_http::auth::Operation;
+use chorus_proto::client::{self, ClientFrame, ServerFrame, client_frame, server_frame::Kind};
+use futures::{Stream, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Default and largest history page.
+const DEFAULT_HISTORY_LIMIT: u32 = 100;
+const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// Why a session ended.
+#[derive(Debug, Clone)]
+pub(crate) struct Ending {
+    pub(crate) code: Option<ErrorCode>,
+    pub(crate) reason: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When a token expiring at `exp` (Unix seconds) stops being honoured.
+fn token_deadline(exp: u64, grace: Duration) -> Instant {
+    let left_ms = (exp.saturating_mul(1000)).saturating_sub(now_ms());
+    Instant::now() + Duration::from_millis(left_ms) + grace
+}
+
+struct Session {
+    gateway: Gateway,
+    subscriber: Subscriber,
+    claims: Claims,
+    deadline: Instant,
+    requests: Arc<Semaphore>,
+}
+
+fn disconnect(outbox: &Outbox, code: ErrorCode, reason: String, reconnect: bool) -> Ending {
+    let _ = outbox.push(
+        Priority::Critical,
+        ServerFrame {
+            id: 0,
+            kind: Some(Kind::Disconnect(client::Disconnect {
+                code: code.as_str().to_string(),
+                reason: reason.clone(),
+                reconnect,
+            })),
+        },
+    );
+    Ending {
+        code: Some(code),
+        reason,
+    }
+}
+
+impl Gateway {
+    /// Runs one connection's protocol until it ends. The caller closes `outbox` afterwards
+    /// (this function does), lets its writers drain, and closes the transport.
+    pub(crate) async fn run_session<S>(
+        &self,
+        transport: &'static str,
+        mut inbound: S,
+        outbox: Arc<Outbox>,
+    ) -> Ending
+    where
+        S: Stream<Item = Result<ClientFrame, FrameError>> + Unpin,
+    {
+        let label = TransportLabel { transport };
+        self.inner.metrics.connections.get_or_create(&label).inc();
+        let conn = self.next_conn_id();
+        let ending = self.session(conn, &mut inbound, &outbox).await;
+        self.inner.hub.disconnected(conn);
+        outbox.close();
+        self.inner.metrics.connections.get_or_create(&label).dec();
+        let reason = ending.code.map_or("client_closed", |c| c.as_str());
+        self.inner
+            .metrics
+            .disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        tracing::debug!(conn, transport, reason = %ending.reason, "client connection ended");
+        ending
+    }
+
+    async fn session<S>(&self, conn: u64, inbound: &mut S, outbox: &Arc<Outbox>) -> Ending
+    where
+        S: Stream<Item = Result<ClientFrame, FrameError>> + Unpin,
+    {
+        let config = &self.inner.config;
+        let first = match tokio::time::timeout(config.connect_timeout, inbound.next()).await {
+            Err(_) => {
+                return disconnect(
+                    outbox,
+                    ErrorCode::Protocol,
+                    "no connect frame within the connect timeout".into(),
+                    false,
+                );
+            }
+            Ok(None) => {
+                return Ending {
+                    code: None,
+                    reason: "closed before connecting".into(),
+                };
+            }
+            Ok(Some(Err(e))) => return disconnect(outbox, ErrorCode::Protocol, e.to_string(), false),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Some(client_frame::Kind::Connect(connect)) = first.kind else {
+            return disconnect(
+                outbox,
+                ErrorCode::Protocol,
+                format!("the first frame must be connect, not {}", kind_name(&first)),
+                false,
+            );
+        };
+        if connect.protocol_version != PROTOCOL_VERSION {
+            return disconnect(
+                outbox,
+                ErrorCode::Protocol,
+                format!(
+                    "protocol version {} is not supported; this node speaks {PROTOCOL_VERSION}",
+                    connect.protocol_version
+                ),
+                false,
+            );
+        }
+        let claims = match self.inner.auth.verify(&connect.token) {
+            Ok(claims) => claims,
+            Err(e) => return disconnect(outbox, e.code(), e.to_string(), false),
+        };
+        let deflate = connect.accept_compression.iter().any(|c| c == "deflate");
+        let mut session = Session {
+            gateway: self.clone(),
+            subscriber: Subscriber {
+                conn,
+                outbox: outbox.clone(),
+                deflate,
+            },
+            deadline: token_deadline(claims.exp, config.token_grace),
+            claims,
+            requests: Arc::new(Semaphore::new(config.max_requests_in_flight)),
+        };
+        session.reply(
+            first.id,
+            Kind::ConnectOk(client::ConnectOk {
+                node_id: self.inner.cluster.node_id(),
+                user: session.claims.sub.clone(),
+                device: session.claims.device.clone().unwrap_or_default(),
+                heartbeat_interval_ms: config.heartbeat_interval.as_millis() as u64,
+                idle_timeout_ms: config.idle_timeout.as_millis() as u64,
+                token_expires_at: session.claims.exp,
+                token_grace_ms: config.token_grace.as_millis() as u64,
+                compression: if deflate { "deflate".into() } else { String::new() },
+                max_frame_bytes: config.max_frame_bytes as u32,
+                protocol_version: PROTOCOL_VERSION,
+            }),
+        );
+        tracing::debug!(conn, user = %session.claims.sub, client = %connect.client_name, "client connected");
+
+        let tick = config
+            .heartbeat_interval
+            .min(config.idle_timeout / 3)
+            .max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let mut last_ping = Instant::now();
+        loop {
+            tokio::select! {
+                frame = inbound.next() => match frame {
+                    None => return Ending { code: None, reason: "closed by the client".into() },
+                    Some(Err(e)) => return disconnect(outbox, ErrorCode::Protocol, e.to_string(), false),
+                    Some(Ok(frame)) => {
+                        last_seen = Instant::now();
+                        if let Err((code, reason)) = session.handle(frame).await {
+                            return disconnect(outbox, code, reason, false);
+                        }
+                    }
+                },
+                _ = ticker.tick() => {
+                    if last_seen.elapsed() >= config.idle_timeout {
+                        return disconnect(
+                            outbox,
+                            ErrorCode::IdleTimeout,
+                            format!("nothing received for {} ms", config.idle_timeout.as_millis()),
+                            true,
+                        );
+                    }
+                    if last_ping.elapsed() >= config.heartbeat_interval {
+                        last_ping = Instant::now();
+                        session.reply(0, Kind::Ping(client::Ping {}));
+                    }
+                },
+                _ = tokio::time::sleep_until(session.deadline) => {
+                    return disconnect(
+                        outbox,
+                        ErrorCode::TokenExpired,
+                        "the token expired and was not refreshed".into(),
+                        true,
+                    );
+                },
+                _ = outbox.wait_closed() => {
+                    return Ending {
+                        code: Some(ErrorCode::SlowConsumer),
+                        reason: "the client did not read its replies".into(),
+                    };
+                },
+            }
+        }
+    }
+}
+
+type Fatal = (ErrorCode, String);
+
+impl Session {
+    fn reply(&self, id: u64, kind: Kind) {
+        if self
+            .subscriber
+            .outbox
+            .push(Priority::Critical, ServerFrame { id, kind: Some(kind) })
+            .is_err()
+        {
+            self.subscriber.outbox.close();
+        }
+    }
+
+    fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>, sub: u64) {
+        self.reply(id, error_kind(code, message, sub));
+    }
+
+    /// Handles one frame. An `Err` closes the connection; request failures are replies.
+    async fn handle(&mut self, frame: ClientFrame) -> Result<(), Fatal> {
+        let id = frame.id;
+        match frame.kind {
+            None => Err((ErrorCode::Protocol, "frame with no kind".into())),
+            Some(client_frame::Kind::Connect(_)) => {
+                Err((ErrorCode::Protocol, "connect may only be the first frame".into()))
+            }
+            Some(client_frame::Kind::Ping(_)) => {
+                self.reply(id, Kind::Pong(client::Pong {}));
+                Ok(())
+            }
+            Some(client_frame::Kind::Pong(_)) => Ok(()),
+            Some(client_frame::Kind::Refresh(refresh)) => {
+                self.refresh(id, &refresh.token);
+                Ok(())
+            }
+            Some(client_frame::Kind::Subscribe(subscribe)) => {
+                self.subscribe(id, subscribe);
+                Ok(())
+            }
+            Some(client_frame::Kind::Unsubscribe(unsubscribe)) => {
+                let hub = &self.gateway.inner.hub;
+                hub.unsubscribe(self.subscriber.clone(), id, unsubscribe.sub);
+                Ok(())
+            }
+            Some(client_frame::Kind::Publish(publish)) => {
+                self.publish(id, publish).await;
+                Ok(())
+            }
+            Some(client_frame::Kind::History(request)) => {
+                self.history(id, request).await;
+                Ok(())
+            }
+        }
+    }
+
+    fn refresh(&mut self, id: u64, token: &str) {
+        match self.gateway.inner.auth.verify(token) {
+            Ok(claims) if claims.sub == self.claims.sub => {
+                self.deadline = token_deadline(claims.exp, self.gateway.inner.config.token_grace);
+                let exp = claims.exp;
+                self.claims = claims;
+                self.reply(
+                    id,
+                    Kind::RefreshOk(client::RefreshOk {
+                        token_expires_at: exp,
+                    }),
+                );
+            }
+            Ok(claims) => self.error(
+                id,
+                ErrorCode::Unauthorized,
+                format!(
+                    "the new token is for {:?}, this connection is {:?}",
+                    claims.sub, self.claims.sub
+                ),
+                0,
+            ),
+            Err(e) => self.error(id, e.code(), e.to_string(), 0),
+        }
+    }
+
+    fn subscribe(&self, id: u64, request: client::Subscribe) {
+        let auth = &self.gateway.inner.auth;
+        let pattern = match ChannelPattern::new(request.channel.clone()) {
+            Ok(p) => p,
+            Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), request.sub),
+        };
+        let target = if pattern.is_exact() {
+            let channel = match ChannelName::new(request.channel.clone()) {
+                Ok(c) => c,
+                Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), request.sub),
+            };
+            if let Err(e) = auth.authorize(&self.claims, Operation::Subscribe, channel.as_str()) {
+                return self.error(id, e.code(), e.to_string(), request.sub);
+            }
+            Target::Exact(channel)
+        } else {
+            if request.since.is_some() {
+                return self.error(
+                    id,
+                    ErrorCode::BadRequest,
+                    "since applies to exact channels only; patterns deliver live events",
+                    request.sub,
+                );
+            }
+            if let Err(e) = auth.authorize_pattern(&self.claims, &pattern) {
+                return self.error(id, e.code(), e.to_string(), request.sub);
+            }
+            Target::Pattern(pattern)
+        };
+        self.gateway.inner.hub.subscribe(SubscribeRequest {
+            subscriber: self.subscriber.clone(),
+            request_id: id,
+            sub: request.sub,
+            target,
+            event_types: request.event_types,
+            since: request.since,
+        });
+    }
+
+    /// Checks a publish and runs it in its own task (bounded per connection), so that a slow
+    /// commit never holds up the connection's other requests.
+    async fn publish(&self, id: u64, publish: client::Publish) {
+        let inner = &self.gateway.inner;
+        let channel = match ChannelName::new(publish.channel) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), 0),
+        };
+        if let Err(e) = inner
+            .auth
+            .authorize(&self.claims, Operation::Publish, channel.as_str())
+        {
+            return self.error(id, e.code(), e.to_string(), 0);
+        }
+        let event_type = Some(publish.event_type).filter(|t| !t.is_empty());
+        let key = Some(publish.idempotency_key).filter(|k| !k.is_empty());
+        if let Err((code, message)) = check_publish_input(
+            publish.data.len(),
+            inner.config.max_payload_bytes,
+            event_type.as_deref(),
+            key.as_deref(),
+        ) {
+            return self.error(id, code, message, 0);
+        }
+        if let Err(e) = serde_json::from_str::<&serde_json::value::RawValue>(&publish.data) {
+            return self.error(id, ErrorCode::BadRequest, format!("data is not JSON: {e}"), 0);
+        }
+        let command = PublishCommand {
+            channel,
+            event_type,
+            data: publish.data,
+            publisher: self.claims.sub.clone(),
+            idempotency_key: key,
+            time_ms: now_ms(),
+        };
+        let permit = self.requests.clone().acquire_owned().await.expect("never closed");
+        let cluster = inner.cluster.clone();
+        let outbox = self.subscriber.outbox.clone();
+        tokio::spawn(async move {
+            let kind = match cluster.publish(command).await {
+                Ok(p) => Kind::PublishOk(client::PublishOk {
+                    channel: p.channel.to_string(),
+                    epoch: p.epoch,
+                    offset: p.offset,
+                    duplicate: p.duplicate,
+                }),
+                Err(e) => error_kind(e.code(), e.to_string(), 0),
+            };
+            if outbox
+                .push(Priority::Critical, ServerFrame { id, kind: Some(kind) })
+                .is_err()
+            {
+                outbox.close();
+            }
+            drop(permit);
+        });
+    }
+
+    async fn history(&self, id: u64, request: client::HistoryRequest) {
+        let inner = &self.gateway.inner;
+        let channel = match ChannelName::new(request.channel) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), 0),
+        };
+        if let Err(e) = inner
+            .auth
+            .authorize(&self.claims, Operation::Subscribe, channel.as_str())
+        {
+            return self.error(id, e.code(), e.to_string(), 0);
+        }
+        let limit = match request.limit {
+            0 => DEFAULT_HISTORY_LIMIT,
+            l if l > MAX_HISTORY_LIMIT => {
+                return self.error(
+                    id,
+                    ErrorCode::BadRequest,
+                    format!("limit must be 1 to {MAX_HISTORY_LIMIT}"),
+                    0,
+                );
+            }
+            l => l,
+        };
+        let permit = self.requests.clone().acquire_owned().await.expect("never closed");
+        let cluster = inner.cluster.clone();
+        let outbox = self.subscriber.outbox.clone();
+        let deflate = self.subscriber.deflate;
+        // A page must fit in the connection's queue: it is cut short (the client pages on).
+        let budget = inner.config.outbox.max_bytes / 2;
+        tokio::spawn(async move {
+            let kind = match cluster.history(&channel, request.since, limit as usize).await {
+                Ok(page) => {
+                    let mut events = Vec::with_capacity(page.messages.len());
+                    let mut bytes = 0;
+                    for m in &page.messages {
+                        if let Some(Kind::Event(e)) =
+                            event_frame(0, channel.as_str(), page.epoch, m, deflate).kind
+                        {
+                            bytes += prost::Message::encoded_len(&e);
+                            if bytes > budget && !events.is_empty() {
+                                break;
+                            }
+                            events.push(e);
+                        }
+                    }
+                    Kind::History(client::HistoryPage {
+                        channel: channel.to_string(),
+                        epoch: page.epoch,
+                        last_offset: page.last_offset,
+                        first_retained: page.first_retained,
+                        events,
+                    })
+                }
+                Err(e) => error_kind(e.code(), e.to_string(), 0),
+            };
+            // Pages go with the events (high); a full queue gets a short error instead.
+            if outbox
+                .push(Priority::High, ServerFrame { id, kind: Some(kind) })
+                .is_err()
+            {
+                let busy = error_kind(
+                    ErrorCode::SlowConsumer,
+                    "the connection's queue is full; read, then ask again",
+                    0,
+                );
+                if outbox
+                    .push(Priority::Critical, ServerFrame { id, kind: Some(busy) })
+                    .is_err()
+                {
+                    outbox.close();
+                }
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,71 @@
+//! The applied-event feed: what a node's state machines report after applying, so that the
+//! node can deliver committed events to its own subscribers.
+//!
+//! ```text
+//!  shard 0 apply ─┐
+//!  shard 1 apply ─┼─> broadcast (bounded ring) ──> gateway hub ──> connections
+//!  shard n apply ─┘
+//! ```
+//!
+//! Sending never blocks apply: the feed is a bounded broadcast ring. A receiver that falls
+//! behind is told how much it missed (`Lagged`) and catches up from the shards' history,
+//! which already holds every event it missed.
+
+use chorus_core::{ChannelName, ShardId, StoredMessage};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// One event that a shard applied (not a deduplicated retry).
+#[derive(Debug, Clone)]
+pub struct AppliedEvent {
+    /// The shard that applied it.
+    pub shard: ShardId,
+    /// The channel.
+    pub channel: ChannelName,
+    /// The channel's epoch.
+    pub epoch: u64,
+    /// The event, with its offset.
+    pub message: StoredMessage,
+}
+
+/// What the feed carries.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// An event was applied.
+    Event(AppliedEvent),
+    /// A shard's state was replaced by a snapshot: events in it were never reported one by one.
+    SnapshotInstalled(ShardId),
+}
+
+/// The sending side, shared by every state machine of a node. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct EventFeed {
+    sender: broadcast::Sender<Arc<FeedItem>>,
+}
+
+impl EventFeed {
+    /// A feed that buffers up to `capacity` items for its slowest receiver.
+    pub fn new(capacity: usize) -> Self {
+        EventFeed {
+            sender: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+
+    /// A new receiver, seeing items sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedItem>> {
+        self.sender.subscribe()
+    }
+
+    /// Sends an item to every receiver; never blocks (no receiver is fine).
+    pub fn send(&self, item: FeedItem) {
+        if self.sender.receiver_count() > 0 {
+            let _ = self.sender.send(Arc::new(item));
+        }
+    }
+}
+
+impl Default for EventFeed {
+    fn default() -> Self {
+        EventFeed::new(16 * 1024)
+    }
+}
