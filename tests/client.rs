@@ -382,3 +382,116 @@ async fn slow_reader_is_bounded_and_recovers_while_fast_reader_keeps_up() -> Res
     assert_eq!(slow_sub.incomplete_recoveries(), 0);
     Ok(())
 }
+
+/// The SDK's runnable example (crates/chorus-client/examples/chat.rs) against a real cluster.
+#[tokio::test]
+async fn sdk_example_runs_against_a_cluster() -> Result<()> {
+    let cluster = common::builder().start().await?;
+    let example = std::path::Path::new(common::chorus_bin())
+        .parent()
+        .unwrap()
+        .join("examples/chat");
+    assert!(
+        example.exists(),
+        "{} is missing: build it with `cargo build --workspace --all-targets` (make test does)",
+        example.display()
+    );
+    let certs: Vec<String> = (1..=3).map(|id| cluster.cert_path(id).display().to_string()).collect();
+    let out = tokio::process::Command::new(&example)
+        .args([cluster.node(2).quic.to_string(), cluster.node(3).quic.to_string()])
+        .env("CHORUS_TOKEN", token("example", &["admin"]))
+        .env("CHORUS_CA", certs.join(","))
+        .env("CHORUS_CHANNEL", "chat.example")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("{\"connected_to\": 2}"), "{stdout}");
+    assert!(stdout.contains("{\"event\": 3, \"type\": \"message\", \"data\": {\"text\": \"hello 3\"}}"), "{stdout}");
+    assert!(stdout.contains("{\"history\": [1, 2, 3]}"), "{stdout}");
+    // And with pinned fingerprints instead of certificates.
+    let fingerprints: Vec<String> = (1..=3)
+        .map(|id| {
+            let log = cluster.log(id);
+            let start = log.find("sha256=").expect("the node logs its fingerprint") + 7;
+            log[start..start + 64].to_string()
+        })
+        .collect();
+    let out = tokio::process::Command::new(&example)
+        .arg(cluster.node(1).quic.to_string())
+        .env("CHORUS_TOKEN", token("example", &["admin"]))
+        .env("CHORUS_FINGERPRINTS", fingerprints.join(","))
+        .env("CHORUS_CHANNEL", "chat.pinned")
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// `chorus client subscribe | publish | history` against a real cluster.
+#[tokio::test]
+async fn cli_subscribes_publishes_and_reads_history() -> Result<()> {
+    let cluster = common::builder().start().await?;
+    let admin = token("cli", &["admin"]);
+    let trust: Vec<String> = (1..=3)
+        .flat_map(|id| ["--ca".to_string(), cluster.cert_path(id).display().to_string()])
+        .collect();
+    let node = |id: u64| cluster.node(id).quic.to_string();
+    let subscriber = tokio::process::Command::new(common::chorus_bin())
+        .args(["client", "subscribe", "chat.>", "--count", "2", "--node", &node(1), "--token", &admin])
+        .args(&trust)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    // The subscription is in place once node 1 counts it.
+    wait_for("the CLI's subscription on node 1", WAIT, || async {
+        (cluster.metric(1, "chorus_gateway_subscriptions").await.ok()? >= 1.0).then_some(())
+    })
+    .await?;
+    for (via, text) in [(2, "one"), (3, "two")] {
+        let mut args = vec!["client", "publish", "chat.cli", &*format!("{{\"text\":\"{text}\"}}")]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(["--node".into(), node(via), "--token".into(), admin.clone()]);
+        args.extend(trust.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = cluster.cli(&refs);
+        assert!(ok, "{out}");
+        assert!(out.contains("\"channel\":\"chat.cli\""), "{out}");
+    }
+    let out = tokio::time::timeout(WAIT, subscriber.wait_with_output()).await??;
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines[0]["data"], json!({"text": "one"}));
+    assert_eq!(lines[1]["offset"], json!(2));
+
+    let mut args: Vec<String> = ["client", "history", "chat.cli", "--since", "1", "--node"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend([node(3), "--token".into(), admin.clone()]);
+    args.extend(trust.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = cluster.cli(&refs);
+    assert!(ok, "{out}");
+    let history: Vec<&str> = out.lines().collect();
+    assert_eq!(history.len(), 1, "{out}");
+    assert!(history[0].contains("\"two\""), "{out}");
+
+    // A forbidden or malformed request gets its code on stderr and a failing exit.
+    let mut args: Vec<String> = ["client", "publish", "bad..channel", "{}", "--node"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    args.extend([node(1), "--token".into(), admin]);
+    args.extend(trust.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out) = cluster.cli(&refs);
+    assert!(!ok && out.contains("invalid_channel"), "{out}");
+    Ok(())
+}
