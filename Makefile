@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench bench-core cluster-up cluster-down clean-data
+.PHONY: run test lint fmt build bench bench-e2e bench-core fuzz cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -12,24 +12,36 @@ run: build
 build:
 	$(CARGO) build --bin chorus
 
-## test: unit tests, openraft's storage suite and the process-level cluster tests
+## test: unit tests, openraft's storage suite, doc examples and the process-level tests
 test:
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(CARGO) test --workspace --doc
 
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: publish load against a fresh local 3-node cluster (release build), batching on and off
+## bench: publish load (batching on and off), then publish-to-delivery latency through the
+## SDK, each against a fresh local 3-node cluster (release build)
 bench:
 	$(CARGO) build --release --bin chorus
 	scripts/bench.sh
+	benches/e2e_latency.sh
+
+## bench-e2e: only the publish-to-delivery latency scenario (RATE=, DURATION=, ROUNDS=)
+bench-e2e:
+	$(CARGO) build --release --bin chorus
+	benches/e2e_latency.sh
 
 ## bench-core: criterion micro-benchmarks of the pure core (apply, placement, patterns)
 bench-core:
 	$(CARGO) bench --bench core
+
+## fuzz: the client frame decoder under libFuzzer (needs nightly and cargo-fuzz; FUZZ_SECONDS=)
+fuzz:
+	cd fuzz && $(CARGO) +nightly fuzz run frame_decoder -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 fmt:
 	$(CARGO) fmt --all

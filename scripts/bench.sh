@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Publish benchmark on a fresh local 3-node cluster (release build, data on local disk):
-# runs `chorus bench publish` ROUNDS times per configuration and prints each run's JSON line
-# and the median msgs/s and latencies per configuration.
-#   scripts/bench.sh                # batching on and off, 3 rounds of 10 s each
+# Cluster benchmarks on a fresh local 3-node cluster (release build, data on local disk).
+# Each scenario runs ROUNDS times; every run prints its JSON line, then the medians.
+#   scripts/bench.sh                 # SCENARIO=publish: HTTP publish load, batching on and off
+#   SCENARIO=e2e scripts/bench.sh    # publish-to-delivery latency via the SDK, node 2 -> node 1
 #   ROUNDS=5 DURATION=20s CONCURRENCY=256 PAYLOAD=128 scripts/bench.sh
+#   SCENARIO=e2e RATE=1000 DURATION=10s scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SCENARIO=${SCENARIO:-publish}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10s}; CONCURRENCY=${CONCURRENCY:-256}; PAYLOAD=${PAYLOAD:-128}
+RATE=${RATE:-500}
 BIN=${CHORUS_BIN:-target/release/chorus}
 [ -x "$BIN" ] || cargo build --release --bin chorus
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
@@ -15,8 +18,8 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-run_config() {  # name, max_batch_commands
-  local name=$1 batch=$2 dir="$WORK/$1"
+start_cluster() {  # dir, max_batch_commands
+  local dir=$1 batch=$2
   mkdir -p "$dir"
   printf '[raft_timing]\nmax_batch_commands = %s\n' "$batch" >"$dir/extra.toml"
   PIDS=()
@@ -30,22 +33,49 @@ run_config() {  # name, max_batch_commands
     for _ in $(seq 1 300); do curl -fs "http://127.0.0.1:$((7600 + n))/ready" >/dev/null 2>&1 && break; sleep 0.1; done
   done
   sleep 3 # leader placement settles (it starts 2 s after boot)
-  for r in $(seq 1 "$ROUNDS"); do
-    "$BIN" bench publish --node http://127.0.0.1:7601 --node http://127.0.0.1:7602 --node http://127.0.0.1:7603 \
-      --concurrency "$CONCURRENCY" --payload "$PAYLOAD" --duration "$DURATION" | tail -n 1 | sed "s/^{/{\"config\":\"$name\",/" | tee -a "$WORK/results.jsonl"
-  done
+}
+
+stop_cluster() {
   for p in "${PIDS[@]}"; do kill -TERM "$p"; done
   wait "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
 }
 
-run_config batched 512
-run_config unbatched 1
+label() { sed "s/^{/{\"config\":\"$1\",/" | tee -a "$WORK/results.jsonl"; }
+
+run_publish() {  # name, max_batch_commands
+  start_cluster "$WORK/$1" "$2"
+  for _ in $(seq 1 "$ROUNDS"); do
+    "$BIN" bench publish --node http://127.0.0.1:7601 --node http://127.0.0.1:7602 --node http://127.0.0.1:7603 \
+      --concurrency "$CONCURRENCY" --payload "$PAYLOAD" --duration "$DURATION" | tail -n 1 | label "$1"
+  done
+  stop_cluster
+}
+
+run_e2e() {
+  local dir="$WORK/e2e"
+  start_cluster "$dir" 512
+  for _ in $(seq 1 "$ROUNDS"); do
+    "$BIN" bench e2e --subscribe-node 127.0.0.1:7801 --publish-node 127.0.0.1:7802 \
+      --ca "$dir/node1/tls/cert.pem" --ca "$dir/node2/tls/cert.pem" \
+      --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" | tail -n 1 | label "e2e-${RATE}/s"
+  done
+  stop_cluster
+}
+
+case "$SCENARIO" in
+  publish) run_publish batched 512; run_publish unbatched 1 ;;
+  e2e) run_e2e ;;
+  *) echo "unknown SCENARIO=$SCENARIO (publish or e2e)" >&2; exit 2 ;;
+esac
 python3 - "$WORK/results.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for config in dict.fromkeys(r["config"] for r in rows):
     rs = [r for r in rows if r["config"] == config]
     med = lambda k: statistics.median(r[k] for r in rs)
-    print(f"{config:10} median of {len(rs)}: {med('msgs_per_sec'):8.0f} msgs/s  p50 {med('p50_ms'):6.2f} ms  p99 {med('p99_ms'):7.2f} ms  p999 {med('p999_ms'):7.2f} ms  errors {sum(r['errors'] for r in rs)}")
+    if rs[0]["scenario"] == "e2e":
+        print(f"{config:10} median of {len(rs)}: publish-to-delivery p50 {med('p50_ms'):6.2f} ms  p90 {med('p90_ms'):6.2f} ms  p99 {med('p99_ms'):7.2f} ms  delivered {sum(r['delivered'] for r in rs)}/{sum(r['sent'] for r in rs)}  errors {sum(r['errors'] for r in rs)}")
+    else:
+        print(f"{config:10} median of {len(rs)}: {med('msgs_per_sec'):8.0f} msgs/s  p50 {med('p50_ms'):6.2f} ms  p99 {med('p99_ms'):7.2f} ms  p999 {med('p999_ms'):7.2f} ms  errors {sum(r['errors'] for r in rs)}")
 PY

@@ -40,17 +40,7 @@ pub struct PublishBenchArgs {
 /// Runs the publish scenario.
 pub async fn publish(args: PublishBenchArgs) -> Result<()> {
     let duration = crate::cli::parse_ttl(&args.duration)?;
-    let token = match (&args.token, &args.jwt_secret) {
-        (Some(token), _) => token.clone(),
-        (None, Some(secret)) => mint(
-            secret,
-            "bench",
-            &["admin".to_string()],
-            duration * 2 + Duration::from_secs(60),
-            None,
-        )?,
-        (None, None) => bail!("give --token (CHORUS_TOKEN) or CHORUS_JWT_SECRET"),
-    };
+    let token = bench_token(args.token.as_deref(), args.jwt_secret.as_deref(), duration)?;
     if args.nodes.is_empty() || args.concurrency == 0 || args.channels == 0 {
         bail!("--node, --concurrency and --channels must be non-empty / positive");
     }
@@ -133,6 +123,21 @@ pub async fn publish(args: PublishBenchArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The given token, or one minted with the JWT secret that outlives the run.
+pub fn bench_token(token: Option<&str>, jwt_secret: Option<&str>, duration: Duration) -> Result<String> {
+    match (token, jwt_secret) {
+        (Some(token), _) => Ok(token.to_string()),
+        (None, Some(secret)) => mint(
+            secret,
+            "bench",
+            &["admin".to_string()],
+            duration * 2 + Duration::from_secs(60),
+            None,
+        ),
+        (None, None) => bail!("give --token (CHORUS_TOKEN) or CHORUS_JWT_SECRET"),
+    }
 }
 
 /// Workers step through channels and nodes with a stride coprime to most counts, so that

@@ -38,6 +38,8 @@ enum Command {
 enum BenchCommand {
     /// Concurrent publishes over the HTTP API: acked msgs/s and ack latency percentiles.
     Publish(crate::bench::PublishBenchArgs),
+    /// Publish-to-delivery latency through the SDK across nodes, at a fixed rate.
+    E2e(crate::bench_e2e::E2eBenchArgs),
 }
 
 /// Flags of `chorus dev`.
@@ -181,6 +183,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Client(command) => crate::client_cli::run(command).await,
         Command::Bench(BenchCommand::Publish(args)) => crate::bench::publish(args).await,
+        Command::Bench(BenchCommand::E2e(args)) => crate::bench_e2e::run(args).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;
             println!(

@@ -3,6 +3,7 @@
 //! `chorus client` subscribes, publishes and reads history over QUIC.
 
 mod bench;
+mod bench_e2e;
 mod cli;
 mod client_cli;
 mod config;

@@ -126,6 +126,7 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
             .await?;
         assert_eq!(code, "protocol_error");
         assert!(ws.recv(Duration::from_secs(10)).await?.is_none(), "closed after the error");
+        assert_eq!(ws.close_code, Some(4400), "WebSocket close code of protocol_error");
     }
     // An oversized publish is a request error, not a protocol error: the connection stays.
     let client = cluster.sdk(&[1], &cluster.token).connect().await?;
@@ -160,6 +161,8 @@ async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
         })
         .await?;
     assert_eq!(code, "idle_timeout");
+    assert!(silent.recv(Duration::from_secs(10)).await?.is_none());
+    assert_eq!(silent.close_code, Some(4408), "WebSocket close code of idle_timeout");
     assert!(pings >= 2, "pinged {pings} times before the idle timeout");
 
     // Never sends Connect: closed after the connect timeout.

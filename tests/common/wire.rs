@@ -23,6 +23,8 @@ pub struct WsClient {
     ws: Ws,
     /// JSON text frames when true, protobuf binary frames otherwise.
     pub json: bool,
+    /// The WebSocket close code the node sent, once it closed.
+    pub close_code: Option<u16>,
 }
 
 impl WsClient {
@@ -30,7 +32,11 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws"))
             .await
             .context("websocket connect")?;
-        Ok(WsClient { ws, json })
+        Ok(WsClient {
+            ws,
+            json,
+            close_code: None,
+        })
     }
 
     pub async fn send(&mut self, id: u64, kind: client_frame::Kind) -> Result<()> {
@@ -54,7 +60,11 @@ impl WsClient {
                 .await
                 .context("no frame from the node in time")?;
             match message {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Close(frame))) => {
+                    self.close_code = frame.map(|f| u16::from(f.code));
+                    return Ok(None);
+                }
+                None | Some(Err(_)) => return Ok(None),
                 Some(Ok(Message::Binary(bytes))) => {
                     assert!(!self.json, "binary frame on a JSON connection");
                     return Ok(Some(ServerFrame::decode(bytes)?));

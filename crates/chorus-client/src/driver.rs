@@ -508,7 +508,9 @@ impl Driver {
                     if let server_frame::Kind::RefreshOk(ok) = &kind {
                         live.refresh_at = refresh_deadline(ok.token_expires_at);
                     }
-                    if let server_frame::Kind::Error(e) = &kind {
+                    if let server_frame::Kind::Error(e) = &kind
+                        && e.code != "not_found"
+                    {
                         tracing::warn!(code = %e.code, message = %e.message, "request refused");
                     }
                 }
@@ -523,13 +525,18 @@ impl Driver {
                     .map_err(|e| e.to_string())
             }
             server_frame::Kind::Resync(resync) => {
+                // The old id keeps mapping to the subscription: events the node queued before
+                // the resync may still arrive behind it, and they are the next ones in order
+                // (offset dedupe drops what the new subscription then repeats). Dropping them
+                // would make a reader that is far behind start over every round.
                 let local = self
                     .shared
                     .subs
                     .lock()
                     .expect("subs lock")
                     .wire_to_local
-                    .remove(&resync.sub);
+                    .get(&resync.sub)
+                    .copied();
                 tracing::debug!(channel = %resync.channel, reason = %resync.reason, "resync");
                 match local {
                     Some(local) => self.send_subscribe(live, local).await,

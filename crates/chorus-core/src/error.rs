@@ -1,7 +1,7 @@
 //! Stable error codes shared by every face of Chorus.
 //!
 //! The same code names a failure on the HTTP API (`{"code", "message"}`), in gRPC statuses
-//! between nodes and, later, in the client protocol. Codes are part of the public contract:
+//! between nodes and in the client protocol (`Error.code`, `Disconnect.code`). Codes are part of the public contract:
 //! never renumber or rename one.
 
 use serde::{Deserialize, Serialize};

@@ -477,8 +477,9 @@ impl HubTask {
                     let last = reader.history(&channel, 0, 0).last_offset;
                     self.fill(key, last);
                 }
+                // Any pattern may match channels of the shard: they cannot tell what they missed.
                 Target::Pattern(_) if shard.is_none() => self.resync(key, "node_lagged"),
-                Target::Pattern(_) => {}
+                Target::Pattern(_) => self.resync(key, "snapshot_installed"),
             }
         }
     }

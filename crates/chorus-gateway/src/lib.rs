@@ -59,8 +59,8 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            max_frame_bytes: 1024 * 1024 + 64 * 1024,
-            max_payload_bytes: 1024 * 1024,
+            max_frame_bytes: 128 * 1024,
+            max_payload_bytes: 64 * 1024,
             heartbeat_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             token_grace: Duration::from_secs(10),

@@ -174,14 +174,12 @@ impl Gateway {
         );
         tracing::debug!(conn, user = %session.claims.sub, client = %connect.client_name, "client connected");
 
-        let tick = config
-            .heartbeat_interval
-            .min(config.idle_timeout / 3)
-            .max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pings = tokio::time::interval_at(
+            Instant::now() + config.heartbeat_interval,
+            config.heartbeat_interval,
+        );
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        let mut last_ping = Instant::now();
         loop {
             tokio::select! {
                 frame = inbound.next() => match frame {
@@ -194,19 +192,14 @@ impl Gateway {
                         }
                     }
                 },
-                _ = ticker.tick() => {
-                    if last_seen.elapsed() >= config.idle_timeout {
-                        return disconnect(
-                            outbox,
-                            ErrorCode::IdleTimeout,
-                            format!("nothing received for {} ms", config.idle_timeout.as_millis()),
-                            true,
-                        );
-                    }
-                    if last_ping.elapsed() >= config.heartbeat_interval {
-                        last_ping = Instant::now();
-                        session.reply(0, Kind::Ping(client::Ping {}));
-                    }
+                _ = pings.tick() => session.reply(0, Kind::Ping(client::Ping {})),
+                _ = tokio::time::sleep_until(last_seen + config.idle_timeout) => {
+                    return disconnect(
+                        outbox,
+                        ErrorCode::IdleTimeout,
+                        format!("nothing received for {} ms", config.idle_timeout.as_millis()),
+                        true,
+                    );
                 },
                 _ = tokio::time::sleep_until(session.deadline) => {
                     return disconnect(
@@ -282,6 +275,26 @@ impl Session {
         }
     }
 
+    /// A slot for one more request in flight, or an error reply when all are taken (never
+    /// waits: the connection keeps reading pongs and other requests meanwhile).
+    fn permit(&self, id: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match self.requests.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.error(
+                    id,
+                    ErrorCode::SlowConsumer,
+                    format!(
+                        "{} requests are already in flight on this connection; wait for their replies",
+                        self.gateway.inner.config.max_requests_in_flight
+                    ),
+                    0,
+                );
+                None
+            }
+        }
+    }
+
     fn refresh(&mut self, id: u64, token: &str) {
         match self.gateway.inner.auth.verify(token) {
             Ok(claims) if claims.sub == self.claims.sub => {
@@ -310,6 +323,9 @@ impl Session {
 
     fn subscribe(&self, id: u64, request: client::Subscribe) {
         let auth = &self.gateway.inner.auth;
+        if request.sub == 0 {
+            return self.error(id, ErrorCode::BadRequest, "subscription id 0 is reserved; use 1 or more", 0);
+        }
         let pattern = match ChannelPattern::new(request.channel.clone()) {
             Ok(p) => p,
             Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), request.sub),
@@ -382,7 +398,7 @@ impl Session {
             idempotency_key: key,
             time_ms: now_ms(),
         };
-        let permit = self.requests.clone().acquire_owned().await.expect("never closed");
+        let Some(permit) = self.permit(id) else { return };
         let cluster = inner.cluster.clone();
         let outbox = self.subscriber.outbox.clone();
         tokio::spawn(async move {
@@ -429,7 +445,7 @@ impl Session {
             }
             l => l,
         };
-        let permit = self.requests.clone().acquire_owned().await.expect("never closed");
+        let Some(permit) = self.permit(id) else { return };
         let cluster = inner.cluster.clone();
         let outbox = self.subscriber.outbox.clone();
         let deflate = self.subscriber.deflate;

@@ -5,6 +5,7 @@
 //! most urgent class first, a batch per flush (one ordered stream: no per-class streams).
 
 use crate::Gateway;
+use crate::session::Ending;
 use crate::frame::{Encoding, FrameError, decode_client_frame, encode_server_frame};
 use crate::outbox::Outbox;
 use axum::Router;
@@ -33,16 +34,37 @@ async fn upgrade(State(gateway): State<Gateway>, ws: WebSocketUpgrade) -> Respon
         .on_upgrade(move |socket| async move { gateway.ws_connection(socket).await })
 }
 
-fn decode(message: Message, limit: usize) -> Option<Result<(ClientFrame, Encoding), FrameError>> {
+/// The encoding a message uses and its decoded frame; `None` for control messages (pings
+/// are answered by the WebSocket layer; pongs and close need nothing here).
+fn decode(message: Message, limit: usize) -> Option<(Encoding, Result<ClientFrame, FrameError>)> {
     match message {
-        Message::Binary(bytes) => {
-            Some(decode_client_frame(&bytes, Encoding::Protobuf, limit).map(|f| (f, Encoding::Protobuf)))
-        }
-        Message::Text(text) => {
-            Some(decode_client_frame(text.as_bytes(), Encoding::Json, limit).map(|f| (f, Encoding::Json)))
-        }
-        // Pings are answered by the WebSocket layer; pongs and close need nothing here.
+        Message::Binary(bytes) => Some((
+            Encoding::Protobuf,
+            decode_client_frame(&bytes, Encoding::Protobuf, limit),
+        )),
+        Message::Text(text) => Some((Encoding::Json, decode_client_frame(text.as_bytes(), Encoding::Json, limit))),
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
+    }
+}
+
+/// The WebSocket close code for a session's end: 1000 when the client closed, else
+/// 4000 + the code's HTTP status (4400 protocol_error, 4401 token_expired, 4408 idle_timeout,
+/// 4429 slow_consumer, ...).
+fn close_frame(ending: &Ending) -> CloseFrame {
+    let Some(code) = ending.code else {
+        return CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        };
+    };
+    let mut reason = format!("{}: {}", code.as_str(), ending.reason);
+    // A close reason is at most 123 bytes.
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    CloseFrame {
+        code: 4000 + code.http_status(),
+        reason: reason.into(),
     }
 }
 
@@ -60,13 +82,14 @@ impl Gateway {
                 let frame = match message {
                     Ok(message) => match decode(message, limit) {
                         None => continue,
-                        Some(Ok((frame, encoding))) => {
+                        Some((encoding, frame)) => {
+                            // The first data message decides the answers' encoding, even when
+                            // it does not decode (so the client can read the error).
                             if let Some(tx) = encoding_tx.take() {
                                 let _ = tx.send(encoding);
                             }
-                            Ok(frame)
+                            frame
                         }
-                        Some(Err(e)) => Err(e),
                     },
                     Err(e) => Err(FrameError::Malformed(format!("websocket: {e}"))),
                 };
@@ -94,28 +117,23 @@ impl Gateway {
                         },
                     };
                     if sink.feed(message).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
                 if sink.flush().await.is_err() {
-                    return;
+                    return None;
                 }
             }
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "".into(),
-                })))
-                .await;
+            Some(sink)
         });
-        self.run_session("websocket", ReceiverStream::new(inbound), outbox)
-            .await;
+        let ending = self.run_session("websocket", ReceiverStream::new(inbound), outbox).await;
         let abort = writer.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), writer)
-            .await
-            .is_err()
-        {
-            abort.abort();
+        match tokio::time::timeout(Duration::from_secs(2), writer).await {
+            Ok(Ok(Some(mut sink))) => {
+                let _ = sink.send(Message::Close(Some(close_frame(&ending)))).await;
+            }
+            Ok(_) => {}
+            Err(_) => abort.abort(),
         }
         reader.abort();
     }
