@@ -41,7 +41,7 @@ stop_cluster() {
   PIDS=()
 }
 
-label() { sed "s/^{/{\"config\":\"$1\",/" | tee -a "$WORK/results.jsonl"; }
+label() { sed "s|^{|{\"config\":\"$1\",|" | tee -a "$WORK/results.jsonl"; }
 
 run_publish() {  # name, max_batch_commands
   start_cluster "$WORK/$1" "$2"

@@ -52,14 +52,20 @@ pub struct E2eBenchArgs {
 }
 
 async fn client(endpoint: &str, token: &str, args: &E2eBenchArgs) -> Result<Client> {
-    let mut builder = Client::builder().endpoints([endpoint]).token(token).subscription_buffer(65_536);
+    let mut builder = Client::builder()
+        .endpoints([endpoint])
+        .token(token)
+        .subscription_buffer(65_536);
     for ca in &args.cas {
         builder = builder.trust_certificate_pem_file(ca);
     }
     for fingerprint in &args.fingerprints {
         builder = builder.trust_fingerprint(fingerprint);
     }
-    builder.connect().await.with_context(|| format!("connecting to {endpoint}"))
+    builder
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))
 }
 
 /// Runs the scenario and prints a summary and one JSON line.
@@ -72,7 +78,9 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     let subscriber = client(&args.subscribe_node, &token, &args).await?;
     let publisher = client(&args.publish_node, &token, &args).await?;
     let run_id = format!("{:08x}", rand_id());
-    let channels: Vec<String> = (0..args.channels).map(|i| format!("bench.e2e{run_id}.c{i}")).collect();
+    let channels: Vec<String> = (0..args.channels)
+        .map(|i| format!("bench.e2e{run_id}.c{i}"))
+        .collect();
     let mut subscription = subscriber
         .subscribe(&format!("bench.e2e{run_id}.*"), SubscribeOptions::default())
         .await?;
@@ -83,7 +91,9 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     let receiver = tokio::spawn(async move {
         let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
         while latency.len() < total as u64 {
-            let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(10), subscription.next_event()).await else {
+            let Ok(Some(event)) =
+                tokio::time::timeout(Duration::from_secs(10), subscription.next_event()).await
+            else {
                 break;
             };
             let now = clock.elapsed().as_micros() as u64;
@@ -101,7 +111,9 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
         let publisher = publisher.clone();
         let channel = channels[i % channels.len()].clone();
         let data = serde_json::json!({ "t": clock.elapsed().as_micros() as u64, "pad": pad }).to_string();
-        acks.push(tokio::spawn(async move { publisher.publish(&channel, data).await }));
+        acks.push(tokio::spawn(
+            async move { publisher.publish(&channel, data).await },
+        ));
     }
     let mut errors = 0;
     for ack in acks {

@@ -165,6 +165,27 @@ pub async fn run(args: DevArgs) -> Result<()> {
         "  chorus cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)",
         port(0, 3)
     );
+    let trust: String = (1..=3u64)
+        .map(|n| {
+            format!(
+                " --ca {}",
+                args.data_dir.join(format!("node{n}/tls/cert.pem")).display()
+            )
+        })
+        .collect();
+    println!("\nClients (QUIC, with the Rust SDK underneath; certificates generated per node):");
+    println!(
+        "  chorus client subscribe 'chat.>' --node 127.0.0.1:{}{trust}",
+        port(200, 1)
+    );
+    println!(
+        "  chorus client publish chat.lobby '{{\"text\":\"hi\"}}' --node 127.0.0.1:{}{trust}",
+        port(200, 2)
+    );
+    println!(
+        "  WebSocket: ws://127.0.0.1:{}/ws (protocol: docs/protocol.md)",
+        port(0, 1)
+    );
     println!("\nCtrl-C stops the cluster.");
     crate::node::shutdown_signal().await;
     println!("\nstopping...");

@@ -211,7 +211,7 @@ async fn forbidden_subscription_gets_a_code_and_nothing_else_is_affected() -> Re
         if why == "ok" {
             assert!(result.is_ok(), "{target}: {:?}", result.err());
         } else {
-            let err = result.err().expect("refused");
+            let err = result.expect_err("refused");
             assert_eq!(err.code(), Some("forbidden"), "{target} ({why}): {err}");
         }
     }
@@ -221,7 +221,7 @@ async fn forbidden_subscription_gets_a_code_and_nothing_else_is_affected() -> Re
         .err()
         .unwrap();
     assert_eq!(bad.code(), Some("invalid_channel"));
-    let publish = reader.publish("public.news", "{}").await.err().unwrap();
+    let publish = reader.publish("public.news", "{}").await.unwrap_err();
     assert_eq!(publish.code(), Some("forbidden"));
     let not_json = cluster
         .sdk(&[2], &token("ann", &["admin"]))
@@ -396,7 +396,9 @@ async fn sdk_example_runs_against_a_cluster() -> Result<()> {
         "{} is missing: build it with `cargo build --workspace --all-targets` (make test does)",
         example.display()
     );
-    let certs: Vec<String> = (1..=3).map(|id| cluster.cert_path(id).display().to_string()).collect();
+    let certs: Vec<String> = (1..=3)
+        .map(|id| cluster.cert_path(id).display().to_string())
+        .collect();
     let out = tokio::process::Command::new(&example)
         .args([cluster.node(2).quic.to_string(), cluster.node(3).quic.to_string()])
         .env("CHORUS_TOKEN", token("example", &["admin"]))
@@ -405,9 +407,16 @@ async fn sdk_example_runs_against_a_cluster() -> Result<()> {
         .output()
         .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("{\"connected_to\": 2}"), "{stdout}");
-    assert!(stdout.contains("{\"event\": 3, \"type\": \"message\", \"data\": {\"text\": \"hello 3\"}}"), "{stdout}");
+    assert!(
+        stdout.contains("{\"event\": 3, \"type\": \"message\", \"data\": {\"text\": \"hello 3\"}}"),
+        "{stdout}"
+    );
     assert!(stdout.contains("{\"history\": [1, 2, 3]}"), "{stdout}");
     // And with pinned fingerprints instead of certificates.
     let fingerprints: Vec<String> = (1..=3)
@@ -438,7 +447,17 @@ async fn cli_subscribes_publishes_and_reads_history() -> Result<()> {
         .collect();
     let node = |id: u64| cluster.node(id).quic.to_string();
     let subscriber = tokio::process::Command::new(common::chorus_bin())
-        .args(["client", "subscribe", "chat.>", "--count", "2", "--node", &node(1), "--token", &admin])
+        .args([
+            "client",
+            "subscribe",
+            "chat.>",
+            "--count",
+            "2",
+            "--node",
+            &node(1),
+            "--token",
+            &admin,
+        ])
         .args(&trust)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -450,10 +469,15 @@ async fn cli_subscribes_publishes_and_reads_history() -> Result<()> {
     })
     .await?;
     for (via, text) in [(2, "one"), (3, "two")] {
-        let mut args = vec!["client", "publish", "chat.cli", &*format!("{{\"text\":\"{text}\"}}")]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
+        let mut args = vec![
+            "client",
+            "publish",
+            "chat.cli",
+            &*format!("{{\"text\":\"{text}\"}}"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
         args.extend(["--node".into(), node(via), "--token".into(), admin.clone()]);
         args.extend(trust.iter().cloned());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -5,7 +5,7 @@ mod common;
 
 use anyhow::{Result, bail};
 use chorus_client::SubscribeOptions;
-use chorus_proto::client::{Publish, Ping, RefreshToken, Subscribe, client_frame, server_frame};
+use chorus_proto::client::{Ping, Publish, RefreshToken, Subscribe, client_frame, server_frame};
 use common::wire::{WsClient, connect, delimited, disconnect_code, quic_connect, read_all_frames};
 use common::{JWT_SECRET, TestCluster};
 use serde_json::json;
@@ -31,13 +31,21 @@ fn token_expiring_in(sub: &str, secs: u64) -> String {
 
 /// Sends `bytes` on a fresh QUIC control stream (optionally after a valid Connect) and
 /// returns the code of the Disconnect frame the node answers with.
-async fn quic_send(cluster: &TestCluster, connect_first: bool, bytes: &[u8], finish: bool) -> Result<Option<String>> {
+async fn quic_send(
+    cluster: &TestCluster,
+    connect_first: bool,
+    bytes: &[u8],
+    finish: bool,
+) -> Result<Option<String>> {
     let certs = vec![cluster.cert_path(1)];
     let connection = quic_connect(cluster.node(1).quic, &certs).await?;
     let (mut send, mut recv) = connection.open_bi().await?;
     if connect_first {
-        send.write_all(&delimited(1, client_frame::Kind::Connect(connect(&cluster.token))))
-            .await?;
+        send.write_all(&delimited(
+            1,
+            client_frame::Kind::Connect(connect(&cluster.token)),
+        ))
+        .await?;
     }
     send.write_all(bytes).await?;
     if finish {
@@ -50,7 +58,9 @@ async fn quic_send(cluster: &TestCluster, connect_first: bool, bytes: &[u8], fin
 /// The node still serves: a fresh SDK client publishes and receives its own event.
 async fn still_serving(cluster: &TestCluster) -> Result<()> {
     let client = cluster.sdk(&[1], &cluster.token).connect().await?;
-    let mut sub = client.subscribe("check.alive", SubscribeOptions::default()).await?;
+    let mut sub = client
+        .subscribe("check.alive", SubscribeOptions::default())
+        .await?;
     let ack = client.publish("check.alive", "{}").await?;
     let event = tokio::time::timeout(Duration::from_secs(10), sub.next_event()).await?;
     assert_eq!(event.map(|e| e.offset), Some(ack.position.offset));
@@ -63,7 +73,9 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
     let cluster = common::builder().config(FAST_TIMERS).start().await?;
     // A client connected throughout must be unaffected.
     let bystander = cluster.sdk(&[1], &cluster.token).connect().await?;
-    let mut watched = bystander.subscribe("chat.watched", SubscribeOptions::default()).await?;
+    let mut watched = bystander
+        .subscribe("chat.watched", SubscribeOptions::default())
+        .await?;
 
     let mut random = vec![0u8; 4096];
     for (i, b) in random.iter_mut().enumerate() {
@@ -72,7 +84,12 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
     let cases: Vec<(&str, bool, Vec<u8>, bool)> = vec![
         ("random bytes", false, random.clone(), false),
         ("random bytes after connect", true, random, false),
-        ("oversized frame", true, (10u32 * 1024 * 1024).to_be_bytes().to_vec(), false),
+        (
+            "oversized frame",
+            true,
+            (10u32 * 1024 * 1024).to_be_bytes().to_vec(),
+            false,
+        ),
         ("truncated frame", true, [0, 0, 0, 50, 8, 1, 2].to_vec(), true),
         (
             "frame before connect",
@@ -88,7 +105,12 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
             false,
         ),
         // Field 20 (unknown to this protocol) and no kind.
-        ("unknown frame type", true, [0, 0, 0, 3, 0xa0, 0x01, 0x01].to_vec(), false),
+        (
+            "unknown frame type",
+            true,
+            [0, 0, 0, 3, 0xa0, 0x01, 0x01].to_vec(),
+            false,
+        ),
         (
             "second connect",
             true,
@@ -112,7 +134,10 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
     // The same over WebSocket: binary garbage, JSON garbage, an unknown JSON frame kind.
     for (json, message) in [
         (false, Message::Binary(vec![0xff, 0x00, 0x13, 0x37].into())),
-        (true, Message::Text("{\"id\": 1, \"kind\": {\"teleport\": {}}}".into())),
+        (
+            true,
+            Message::Text("{\"id\": 1, \"kind\": {\"teleport\": {}}}".into()),
+        ),
         (true, Message::Text("not json at all".into())),
     ] {
         let mut ws = WsClient::connect(cluster.node(1).http, json).await?;
@@ -125,17 +150,26 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
             })
             .await?;
         assert_eq!(code, "protocol_error");
-        assert!(ws.recv(Duration::from_secs(10)).await?.is_none(), "closed after the error");
-        assert_eq!(ws.close_code, Some(4400), "WebSocket close code of protocol_error");
+        assert!(
+            ws.recv(Duration::from_secs(10)).await?.is_none(),
+            "closed after the error"
+        );
+        assert_eq!(
+            ws.close_code,
+            Some(4400),
+            "WebSocket close code of protocol_error"
+        );
     }
     // An oversized publish is a request error, not a protocol error: the connection stays.
     let client = cluster.sdk(&[1], &cluster.token).connect().await?;
     let big = format!("\"{}\"", "x".repeat(70 * 1024));
-    let err = client.publish("chat.x", big).await.err().expect("refused");
+    let err = client.publish("chat.x", big).await.expect_err("refused");
     assert_eq!(err.code(), Some("payload_too_large"));
     client.publish("chat.x", "{}").await?;
 
-    cluster.publish(2, "chat.watched", json!({"still": "here"}), None).await?;
+    cluster
+        .publish(2, "chat.watched", json!({"still": "here"}), None)
+        .await?;
     let event = tokio::time::timeout(Duration::from_secs(10), watched.next_event()).await?;
     assert_eq!(event.map(|e| e.offset), Some(1));
     still_serving(&cluster).await
@@ -162,7 +196,11 @@ async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
         .await?;
     assert_eq!(code, "idle_timeout");
     assert!(silent.recv(Duration::from_secs(10)).await?.is_none());
-    assert_eq!(silent.close_code, Some(4408), "WebSocket close code of idle_timeout");
+    assert_eq!(
+        silent.close_code,
+        Some(4408),
+        "WebSocket close code of idle_timeout"
+    );
     assert!(pings >= 2, "pinged {pings} times before the idle timeout");
 
     // Never sends Connect: closed after the connect timeout.

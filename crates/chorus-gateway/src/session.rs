@@ -324,7 +324,12 @@ impl Session {
     fn subscribe(&self, id: u64, request: client::Subscribe) {
         let auth = &self.gateway.inner.auth;
         if request.sub == 0 {
-            return self.error(id, ErrorCode::BadRequest, "subscription id 0 is reserved; use 1 or more", 0);
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "subscription id 0 is reserved; use 1 or more",
+                0,
+            );
         }
         let pattern = match ChannelPattern::new(request.channel.clone()) {
             Ok(p) => p,

@@ -5,9 +5,9 @@
 //! most urgent class first, a batch per flush (one ordered stream: no per-class streams).
 
 use crate::Gateway;
-use crate::session::Ending;
 use crate::frame::{Encoding, FrameError, decode_client_frame, encode_server_frame};
 use crate::outbox::Outbox;
+use crate::session::Ending;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -42,7 +42,10 @@ fn decode(message: Message, limit: usize) -> Option<(Encoding, Result<ClientFram
             Encoding::Protobuf,
             decode_client_frame(&bytes, Encoding::Protobuf, limit),
         )),
-        Message::Text(text) => Some((Encoding::Json, decode_client_frame(text.as_bytes(), Encoding::Json, limit))),
+        Message::Text(text) => Some((
+            Encoding::Json,
+            decode_client_frame(text.as_bytes(), Encoding::Json, limit),
+        )),
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
     }
 }
@@ -126,7 +129,9 @@ impl Gateway {
             }
             Some(sink)
         });
-        let ending = self.run_session("websocket", ReceiverStream::new(inbound), outbox).await;
+        let ending = self
+            .run_session("websocket", ReceiverStream::new(inbound), outbox)
+            .await;
         let abort = writer.abort_handle();
         match tokio::time::timeout(Duration::from_secs(2), writer).await {
             Ok(Ok(Some(mut sink))) => {
