@@ -90,6 +90,8 @@ pub struct ClientsConfig {
     pub outbox_max_critical_bytes: usize,
     /// Publish and history requests one connection may have in flight.
     pub max_requests_in_flight: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for ClientsConfig {
@@ -106,6 +108,7 @@ impl Default for ClientsConfig {
             outbox_max_bytes: d.outbox.max_bytes,
             outbox_max_critical_bytes: d.outbox.max_critical_bytes,
             max_requests_in_flight: d.max_requests_in_flight,
+            max_subscriptions_per_connection: d.max_subscriptions_per_connection,
         }
     }
 }
@@ -426,8 +429,13 @@ impl NodeConfig {
                 c.heartbeat_interval_ms
             );
         }
-        if c.connect_timeout_ms == 0 || c.max_requests_in_flight == 0 {
-            bail!("`clients.connect_timeout_ms` and `clients.max_requests_in_flight` must be positive");
+        if c.connect_timeout_ms == 0
+            || c.max_requests_in_flight == 0
+            || c.max_subscriptions_per_connection == 0
+        {
+            bail!(
+                "`clients.connect_timeout_ms`, `clients.max_requests_in_flight` and `clients.max_subscriptions_per_connection` must be positive"
+            );
         }
         let frame = self.max_frame_bytes();
         if frame <= self.max_payload_bytes || frame > u32::MAX as usize {
@@ -474,6 +482,7 @@ impl NodeConfig {
                 max_critical_bytes: c.outbox_max_critical_bytes,
             },
             max_requests_in_flight: c.max_requests_in_flight,
+            max_subscriptions_per_connection: c.max_subscriptions_per_connection,
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 use anyhow::{Result, bail};
 use chorus_client::{Error, Event, PublishOptions, SubscribeOptions};
 use chorus_proto::client::{Subscribe, client_frame, server_frame};
-use common::wire::WsClient;
+use common::wire::{WsClient, connect, delimited, quic_connect, read_until};
 use common::{shard_of, token, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -182,13 +182,18 @@ async fn pattern_subscription_receives_channels_of_different_shards() -> Result<
         .map(|e| e.channel)
         .collect();
     assert_eq!(got, channels.iter().cloned().collect::<BTreeSet<_>>());
-    // `>` takes the deeper channel too; `*` did not (it would have been among the four).
+    // `>` takes the deeper channel too.
     let deep_got: BTreeSet<String> = take(&mut deep, 5, WAIT)
         .await?
         .into_iter()
         .map(|e| e.channel)
         .collect();
     assert!(deep_got.contains("feed.not.one.token"));
+    // `*` does not: node 1 has delivered the deep event (above), so a marker published now
+    // reaches `feed.*` after anything the deep event could have produced there.
+    cluster.publish(3, "feed.marker", json!({}), None).await?;
+    let after = take(&mut sub, 1, WAIT).await?;
+    assert_eq!(after[0].channel, "feed.marker");
     Ok(())
 }
 
@@ -261,6 +266,11 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
         .await?;
     assert_eq!(subscriber.node_id(), Some(1));
     let mut sub = subscriber.subscribe(channel, SubscribeOptions::default()).await?;
+    // Sees its first events only after the kill: recovery must start from where the node
+    // stood at subscribe time, not from "now" on the next node.
+    let mut quiet = subscriber
+        .subscribe("chat.quiet", SubscribeOptions::default())
+        .await?;
 
     let publisher = cluster
         .sdk(&[2, 3], &admin)
@@ -295,6 +305,12 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
 
     let before = take(&mut sub, 50, WAIT).await?;
     cluster.kill(1);
+    for i in 1..=5 {
+        let key = format!("q-{i}");
+        cluster
+            .publish(2, "chat.quiet", json!({"q": i}), Some(key.as_str()))
+            .await?;
+    }
     let mut events = before;
     events.extend(take(&mut sub, total as usize - 50, Duration::from_secs(60)).await?);
     let acked = publishing.await??;
@@ -304,6 +320,12 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
         offsets(&events),
         (1..=total).collect::<Vec<_>>(),
         "exactly once, in order"
+    );
+    let quiet_events = take(&mut quiet, 5, WAIT).await?;
+    assert_eq!(
+        offsets(&quiet_events),
+        vec![1, 2, 3, 4, 5],
+        "published while reconnecting"
     );
     for (i, e) in events.iter().enumerate() {
         assert_eq!(
@@ -316,10 +338,12 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
     Ok(())
 }
 
-/// A client that stops reading: its queue stays bounded, a fast client on the same node gets
-/// everything meanwhile, and the slow one, reading again, recovers without a gap.
+/// Clients that stop reading. A bare QUIC client that reads nothing: the node's queue for it
+/// stays bounded and its subscription is stopped with a resync. An SDK client whose
+/// application stops reading: the SDK stops taking events for it. Meanwhile a fast client on
+/// the same node gets everything, and the SDK client, read again, recovers without a gap.
 #[tokio::test]
-async fn slow_reader_is_bounded_and_recovers_while_fast_reader_keeps_up() -> Result<()> {
+async fn slow_readers_are_bounded_and_recover_while_fast_reader_keeps_up() -> Result<()> {
     let outbox = 256 * 1024;
     let cluster = common::builder()
         .config(&format!("[clients]\noutbox_max_bytes = {outbox}\n"))
@@ -327,6 +351,26 @@ async fn slow_reader_is_bounded_and_recovers_while_fast_reader_keeps_up() -> Res
         .await?;
     let admin = token("sub", &["admin"]);
     let channel = "feed.firehose";
+
+    // Reads its control stream up to SubscribeOk, then nothing at all.
+    let stuck = quic_connect(cluster.node(1).quic, &[cluster.cert_path(1)]).await?;
+    let (mut stuck_send, mut stuck_recv) = stuck.open_bi().await?;
+    stuck_send
+        .write_all(&delimited(1, client_frame::Kind::Connect(connect(&admin))))
+        .await?;
+    let subscribe = Subscribe {
+        sub: 1,
+        channel: channel.into(),
+        ..Default::default()
+    };
+    stuck_send
+        .write_all(&delimited(2, client_frame::Kind::Subscribe(subscribe)))
+        .await?;
+    read_until(&mut stuck_recv, WAIT, |f| {
+        matches!(f.kind, Some(server_frame::Kind::SubscribeOk(_))).then_some(())
+    })
+    .await?;
+
     let slow = cluster
         .sdk(&[1], &admin)
         .subscription_buffer(8)
@@ -358,7 +402,8 @@ async fn slow_reader_is_bounded_and_recovers_while_fast_reader_keeps_up() -> Res
     let fast_events = take(&mut fast_sub, total, Duration::from_secs(60)).await?;
     assert_eq!(offsets(&fast_events), (1..=total as u64).collect::<Vec<_>>());
 
-    // The slow client has read nothing yet: the node dropped its events and told it to resync.
+    // The stuck client: its queue filled, the node dropped its events and told it to resync,
+    // and what is queued for clients on node 1 stays within the caps.
     wait_for("a slow-consumer resync on node 1", WAIT, || async {
         let n = cluster
             .metric(1, "chorus_gateway_resyncs_total{reason=\"slow_consumer\"}")
@@ -372,7 +417,14 @@ async fn slow_reader_is_bounded_and_recovers_while_fast_reader_keeps_up() -> Res
         queued <= (outbox + 64 * 1024) as f64,
         "queued {queued} bytes for clients on node 1"
     );
+    assert!(
+        cluster
+            .metric(1, "chorus_gateway_outbox_dropped_frames_total")
+            .await?
+            >= 1.0
+    );
 
+    // The SDK client's application reads now: everything, in order, once.
     let slow_events = take(&mut slow_sub, total, Duration::from_secs(60)).await?;
     assert_eq!(
         offsets(&slow_events),
@@ -380,6 +432,7 @@ async fn slow_reader_is_bounded_and_recovers_while_fast_reader_keeps_up() -> Res
         "no gap, no duplicate"
     );
     assert_eq!(slow_sub.incomplete_recoveries(), 0);
+    drop(stuck);
     Ok(())
 }
 

@@ -7,8 +7,10 @@ use anyhow::{Result, bail};
 use chorus_client::SubscribeOptions;
 use chorus_proto::client::{Ping, Publish, RefreshToken, Subscribe, client_frame, server_frame};
 use common::wire::{WsClient, connect, delimited, disconnect_code, quic_connect, read_all_frames};
-use common::{JWT_SECRET, TestCluster};
+use common::{JWT_SECRET, TestCluster, wait_for};
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -166,6 +168,22 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
     let err = client.publish("chat.x", big).await.expect_err("refused");
     assert_eq!(err.code(), Some("payload_too_large"));
     client.publish("chat.x", "{}").await?;
+    // Extreme positions are answered, not crashed on (the hub serves every connection).
+    for offset in [u64::MAX, u64::MAX - 1] {
+        let since = Some(chorus_client::Position { epoch: 0, offset });
+        let sub = client
+            .subscribe(
+                "chat.x",
+                SubscribeOptions {
+                    since,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        assert!(sub.info().recovered);
+    }
+    let page = client.history("chat.x", u64::MAX, 1000).await?;
+    assert!(page.events.is_empty());
 
     cluster
         .publish(2, "chat.watched", json!({"still": "here"}), None)
@@ -173,6 +191,66 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
     let event = tokio::time::timeout(Duration::from_secs(10), watched.next_event()).await?;
     assert_eq!(event.map(|e| e.offset), Some(1));
     still_serving(&cluster).await
+}
+
+/// Event data of 512 bytes or more goes deflated to connections that asked for it, and
+/// plain to the others; the SDK inflates it.
+#[tokio::test]
+async fn large_event_data_is_compressed_when_negotiated() -> Result<()> {
+    let cluster = common::builder().start().await?;
+    let channel = "chat.big";
+    let mut deflating = WsClient::connect(cluster.node(1).http, false).await?;
+    let mut hello = connect(&cluster.token);
+    hello.accept_compression = vec!["deflate".into()];
+    deflating.send(1, client_frame::Kind::Connect(hello)).await?;
+    let compression = deflating
+        .recv_until(Duration::from_secs(10), |f| match &f.kind {
+            Some(server_frame::Kind::ConnectOk(ok)) => Some(ok.compression.clone()),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(compression, "deflate");
+    let mut plain = WsClient::connect(cluster.node(1).http, false).await?;
+    plain.handshake(&cluster.token).await?;
+    for ws in [&mut deflating, &mut plain] {
+        ws.send(
+            2,
+            client_frame::Kind::Subscribe(Subscribe {
+                sub: 1,
+                channel: channel.into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+        ws.recv_until(Duration::from_secs(10), |f| {
+            matches!(f.kind, Some(server_frame::Kind::SubscribeOk(_))).then_some(())
+        })
+        .await?;
+    }
+    let sdk = cluster.sdk(&[1], &cluster.token).connect().await?;
+    let mut sdk_sub = sdk.subscribe(channel, SubscribeOptions::default()).await?;
+    let data = json!({"text": "a long message ".repeat(100)});
+    cluster.publish(2, channel, data.clone(), None).await?;
+
+    let event = |f: &chorus_proto::client::ServerFrame| match &f.kind {
+        Some(server_frame::Kind::Event(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let squeezed = deflating.recv_until(Duration::from_secs(10), event).await?;
+    assert!(squeezed.data.is_empty());
+    assert!(!squeezed.data_deflate.is_empty() && squeezed.data_deflate.len() < 200);
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::DeflateDecoder::new(squeezed.data_deflate.as_slice()),
+        &mut text,
+    )?;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&text)?, data);
+    let unsqueezed = plain.recv_until(Duration::from_secs(10), event).await?;
+    assert!(unsqueezed.data_deflate.is_empty());
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&unsqueezed.data)?, data);
+    let received = tokio::time::timeout(Duration::from_secs(10), sdk_sub.next_event()).await?;
+    assert_eq!(received.expect("event").json()?, data);
+    Ok(())
 }
 
 #[tokio::test]
@@ -302,5 +380,68 @@ async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
             _ => None,
         })
         .await?;
+
+    // The SDK asks its refresher for a token before the old one expires: the connection
+    // outlives the first token (4 s + 0.5 s grace) and the node never closes it for that.
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let sdk = cluster
+        .sdk(&[1], &token_expiring_in("sam", 4))
+        .token_refresher(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok(token_expiring_in("sam", 3600)) }
+        })
+        .connect()
+        .await?;
+    let mut sub = sdk.subscribe("chat.refresh", SubscribeOptions::default()).await?;
+    wait_for(
+        "the SDK to refresh its token",
+        Duration::from_secs(10),
+        || async { (calls.load(Ordering::SeqCst) >= 1).then_some(()) },
+    )
+    .await?;
+    let expired_before = cluster
+        .metric(1, "chorus_gateway_disconnects_total{reason=\"token_expired\"}")
+        .await?;
+    // Past the first token's expiry and grace, by the node's clock (which stamps events).
+    let after = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis()
+        + 6_000) as u64;
+    wait_for(
+        "time to pass the first token's deadline",
+        Duration::from_secs(15),
+        || async {
+            let ack = cluster.publish(2, "chat.refresh", json!({}), None).await.ok()?;
+            (ack["offset"].as_u64()? > 0
+                && std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_millis() as u64
+                    > after)
+                .then_some(())
+        },
+    )
+    .await?;
+    let last = cluster
+        .publish(2, "chat.refresh", json!({"last": true}), None)
+        .await?;
+    let last_offset = last["offset"].as_u64().unwrap();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), sub.next_event())
+            .await?
+            .expect("open");
+        if event.offset == last_offset {
+            break;
+        }
+    }
+    assert_eq!(sdk.node_id(), Some(1));
+    let expired_after = cluster
+        .metric(1, "chorus_gateway_disconnects_total{reason=\"token_expired\"}")
+        .await?;
+    assert_eq!(
+        expired_after, expired_before,
+        "the refreshed SDK connection was never expired"
+    );
     still_serving(&cluster).await
 }

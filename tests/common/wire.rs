@@ -170,3 +170,28 @@ pub fn disconnect_code(frames: &[ServerFrame]) -> Option<String> {
         _ => None,
     })
 }
+
+/// Reads server frames from a QUIC stream until `pick` accepts one (or fails at `timeout`).
+pub async fn read_until<T>(
+    recv: &mut quinn::RecvStream,
+    timeout: Duration,
+    mut pick: impl FnMut(&ServerFrame) -> Option<T>,
+) -> Result<T> {
+    let mut reader = FrameReader::new(64 * 1024 * 1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => bail!("the stream ended"),
+            Ok(Err(e)) => bail!("reading: {e}"),
+            Err(_) => bail!("no matching frame within {timeout:?}"),
+        };
+        reader.extend(&buf[..n]);
+        while let Some(bytes) = reader.next_frame()? {
+            if let Some(found) = pick(&ServerFrame::decode(bytes)?) {
+                return Ok(found);
+            }
+        }
+    }
+}

@@ -17,12 +17,15 @@ use bytes::BytesMut;
 use chorus_proto::client::{self as wire, ClientFrame, ServerFrame, client_frame, server_frame};
 use chorus_proto::codec::{FrameReader, put_length_delimited};
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+/// How often stalled subscriptions are checked for room.
+const STALL_CHECK: Duration = Duration::from_millis(50);
 
 /// Largest frame the SDK reads.
 const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -66,6 +69,25 @@ pub(crate) struct LocalSub {
 pub(crate) struct Subs {
     pub(crate) by_local: HashMap<u64, LocalSub>,
     wire_to_local: HashMap<u64, u64>,
+    /// Subscriptions whose application channel was full: their events are dropped (their
+    /// position not advanced) until the driver resubscribes them from it, once there is room.
+    stalled: HashSet<u64>,
+}
+
+impl Subs {
+    /// Forgets every wire id of `local` (except `keep`), returning them.
+    fn drop_wire_ids(&mut self, local: u64, keep: &[u64]) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .wire_to_local
+            .iter()
+            .filter(|(w, l)| **l == local && !keep.contains(w))
+            .map(|(w, _)| *w)
+            .collect();
+        for w in &ids {
+            self.wire_to_local.remove(w);
+        }
+        ids
+    }
 }
 
 /// State shared by the driver, the stream readers and the handles.
@@ -329,17 +351,27 @@ impl Driver {
         let locals: Vec<u64> = {
             let mut subs = self.shared.subs.lock().expect("subs lock");
             subs.wire_to_local.clear();
-            subs.by_local.keys().copied().collect()
+            // Stalled ones resume when the application has read (`check_stalled`).
+            subs.by_local
+                .keys()
+                .filter(|l| !subs.stalled.contains(l))
+                .copied()
+                .collect()
         };
         for local in locals {
             self.send_subscribe(live, local).await?;
         }
-        for (kind, reply) in std::mem::take(&mut self.retry) {
+        let mut retries = std::mem::take(&mut self.retry).into_iter();
+        while let Some((kind, reply)) = retries.next() {
             let id = self.next_id();
-            write_frame(&mut live.send, id, kind.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+            // Registered before writing: if the write fails, `requeue` keeps it (and the ones
+            // not sent yet stay queued) for the next connection.
+            let sent = write_frame(&mut live.send, id, kind.clone()).await;
             self.pending.insert(id, Pending::Request { kind, reply });
+            if let Err(e) = sent {
+                self.retry.extend(retries);
+                return Err(e.to_string());
+            }
         }
         Ok(())
     }
@@ -375,8 +407,10 @@ impl Driver {
         if let Err(e) = self.restore(live).await {
             return Outcome::Lost(e);
         }
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
         loop {
             let result = tokio::select! {
+                _ = stall_check.tick() => self.check_stalled(live).await,
                 command = self.commands.recv() => match command {
                     None | Some(Command::Close) => {
                         live.connection.close(0u32.into(), b"client closed");
@@ -459,32 +493,66 @@ impl Driver {
             }
             Command::Unsubscribe { local } => {
                 self.established.remove(&local);
-                let wire_id = {
+                let wire_ids = {
                     let mut subs = self.shared.subs.lock().expect("subs lock");
                     subs.by_local.remove(&local);
-                    let wire_id = subs
-                        .wire_to_local
-                        .iter()
-                        .find(|(_, l)| **l == local)
-                        .map(|(w, _)| *w);
-                    if let Some(w) = wire_id {
-                        subs.wire_to_local.remove(&w);
-                    }
-                    wire_id
+                    subs.stalled.remove(&local);
+                    subs.drop_wire_ids(local, &[])
                 };
-                let Some(sub) = wire_id else { return Ok(()) };
-                let id = self.next_id();
-                self.pending.insert(id, Pending::Ignore);
-                write_frame(
-                    &mut live.send,
-                    id,
-                    client_frame::Kind::Unsubscribe(wire::Unsubscribe { sub }),
-                )
-                .await
-                .map_err(|e| e.to_string())
+                self.unsubscribe_wire(live, wire_ids).await
             }
             Command::Close => Ok(()),
         }
+    }
+
+    /// Ends these subscriptions on the node (ids stopped by a resync answer not_found).
+    async fn unsubscribe_wire(&mut self, live: &mut Live, wire_ids: Vec<u64>) -> Result<(), String> {
+        for sub in wire_ids {
+            let id = self.next_id();
+            self.pending.insert(id, Pending::Ignore);
+            write_frame(
+                &mut live.send,
+                id,
+                client_frame::Kind::Unsubscribe(wire::Unsubscribe { sub }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Stalled subscriptions: stop them on the node at once (nothing they send can be taken),
+    /// and resubscribe each from its last position once its channel is half empty.
+    async fn check_stalled(&mut self, live: &mut Live) -> Result<(), String> {
+        let (to_stop, to_resume) = {
+            let mut subs = self.shared.subs.lock().expect("subs lock");
+            let stalled: Vec<u64> = subs.stalled.iter().copied().collect();
+            let mut to_stop = Vec::new();
+            let mut to_resume = Vec::new();
+            for local in stalled {
+                to_stop.extend(subs.drop_wire_ids(local, &[]));
+                let room = subs
+                    .by_local
+                    .get(&local)
+                    .map(|s| s.sender.capacity() * 2 >= s.sender.max_capacity());
+                match room {
+                    None => {
+                        subs.stalled.remove(&local);
+                    }
+                    Some(true) => {
+                        subs.stalled.remove(&local);
+                        to_resume.push(local);
+                    }
+                    Some(false) => {}
+                }
+            }
+            (to_stop, to_resume)
+        };
+        self.unsubscribe_wire(live, to_stop).await?;
+        for local in to_resume {
+            self.send_subscribe(live, local).await?;
+        }
+        Ok(())
     }
 
     async fn on_frame(&mut self, live: &mut Live, frame: ServerFrame) -> Result<(), String> {
@@ -529,14 +597,19 @@ impl Driver {
                 // the resync may still arrive behind it, and they are the next ones in order
                 // (offset dedupe drops what the new subscription then repeats). Dropping them
                 // would make a reader that is far behind start over every round.
-                let local = self
-                    .shared
-                    .subs
-                    .lock()
-                    .expect("subs lock")
-                    .wire_to_local
-                    .get(&resync.sub)
-                    .copied();
+                let local = {
+                    let mut subs = self.shared.subs.lock().expect("subs lock");
+                    match subs.wire_to_local.get(&resync.sub).copied() {
+                        // A stalled one is resubscribed when the application has read.
+                        Some(local) if subs.stalled.contains(&local) => None,
+                        Some(local) => {
+                            // Ids older than the resynced one carry nothing more.
+                            subs.drop_wire_ids(local, &[resync.sub]);
+                            Some(local)
+                        }
+                        None => None,
+                    }
+                };
                 tracing::debug!(channel = %resync.channel, reason = %resync.reason, "resync");
                 match local {
                     Some(local) => self.send_subscribe(live, local).await,
@@ -569,12 +642,17 @@ impl Driver {
                     }),
                     recovered: ok.recovered,
                 };
-                let subs = self.shared.subs.lock().expect("subs lock");
-                if let Some(sub) = subs.by_local.get(&local)
-                    && !ok.recovered
-                {
-                    sub.incomplete.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(channel = %sub.channel, "recovery incomplete: events were lost to retention or an epoch change");
+                let mut subs = self.shared.subs.lock().expect("subs lock");
+                if let Some(sub) = subs.by_local.get_mut(&local) {
+                    if !ok.recovered {
+                        sub.incomplete.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(channel = %sub.channel, "recovery incomplete: events were lost to retention or an epoch change");
+                    }
+                    // A subscription without a position yet starts where the node stood, so
+                    // that a reconnect before its first event still recovers from there.
+                    if sub.exact && sub.last.is_none() {
+                        sub.last = info.position;
+                    }
                 }
                 drop(subs);
                 self.established.insert(local, info);
@@ -584,12 +662,11 @@ impl Driver {
             }
             server_frame::Kind::Error(e) => {
                 self.established.remove(&local);
-                self.shared
-                    .subs
-                    .lock()
-                    .expect("subs lock")
-                    .by_local
-                    .remove(&local);
+                let mut subs = self.shared.subs.lock().expect("subs lock");
+                subs.by_local.remove(&local);
+                subs.stalled.remove(&local);
+                subs.drop_wire_ids(local, &[]);
+                drop(subs);
                 let error = Error::Server {
                     code: e.code,
                     message: e.message,
@@ -632,7 +709,7 @@ async fn read_stream(mut recv: quinn::RecvStream, shared: Arc<Shared>, to_driver
                 Err(e) => return tracing::warn!(error = %e, "undecodable frame from the node"),
             };
             match frame.kind {
-                Some(server_frame::Kind::Event(event)) => deliver(&shared, event).await,
+                Some(server_frame::Kind::Event(event)) => deliver(&shared, event),
                 _ => {
                     if to_driver.send(frame).await.is_err() {
                         return;
@@ -644,31 +721,44 @@ async fn read_stream(mut recv: quinn::RecvStream, shared: Arc<Shared>, to_driver
 }
 
 /// Hands an event to its subscription, once: an exact channel's events at or before the last
-/// position handed over are duplicates of a recovery and are skipped.
-async fn deliver(shared: &Shared, event: wire::Event) {
+/// position handed over are duplicates of a recovery and are skipped. Never waits: when the
+/// application's channel is full the event is dropped, its position is not advanced, and
+/// the subscription is marked stalled (the driver resubscribes it from that position once
+/// the application has read). So one unread subscription never holds up the others, nor the
+/// history pages that share the push stream.
+fn deliver(shared: &Shared, event: wire::Event) {
     let wire_sub = event.sub;
     let event = match Event::from_wire(event) {
         Ok(event) => event,
         Err(e) => return tracing::warn!(error = %e, "dropping an undecodable event"),
     };
-    let sender = {
-        let mut subs = shared.subs.lock().expect("subs lock");
-        let Some(local) = subs.wire_to_local.get(&wire_sub).copied() else {
-            return;
-        };
-        let Some(sub) = subs.by_local.get_mut(&local) else {
-            return;
-        };
-        if sub.exact {
-            if let Some(last) = sub.last
-                && event.epoch == last.epoch
-                && event.offset <= last.offset
-            {
-                return;
-            }
-            sub.last = Some(event.position());
-        }
-        sub.sender.clone()
+    let mut subs = shared.subs.lock().expect("subs lock");
+    let Some(local) = subs.wire_to_local.get(&wire_sub).copied() else {
+        return;
     };
-    let _ = sender.send(event).await;
+    if subs.stalled.contains(&local) {
+        return;
+    }
+    let Some(sub) = subs.by_local.get_mut(&local) else {
+        return;
+    };
+    if sub.exact
+        && let Some(last) = sub.last
+        && event.epoch == last.epoch
+        && event.offset <= last.offset
+    {
+        return;
+    }
+    let position = event.position();
+    match sub.sender.try_send(event) {
+        Ok(()) => {
+            if sub.exact {
+                sub.last = Some(position);
+            }
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            subs.stalled.insert(local);
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
 }

@@ -24,7 +24,8 @@ use crate::outbox::{Outbox, Priority};
 use chorus_core::{ChannelName, ChannelPattern, ShardId, StoredMessage, shard_for};
 use chorus_proto::client::{self, ServerFrame, server_frame::Kind};
 use chorus_store::{AppliedEvent, EventFeed, FeedItem, ShardReader};
-use std::collections::HashMap;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
@@ -90,7 +91,13 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub task on the node's feed and shard readers (index = shard id).
-    pub fn start(feed: &EventFeed, readers: Vec<ShardReader>, metrics: GatewayMetrics) -> Hub {
+    /// A connection may hold at most `max_per_connection` subscriptions.
+    pub fn start(
+        feed: &EventFeed,
+        readers: Vec<ShardReader>,
+        metrics: GatewayMetrics,
+        max_per_connection: usize,
+    ) -> Hub {
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = HubTask {
             readers,
@@ -98,6 +105,8 @@ impl Hub {
             subs: HashMap::new(),
             exact: HashMap::new(),
             patterns: Vec::new(),
+            by_conn: HashMap::new(),
+            max_per_connection,
         };
         tokio::spawn(task.run(feed.subscribe(), receiver));
         Hub { commands }
@@ -147,9 +156,68 @@ struct HubTask {
     subs: HashMap<SubKey, Subscription>,
     exact: HashMap<ChannelName, Vec<SubKey>>,
     patterns: Vec<SubKey>,
+    /// Subscription ids per connection (disconnects without a scan of everything).
+    by_conn: HashMap<u64, HashSet<u64>>,
+    max_per_connection: usize,
 }
 
-/// Builds the event frame for one subscription.
+/// Builds the frames of one event for its subscribers, compressing its data at most once.
+pub struct EventEncoder<'a> {
+    channel: &'a str,
+    epoch: u64,
+    message: &'a StoredMessage,
+    deflated: OnceCell<Vec<u8>>,
+}
+
+impl<'a> EventEncoder<'a> {
+    /// An encoder for one event.
+    pub fn new(channel: &'a str, epoch: u64, message: &'a StoredMessage) -> Self {
+        EventEncoder {
+            channel,
+            epoch,
+            message,
+            deflated: OnceCell::new(),
+        }
+    }
+
+    /// The frame for subscription `sub` (0 in history pages); data deflated when `deflate`
+    /// and the data is at least [`COMPRESS_MIN_BYTES`] long.
+    pub fn frame(&self, sub: u64, deflate: bool) -> ServerFrame {
+        let message = self.message;
+        let mut event = client::Event {
+            sub,
+            channel: self.channel.to_string(),
+            epoch: self.epoch,
+            offset: message.offset,
+            event_type: message.event_type.clone().unwrap_or_default(),
+            data: String::new(),
+            publisher: message.publisher.clone(),
+            time_ms: message.time_ms,
+            data_deflate: Vec::new(),
+        };
+        if deflate && message.data.len() >= COMPRESS_MIN_BYTES {
+            event.data_deflate = self
+                .deflated
+                .get_or_init(|| {
+                    let mut encoder =
+                        flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+                    encoder
+                        .write_all(message.data.as_bytes())
+                        .expect("writing to a Vec cannot fail");
+                    encoder.finish().expect("writing to a Vec cannot fail")
+                })
+                .clone();
+        } else {
+            event.data = message.data.clone();
+        }
+        ServerFrame {
+            id: 0,
+            kind: Some(Kind::Event(event)),
+        }
+    }
+}
+
+/// The frame of one event for one subscription (see [`EventEncoder`] for many).
 pub fn event_frame(
     sub: u64,
     channel: &str,
@@ -157,30 +225,7 @@ pub fn event_frame(
     message: &StoredMessage,
     deflate: bool,
 ) -> ServerFrame {
-    let mut event = client::Event {
-        sub,
-        channel: channel.to_string(),
-        epoch,
-        offset: message.offset,
-        event_type: message.event_type.clone().unwrap_or_default(),
-        data: String::new(),
-        publisher: message.publisher.clone(),
-        time_ms: message.time_ms,
-        data_deflate: Vec::new(),
-    };
-    if deflate && message.data.len() >= COMPRESS_MIN_BYTES {
-        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder
-            .write_all(message.data.as_bytes())
-            .expect("writing to a Vec cannot fail");
-        event.data_deflate = encoder.finish().expect("writing to a Vec cannot fail");
-    } else {
-        event.data = message.data.clone();
-    }
-    ServerFrame {
-        id: 0,
-        kind: Some(Kind::Event(event)),
-    }
+    EventEncoder::new(channel, epoch, message).frame(sub, deflate)
 }
 
 fn reply(subscriber: &Subscriber, id: u64, kind: Kind) {
@@ -256,9 +301,8 @@ impl HubTask {
                 reply(&subscriber, request_id, kind);
             }
             HubCommand::Disconnected { conn } => {
-                let keys: Vec<SubKey> = self.subs.keys().filter(|(c, _)| *c == conn).copied().collect();
-                for key in keys {
-                    self.remove(key);
+                for sub in self.by_conn.remove(&conn).unwrap_or_default() {
+                    self.remove((conn, sub));
                 }
             }
         }
@@ -266,6 +310,12 @@ impl HubTask {
 
     fn remove(&mut self, key: SubKey) -> Option<Subscription> {
         let removed = self.subs.remove(&key)?;
+        if let Some(subs) = self.by_conn.get_mut(&key.0) {
+            subs.remove(&key.1);
+            if subs.is_empty() {
+                self.by_conn.remove(&key.0);
+            }
+        }
         match &removed.target {
             Target::Exact(channel) => {
                 if let Some(keys) = self.exact.get_mut(channel) {
@@ -289,6 +339,17 @@ impl HubTask {
                 format!(
                     "subscription id {} is already in use on this connection",
                     request.sub
+                ),
+                request.sub,
+            );
+            return reply(&request.subscriber, request.request_id, kind);
+        }
+        if self.by_conn.get(&key.0).map_or(0, HashSet::len) >= self.max_per_connection {
+            let kind = error_kind(
+                chorus_core::ErrorCode::BadRequest,
+                format!(
+                    "this connection already holds {} subscriptions, the most allowed",
+                    self.max_per_connection
                 ),
                 request.sub,
             );
@@ -327,8 +388,8 @@ impl HubTask {
                             subscription.epoch = since.epoch;
                         }
                         // Retention dropped some: deliver from the oldest retained.
-                        ok.recovered =
-                            since.offset + 1 >= now.first_retained || since.offset >= now.last_offset;
+                        ok.recovered = since.offset.saturating_add(1) >= now.first_retained
+                            || since.offset >= now.last_offset;
                         subscription.delivered = if ok.recovered {
                             since.offset
                         } else {
@@ -341,6 +402,7 @@ impl HubTask {
             Target::Pattern(_) => self.patterns.push(key),
         }
         self.subs.insert(key, subscription);
+        self.by_conn.entry(key.0).or_default().insert(key.1);
         self.metrics.subscriptions.inc();
         reply(&request.subscriber, request.request_id, Kind::SubscribeOk(ok));
         if let Target::Exact(channel) = &request.target {
@@ -350,9 +412,10 @@ impl HubTask {
     }
 
     fn on_event(&mut self, event: &AppliedEvent) {
+        let encoder = EventEncoder::new(event.channel.as_str(), event.epoch, &event.message);
         let exact: Vec<SubKey> = self.exact.get(&event.channel).cloned().unwrap_or_default();
         for key in exact {
-            self.deliver_exact(key, event);
+            self.deliver_exact(key, event, &encoder);
         }
         let matching: Vec<SubKey> = self
             .patterns
@@ -367,13 +430,7 @@ impl HubTask {
             if !sub.wants(event.message.event_type.as_deref()) {
                 continue;
             }
-            let frame = event_frame(
-                key.1,
-                event.channel.as_str(),
-                event.epoch,
-                &event.message,
-                sub.subscriber.deflate,
-            );
+            let frame = encoder.frame(key.1, sub.subscriber.deflate);
             if sub.subscriber.outbox.push(Priority::High, frame).is_ok() {
                 self.metrics.events_delivered.inc();
             } else {
@@ -382,7 +439,7 @@ impl HubTask {
         }
     }
 
-    fn deliver_exact(&mut self, key: SubKey, event: &AppliedEvent) {
+    fn deliver_exact(&mut self, key: SubKey, event: &AppliedEvent, encoder: &EventEncoder<'_>) {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
@@ -395,7 +452,7 @@ impl HubTask {
         if offset <= sub.delivered {
             return;
         }
-        if offset > sub.delivered + 1 && !self.fill(key, offset - 1) {
+        if offset > sub.delivered.saturating_add(1) && !self.fill(key, offset - 1) {
             return;
         }
         let sub = self.subs.get_mut(&key).expect("still subscribed after fill");
@@ -403,13 +460,7 @@ impl HubTask {
         if !sub.wants(event.message.event_type.as_deref()) {
             return;
         }
-        let frame = event_frame(
-            key.1,
-            event.channel.as_str(),
-            event.epoch,
-            &event.message,
-            sub.subscriber.deflate,
-        );
+        let frame = encoder.frame(key.1, sub.subscriber.deflate);
         if sub.subscriber.outbox.push(Priority::High, frame).is_ok() {
             self.metrics.events_delivered.inc();
         } else {
@@ -438,7 +489,7 @@ impl HubTask {
             }
             match page.messages.first() {
                 None => return true, // not applied here yet; the feed brings it
-                Some(first) if first.offset != sub.delivered + 1 => {
+                Some(first) if Some(first.offset) != sub.delivered.checked_add(1) => {
                     // Retention dropped what the subscriber still needed.
                     self.resync(key, "retention");
                     return false;

@@ -54,6 +54,8 @@ pub struct GatewayConfig {
     pub outbox: OutboxLimits,
     /// Publish and history requests a connection may have in flight.
     pub max_requests_in_flight: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
 }
 
 impl Default for GatewayConfig {
@@ -70,6 +72,7 @@ impl Default for GatewayConfig {
                 max_critical_bytes: 2 * 1024 * 1024,
             },
             max_requests_in_flight: 256,
+            max_subscriptions_per_connection: 1024,
         }
     }
 }
@@ -104,7 +107,12 @@ impl Gateway {
                     .expect("every shard below shard_count exists")
             })
             .collect();
-        let hub = Hub::start(cluster.store().feed(), readers, metrics.clone());
+        let hub = Hub::start(
+            cluster.store().feed(),
+            readers,
+            metrics.clone(),
+            config.max_subscriptions_per_connection,
+        );
         Gateway {
             inner: Arc::new(GatewayInner {
                 cluster,

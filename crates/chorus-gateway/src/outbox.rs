@@ -43,6 +43,9 @@ impl Priority {
     ];
 }
 
+/// Bytes of non-critical frames [`Outbox::next_any`] takes per batch.
+pub const ANY_BATCH_BYTES: usize = 256 * 1024;
+
 /// The frame did not fit in its queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
@@ -154,14 +157,31 @@ impl Outbox {
         }
     }
 
-    /// Waits for frames of any class and takes all of them, most urgent first.
-    /// `None` once closed and empty.
+    /// Waits for frames of any class and takes every critical one, then less urgent ones up
+    /// to [`ANY_BATCH_BYTES`] (at least one), so that a critical frame queued meanwhile waits
+    /// for one bounded batch at most. `None` once closed and empty.
     pub async fn next_any(&self) -> Option<Vec<ServerFrame>> {
         loop {
             {
                 let mut q = self.queues.lock().expect("outbox lock poisoned");
                 if q.frames.iter().any(|f| !f.is_empty()) {
-                    return Some(self.take(&mut q, &[0, 1, 2, 3]));
+                    let mut out = self.take(&mut q, &[Priority::Critical as usize]);
+                    let mut budget = ANY_BATCH_BYTES;
+                    let mut taken = 0;
+                    for class in 1..4 {
+                        while let Some((_, size)) = q.frames[class].front() {
+                            if *size > budget && taken > 0 {
+                                break;
+                            }
+                            let (frame, size) = q.frames[class].pop_front().expect("front exists");
+                            q.bytes[class] -= size;
+                            budget = budget.saturating_sub(size);
+                            taken += size;
+                            out.push(frame);
+                        }
+                    }
+                    self.metrics.queued_bytes.dec_by(taken as i64);
+                    return Some(out);
                 }
                 if q.closed {
                     return None;
@@ -260,6 +280,26 @@ mod tests {
         assert_eq!(out.metrics.dropped_frames.get(), 4);
         assert_eq!(out.metrics.queued_bytes.get(), (size * 3) as i64);
         assert_eq!(out.next_of(Priority::High).await.unwrap().len(), 3);
+        assert_eq!(out.metrics.queued_bytes.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn any_class_batches_are_bounded_so_critical_frames_wait_little() {
+        let out = outbox(10 * ANY_BATCH_BYTES);
+        let big = ANY_BATCH_BYTES * 3 / 4;
+        for _ in 0..3 {
+            out.push(Priority::High, event(big)).unwrap();
+        }
+        assert_eq!(out.next_any().await.unwrap().len(), 1);
+        let ping = ServerFrame {
+            id: 0,
+            kind: Some(server_frame::Kind::Ping(Default::default())),
+        };
+        out.push(Priority::Critical, ping.clone()).unwrap();
+        let batch = out.next_any().await.unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[0], ping);
+        assert_eq!(out.next_any().await.unwrap().len(), 1);
         assert_eq!(out.metrics.queued_bytes.get(), 0);
     }
 

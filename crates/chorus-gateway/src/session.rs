@@ -24,6 +24,8 @@ use tokio::time::Instant;
 /// Default and largest history page.
 const DEFAULT_HISTORY_LIMIT: u32 = 100;
 const MAX_HISTORY_LIMIT: u32 = 1000;
+/// Most event types one subscription may filter on.
+const MAX_EVENT_TYPES: usize = 32;
 
 /// Why a session ended.
 #[derive(Debug, Clone)]
@@ -329,6 +331,22 @@ impl Session {
                 ErrorCode::BadRequest,
                 "subscription id 0 is reserved; use 1 or more",
                 0,
+            );
+        }
+        if request.event_types.len() > MAX_EVENT_TYPES
+            || request
+                .event_types
+                .iter()
+                .any(|t| t.is_empty() || t.len() > chorus_core::MAX_EVENT_TYPE_LEN)
+        {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                format!(
+                    "event_types: at most {MAX_EVENT_TYPES} types of 1 to {} bytes",
+                    chorus_core::MAX_EVENT_TYPE_LEN
+                ),
+                request.sub,
             );
         }
         let pattern = match ChannelPattern::new(request.channel.clone()) {

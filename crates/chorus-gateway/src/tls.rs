@@ -88,6 +88,7 @@ pub fn load_or_generate(
     let dir = data_dir.join("tls");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert_path.exists() && key_path.exists() {
+        // Written durably, key before certificate (see below): both are complete.
         return read_pem(&cert_path, &key_path, false);
     }
     let io = |action, path: &Path, source| TlsError::Io {
@@ -96,25 +97,41 @@ pub fn load_or_generate(
         source,
     };
     std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
+    // The new directory's entry lives in the data directory.
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("fsyncing", data_dir, e))?;
     let generated =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
+    // Key first, certificate last: the certificate's presence means both are complete (a
+    // crash in between leaves no certificate, and the next start generates a new pair).
+    write_durably(&key_path, generated.signing_key.serialize_pem().as_bytes(), 0o600)
         .map_err(|e| io("writing", &key_path, e))?;
-    std::fs::write(&cert_path, generated.cert.pem()).map_err(|e| io("writing", &cert_path, e))?;
+    write_durably(&cert_path, generated.cert.pem().as_bytes(), 0o644)
+        .map_err(|e| io("writing", &cert_path, e))?;
     read_pem(&cert_path, &key_path, true)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` so that a power loss leaves either the whole file or none: a temp file,
+/// fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+        .mode(mode)
+        .open(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -207,15 +207,22 @@ impl BlobSyncer {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(format!("opening blob {name:?}: {e}")),
             };
+            // A blob that sled removes while we hold it open needs no fsync. Some file
+            // systems (FUSE, NFS) then fail fstat/fsync on the open handle (ESTALE) instead
+            // of serving the unlinked inode: skip it when its path is gone.
+            let gone = || matches!(std::fs::symlink_metadata(entry.path()), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
             // The length read before the fsync: every byte up to it is covered by the fsync.
-            let len = file
-                .metadata()
-                .map_err(|e| format!("stat of blob {name:?}: {e}"))?
-                .len();
+            let len = match file.metadata() {
+                Ok(meta) => meta.len(),
+                Err(_) if gone() => continue,
+                Err(e) => return Err(format!("stat of blob {name:?}: {e}")),
+            };
             if self.synced.get(&name) != Some(&len) {
-                file.sync_all()
-                    .map_err(|e| format!("fsync of blob {name:?}: {e}"))?;
-                synced_any = true;
+                match file.sync_all() {
+                    Ok(()) => synced_any = true,
+                    Err(_) if gone() => continue,
+                    Err(e) => return Err(format!("fsync of blob {name:?}: {e}")),
+                }
             }
             present.insert(name, len);
         }
