@@ -71,7 +71,7 @@ impl Default for GatewayConfig {
                 max_bytes: 8 * 1024 * 1024,
                 max_critical_bytes: 2 * 1024 * 1024,
             },
-            max_requests_in_flight: 256,
+            max_requests_in_flight: 1024,
             max_subscriptions_per_connection: 1024,
         }
     }
