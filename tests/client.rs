@@ -268,8 +268,20 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
     let mut sub = subscriber.subscribe(channel, SubscribeOptions::default()).await?;
     // Sees its first events only after the kill: recovery must start from where the node
     // stood at subscribe time, not from "now" on the next node.
+    // Its shard is led elsewhere, so its publishes commit while node 1 is down.
+    let mut quiet_channel = String::new();
+    for n in 0.. {
+        quiet_channel = format!("chat.quiet{n}");
+        if cluster
+            .leader_of(2, shard_of(&quiet_channel, cluster.shards))
+            .await?
+            != Some(1)
+        {
+            break;
+        }
+    }
     let mut quiet = subscriber
-        .subscribe("chat.quiet", SubscribeOptions::default())
+        .subscribe(&quiet_channel, SubscribeOptions::default())
         .await?;
 
     let publisher = cluster
@@ -307,10 +319,18 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
     cluster.kill(1);
     for i in 1..=5 {
         let key = format!("q-{i}");
-        cluster
-            .publish(2, "chat.quiet", json!({"q": i}), Some(key.as_str()))
-            .await?;
+        // Retried with the same key until acknowledged (applied once either way).
+        wait_for("a publish while node 1 is down", WAIT, || async {
+            cluster
+                .publish(2, &quiet_channel, json!({"q": i}), Some(key.as_str()))
+                .await
+                .ok()
+        })
+        .await?;
     }
+    // The subscriber has not noticed the loss yet (2 s idle timeout): these five were
+    // published before it reconnected, so only a recovery from its old position brings them.
+    assert_eq!(subscriber.node_id(), Some(1), "published before the reconnect");
     let mut events = before;
     events.extend(take(&mut sub, total as usize - 50, Duration::from_secs(60)).await?);
     let acked = publishing.await??;
@@ -378,6 +398,8 @@ async fn slow_readers_are_bounded_and_recover_while_fast_reader_keeps_up() -> Re
         .connect()
         .await?;
     let mut slow_sub = slow.subscribe(channel, SubscribeOptions::default()).await?;
+    // Another subscription on the same connection, read all along.
+    let mut slow_other = slow.subscribe("feed.other", SubscribeOptions::default()).await?;
     let fast = cluster.sdk(&[1], &admin).compression(false).connect().await?;
     let mut fast_sub = fast.subscribe(channel, SubscribeOptions::default()).await?;
 
@@ -401,6 +423,12 @@ async fn slow_readers_are_bounded_and_recover_while_fast_reader_keeps_up() -> Re
     }
     let fast_events = take(&mut fast_sub, total, Duration::from_secs(60)).await?;
     assert_eq!(offsets(&fast_events), (1..=total as u64).collect::<Vec<_>>());
+    // The unread subscription does not hold up the other one of its connection.
+    for i in 1..=20 {
+        cluster.publish(2, "feed.other", json!({"i": i}), None).await?;
+    }
+    let other_events = take(&mut slow_other, 20, WAIT).await?;
+    assert_eq!(offsets(&other_events), (1..=20).collect::<Vec<_>>());
 
     // The stuck client: its queue filled, the node dropped its events and told it to resync,
     // and what is queued for clients on node 1 stays within the caps.

@@ -61,8 +61,13 @@ pub(crate) struct LocalSub {
     /// The last position handed to the application's channel (exact channels).
     pub(crate) last: Option<Position>,
     pub(crate) sender: mpsc::Sender<Event>,
-    /// Recoveries that could not be complete (epoch change or retention).
+    /// Recoveries that could not be complete (epoch change or retention); for patterns,
+    /// every time events may have been missed (a resync, or a full application channel).
     pub(crate) incomplete: Arc<AtomicU64>,
+    /// The newest wire id an event arrived on: older ids carry nothing more after it.
+    pub(crate) newest_wire: u64,
+    /// When an event was last handed to the application's channel.
+    pub(crate) last_delivery: Option<std::time::Instant>,
 }
 
 #[derive(Default)]
@@ -72,6 +77,10 @@ pub(crate) struct Subs {
     /// Subscriptions whose application channel was full: their events are dropped (their
     /// position not advanced) until the driver resubscribes them from it, once there is room.
     stalled: HashSet<u64>,
+    /// Subscriptions the node stopped because their queue was full: resubscribed once the
+    /// events it had queued stop arriving (resubscribing at once would find the queue full
+    /// again and be stopped again).
+    draining: HashSet<u64>,
 }
 
 impl Subs {
@@ -497,6 +506,7 @@ impl Driver {
                     let mut subs = self.shared.subs.lock().expect("subs lock");
                     subs.by_local.remove(&local);
                     subs.stalled.remove(&local);
+                    subs.draining.remove(&local);
                     subs.drop_wire_ids(local, &[])
                 };
                 self.unsubscribe_wire(live, wire_ids).await
@@ -544,6 +554,21 @@ impl Driver {
                         to_resume.push(local);
                     }
                     Some(false) => {}
+                }
+            }
+            // Stopped by the node: resubscribe once their queued events stopped arriving.
+            let now = std::time::Instant::now();
+            let draining: Vec<u64> = subs.draining.iter().copied().collect();
+            for local in draining {
+                let quiet = subs
+                    .by_local
+                    .get(&local)
+                    .is_none_or(|s| s.last_delivery.is_none_or(|t| now - t >= STALL_CHECK));
+                if quiet {
+                    subs.draining.remove(&local);
+                    if subs.by_local.contains_key(&local) && !subs.stalled.contains(&local) {
+                        to_resume.push(local);
+                    }
                 }
             }
             (to_stop, to_resume)
@@ -599,15 +624,20 @@ impl Driver {
                 // would make a reader that is far behind start over every round.
                 let local = {
                     let mut subs = self.shared.subs.lock().expect("subs lock");
-                    match subs.wire_to_local.get(&resync.sub).copied() {
+                    let local = subs.wire_to_local.get(&resync.sub).copied();
+                    if let Some(sub) = local.and_then(|l| subs.by_local.get(&l))
+                        && !sub.exact
+                    {
+                        sub.incomplete.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match local {
                         // A stalled one is resubscribed when the application has read.
                         Some(local) if subs.stalled.contains(&local) => None,
-                        Some(local) => {
-                            // Ids older than the resynced one carry nothing more.
-                            subs.drop_wire_ids(local, &[resync.sub]);
-                            Some(local)
+                        Some(local) if resync.reason == "slow_consumer" => {
+                            subs.draining.insert(local);
+                            None
                         }
-                        None => None,
+                        other => other,
                     }
                 };
                 tracing::debug!(channel = %resync.channel, reason = %resync.reason, "resync");
@@ -621,14 +651,31 @@ impl Driver {
             }
             server_frame::Kind::Error(e) => {
                 tracing::warn!(code = %e.code, message = %e.message, sub = e.sub, "subscription error");
-                let mut subs = self.shared.subs.lock().expect("subs lock");
-                if let Some(local) = subs.wire_to_local.remove(&e.sub) {
-                    subs.by_local.remove(&local);
+                let local = self
+                    .shared
+                    .subs
+                    .lock()
+                    .expect("subs lock")
+                    .wire_to_local
+                    .get(&e.sub)
+                    .copied();
+                if let Some(local) = local {
+                    self.forget(local);
                 }
                 Ok(())
             }
             _ => Ok(()),
         }
+    }
+
+    /// Drops every trace of a subscription the node refused (its stream ends).
+    fn forget(&mut self, local: u64) {
+        self.established.remove(&local);
+        let mut subs = self.shared.subs.lock().expect("subs lock");
+        subs.by_local.remove(&local);
+        subs.stalled.remove(&local);
+        subs.draining.remove(&local);
+        subs.drop_wire_ids(local, &[]);
     }
 
     fn on_subscribe_reply(&mut self, local: u64, kind: server_frame::Kind) {
@@ -661,12 +708,7 @@ impl Driver {
                 }
             }
             server_frame::Kind::Error(e) => {
-                self.established.remove(&local);
-                let mut subs = self.shared.subs.lock().expect("subs lock");
-                subs.by_local.remove(&local);
-                subs.stalled.remove(&local);
-                subs.drop_wire_ids(local, &[]);
-                drop(subs);
+                self.forget(local);
                 let error = Error::Server {
                     code: e.code,
                     message: e.message,
@@ -742,6 +784,18 @@ fn deliver(shared: &Shared, event: wire::Event) {
     let Some(sub) = subs.by_local.get_mut(&local) else {
         return;
     };
+    if wire_sub < sub.newest_wire {
+        return;
+    }
+    if wire_sub > sub.newest_wire {
+        // Events of one connection arrive in order on one stream and wire ids only grow:
+        // once a newer id delivers, the older ones have nothing left in flight.
+        sub.newest_wire = wire_sub;
+        subs.drop_wire_ids(local, &[wire_sub]);
+    }
+    let Some(sub) = subs.by_local.get_mut(&local) else {
+        return;
+    };
     if sub.exact
         && let Some(last) = sub.last
         && event.epoch == last.epoch
@@ -752,11 +806,16 @@ fn deliver(shared: &Shared, event: wire::Event) {
     let position = event.position();
     match sub.sender.try_send(event) {
         Ok(()) => {
+            sub.last_delivery = Some(std::time::Instant::now());
             if sub.exact {
                 sub.last = Some(position);
             }
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
+            if !sub.exact {
+                // A pattern cannot recover what it drops: count it.
+                sub.incomplete.fetch_add(1, Ordering::Relaxed);
+            }
             subs.stalled.insert(local);
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}

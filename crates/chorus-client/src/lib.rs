@@ -356,6 +356,8 @@ impl Client {
                 last: options.since,
                 sender,
                 incomplete: incomplete.clone(),
+                newest_wire: 0,
+                last_delivery: None,
             },
         );
         let (reply, answer) = oneshot::channel();
@@ -411,7 +413,9 @@ impl Subscription {
     }
 
     /// How many recoveries (after reconnects or resyncs) could not be complete because the
-    /// channel's epoch changed or retention dropped events.
+    /// channel's epoch changed or retention dropped events. Pattern subscriptions cannot
+    /// recover: for them this counts every time events may have been missed (a resync from
+    /// the node, or events dropped while the application's buffer was full).
     pub fn incomplete_recoveries(&self) -> u64 {
         self.incomplete.load(Ordering::Relaxed)
     }
