@@ -200,7 +200,7 @@ async fn pattern_subscription_receives_channels_of_different_shards() -> Result<
 #[tokio::test]
 async fn forbidden_subscription_gets_a_code_and_nothing_else_is_affected() -> Result<()> {
     let cluster = common::builder()
-        .config("[roles.admin]\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = true\n\n[roles.reader]\nsubscribe = [\"public.>\"]\n")
+        .config("[roles.admin]\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = true\n\n[roles.reader]\nsubscribe = [\"public.>\"]\n\n[clients]\nmax_subscriptions_per_connection = 4\n")
         .start()
         .await?;
     let reader = cluster.sdk(&[1], &token("rita", &["reader"])).connect().await?;
@@ -220,6 +220,14 @@ async fn forbidden_subscription_gets_a_code_and_nothing_else_is_affected() -> Re
             assert_eq!(err.code(), Some("forbidden"), "{target} ({why}): {err}");
         }
     }
+    // At most 4 subscriptions per connection (configured above); `news` is one.
+    let mut held = Vec::new();
+    for channel in ["public.a", "public.b", "public.c"] {
+        held.push(reader.subscribe(channel, SubscribeOptions::default()).await?);
+    }
+    let over = reader.subscribe("public.d", SubscribeOptions::default()).await;
+    assert_eq!(over.expect_err("over the cap").code(), Some("bad_request"));
+    drop(held);
     let bad = reader
         .subscribe("bad..name", SubscribeOptions::default())
         .await

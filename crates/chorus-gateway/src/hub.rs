@@ -333,26 +333,21 @@ impl HubTask {
 
     fn subscribe(&mut self, request: SubscribeRequest) {
         let key = (request.subscriber.conn, request.sub);
-        if self.subs.contains_key(&key) {
-            let kind = error_kind(
-                chorus_core::ErrorCode::BadRequest,
-                format!(
-                    "subscription id {} is already in use on this connection",
-                    request.sub
-                ),
-                request.sub,
-            );
-            return reply(&request.subscriber, request.request_id, kind);
-        }
-        if self.by_conn.get(&key.0).map_or(0, HashSet::len) >= self.max_per_connection {
-            let kind = error_kind(
-                chorus_core::ErrorCode::BadRequest,
-                format!(
-                    "this connection already holds {} subscriptions, the most allowed",
-                    self.max_per_connection
-                ),
-                request.sub,
-            );
+        let refusal = if self.subs.contains_key(&key) {
+            Some(format!(
+                "subscription id {} is already in use on this connection",
+                request.sub
+            ))
+        } else if self.by_conn.get(&key.0).map_or(0, HashSet::len) >= self.max_per_connection {
+            Some(format!(
+                "this connection already holds {} subscriptions, the most allowed",
+                self.max_per_connection
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            let kind = error_kind(chorus_core::ErrorCode::BadRequest, message, request.sub);
             return reply(&request.subscriber, request.request_id, kind);
         }
         let mut ok = client::SubscribeOk {

@@ -386,20 +386,35 @@ impl Session {
         });
     }
 
+    /// The channel named by request `id` when it is valid and `operation` is allowed on it;
+    /// otherwise the error is replied and `None` returned.
+    fn authorized_channel(&self, id: u64, name: String, operation: Operation) -> Option<ChannelName> {
+        let channel = match ChannelName::new(name) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(id, ErrorCode::InvalidChannel, e.to_string(), 0);
+                return None;
+            }
+        };
+        if let Err(e) = self
+            .gateway
+            .inner
+            .auth
+            .authorize(&self.claims, operation, channel.as_str())
+        {
+            self.error(id, e.code(), e.to_string(), 0);
+            return None;
+        }
+        Some(channel)
+    }
+
     /// Checks a publish and runs it in its own task (bounded per connection), so that a slow
     /// commit never holds up the connection's other requests.
     async fn publish(&self, id: u64, publish: client::Publish) {
         let inner = &self.gateway.inner;
-        let channel = match ChannelName::new(publish.channel) {
-            Ok(c) => c,
-            Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), 0),
+        let Some(channel) = self.authorized_channel(id, publish.channel, Operation::Publish) else {
+            return;
         };
-        if let Err(e) = inner
-            .auth
-            .authorize(&self.claims, Operation::Publish, channel.as_str())
-        {
-            return self.error(id, e.code(), e.to_string(), 0);
-        }
         let event_type = Some(publish.event_type).filter(|t| !t.is_empty());
         let key = Some(publish.idempotency_key).filter(|k| !k.is_empty());
         if let Err((code, message)) = check_publish_input(
@@ -446,16 +461,9 @@ impl Session {
 
     async fn history(&self, id: u64, request: client::HistoryRequest) {
         let inner = &self.gateway.inner;
-        let channel = match ChannelName::new(request.channel) {
-            Ok(c) => c,
-            Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), 0),
+        let Some(channel) = self.authorized_channel(id, request.channel, Operation::Subscribe) else {
+            return;
         };
-        if let Err(e) = inner
-            .auth
-            .authorize(&self.claims, Operation::Subscribe, channel.as_str())
-        {
-            return self.error(id, e.code(), e.to_string(), 0);
-        }
         let limit = match request.limit {
             0 => DEFAULT_HISTORY_LIMIT,
             l if l > MAX_HISTORY_LIMIT => {
