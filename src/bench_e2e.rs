@@ -52,17 +52,11 @@ pub struct E2eBenchArgs {
 }
 
 async fn client(endpoint: &str, token: &str, args: &E2eBenchArgs) -> Result<Client> {
-    let mut builder = Client::builder()
+    let builder = Client::builder()
         .endpoints([endpoint])
         .token(token)
         .subscription_buffer(65_536);
-    for ca in &args.cas {
-        builder = builder.trust_certificate_pem_file(ca);
-    }
-    for fingerprint in &args.fingerprints {
-        builder = builder.trust_fingerprint(fingerprint);
-    }
-    builder
+    crate::client_cli::trusting(builder, &args.cas, &args.fingerprints)
         .connect()
         .await
         .with_context(|| format!("connecting to {endpoint}"))

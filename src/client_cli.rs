@@ -75,7 +75,7 @@ pub enum ClientCommand {
 }
 
 async fn connect(connection: &Connection) -> Result<Client> {
-    let mut builder = Client::builder()
+    let builder = Client::builder()
         .endpoints(connection.nodes.clone())
         .token(connection.token.clone());
     let mut cas = connection.cas.clone();
@@ -87,16 +87,25 @@ async fn connect(connection: &Connection) -> Result<Client> {
             );
         }
     }
-    for ca in &cas {
-        builder = builder.trust_certificate_pem_file(ca);
-    }
-    for fingerprint in &connection.fingerprints {
-        builder = builder.trust_fingerprint(fingerprint);
-    }
-    builder
+    trusting(builder, &cas, &connection.fingerprints)
         .connect()
         .await
         .with_context(|| format!("connecting to {:?}", connection.nodes))
+}
+
+/// Adds trusted certificate files and fingerprints to an SDK builder.
+pub fn trusting(
+    mut builder: chorus_client::ClientBuilder,
+    cas: &[PathBuf],
+    fingerprints: &[String],
+) -> chorus_client::ClientBuilder {
+    for ca in cas {
+        builder = builder.trust_certificate_pem_file(ca);
+    }
+    for fingerprint in fingerprints {
+        builder = builder.trust_fingerprint(fingerprint);
+    }
+    builder
 }
 
 /// The certificates `make run` generates (`data/node<n>/tls/cert.pem`).
