@@ -426,11 +426,7 @@ impl HubTask {
                 continue;
             }
             let frame = encoder.frame(key.1, sub.subscriber.deflate);
-            if sub.subscriber.outbox.push(Priority::High, frame).is_ok() {
-                self.metrics.events_delivered.inc();
-            } else {
-                self.resync(key, "slow_consumer");
-            }
+            self.queue_event(key, frame);
         }
     }
 
@@ -456,11 +452,21 @@ impl HubTask {
             return;
         }
         let frame = encoder.frame(key.1, sub.subscriber.deflate);
-        if sub.subscriber.outbox.push(Priority::High, frame).is_ok() {
-            self.metrics.events_delivered.inc();
-        } else {
+        self.queue_event(key, frame);
+    }
+
+    /// Queues an event frame for a subscription; a full queue stops it with a resync.
+    /// False when it was stopped.
+    fn queue_event(&mut self, key: SubKey, frame: ServerFrame) -> bool {
+        let Some(sub) = self.subs.get(&key) else {
+            return false;
+        };
+        if sub.subscriber.outbox.push(Priority::High, frame).is_err() {
             self.resync(key, "slow_consumer");
+            return false;
         }
+        self.metrics.events_delivered.inc();
+        true
     }
 
     /// Queues the events after the subscription's last offset up to `upto`, from the
@@ -499,11 +505,9 @@ impl HubTask {
                     continue;
                 }
                 let frame = event_frame(key.1, channel.as_str(), epoch, message, sub.subscriber.deflate);
-                if sub.subscriber.outbox.push(Priority::High, frame).is_err() {
-                    self.resync(key, "slow_consumer");
+                if !self.queue_event(key, frame) {
                     return false;
                 }
-                self.metrics.events_delivered.inc();
             }
         }
     }
