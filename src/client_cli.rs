@@ -1,7 +1,11 @@
-//! `chorus client`: subscribe, publish and read history over QUIC through the Rust SDK.
+//! `chorus client`: subscribe, publish, read history, typing, presence, sessions and read
+//! receipts over QUIC through the Rust SDK. Every command prints JSON lines.
 
 use anyhow::{Context, Result, bail};
-use chorus_client::{Client, Event, Position, PublishOptions, SubscribeOptions};
+use chorus_client::{
+    Client, Event, Position, PublishOptions, ReadPosition, SessionOp, SessionOpOutcome, SessionSnapshot,
+    SubscribeOptions,
+};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -72,6 +76,220 @@ pub enum ClientCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Say the token's user is typing in a channel (or stopped, with --stop).
+    Typing {
+        /// The channel.
+        channel: String,
+        /// Send "stopped" instead of "started".
+        #[arg(long)]
+        stop: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print who is typing in a channel.
+    Typists {
+        /// The channel.
+        channel: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a user's presence.
+    Presence {
+        /// The user.
+        user: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Create a collaborative session on a channel.
+    SessionCreate {
+        /// The session's channel.
+        session: String,
+        /// Conflict policy: lww or reject.
+        #[arg(long, default_value = "lww")]
+        policy: String,
+        /// The initial document, a JSON object.
+        #[arg(long, default_value = "{}")]
+        document: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a session's document, version and position.
+    SessionGet {
+        /// The session's channel.
+        session: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Apply one operation to a session: set, delete, increment or append.
+    SessionOp {
+        /// The session's channel.
+        session: String,
+        /// set, delete, increment, append.
+        op: String,
+        /// A JSON Pointer: /title, /items/0.
+        path: String,
+        /// The value, JSON text (not for delete).
+        value: Option<String>,
+        /// The session version the operation is based on.
+        #[arg(long, default_value_t = 0)]
+        base_version: u64,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Mark a channel read up to an offset.
+    Read {
+        /// The channel.
+        channel: String,
+        /// Read up to here.
+        offset: u64,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print read positions and unread counts (of the channels named, or all marked read).
+    Unread {
+        /// Channels.
+        channels: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+fn snapshot_json(s: &SessionSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "session": s.session,
+        "policy": s.policy,
+        "document": s.document,
+        "version": s.version,
+        "epoch": s.position.epoch,
+        "offset": s.position.offset,
+    })
+}
+
+fn read_json(p: &ReadPosition) -> serde_json::Value {
+    serde_json::json!({
+        "channel": p.channel,
+        "read_offset": p.read_offset,
+        "last_offset": p.last_offset,
+        "unread": p.unread,
+    })
+}
+
+fn json_arg(name: &str, text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| format!("{name} must be JSON"))
+}
+
+/// Runs the commands of typing, presence, sessions and receipts (`None`: not one of them).
+async fn run_feature(command: ClientCommand) -> Result<Option<ClientCommand>> {
+    let (client, output) = match command {
+        ClientCommand::Typing {
+            channel,
+            stop,
+            connection,
+        } => {
+            let client = connect(&connection).await?;
+            if stop {
+                client.stop_typing(&channel).await?;
+            } else {
+                client.typing(&channel).await?;
+            }
+            (client, serde_json::json!({"channel": channel, "typing": !stop}))
+        }
+        ClientCommand::Typists { channel, connection } => {
+            let client = connect(&connection).await?;
+            let typists: Vec<_> = client
+                .typists(&channel)
+                .await?
+                .into_iter()
+                .map(|(user, device)| serde_json::json!({"user": user, "device": device}))
+                .collect();
+            (
+                client,
+                serde_json::json!({"channel": channel, "typists": typists}),
+            )
+        }
+        ClientCommand::Presence { user, connection } => {
+            let client = connect(&connection).await?;
+            let p = client.presence(&user).await?;
+            let devices: Vec<_> = p
+                .devices
+                .iter()
+                .map(|d| {
+                    serde_json::json!({"device": d.device, "status": d.status,
+                        "custom_status": d.custom_status, "last_seen_ms": d.last_seen_ms})
+                })
+                .collect();
+            let output = serde_json::json!({"user": p.user, "status": p.status,
+                "custom_status": p.custom_status, "last_seen_ms": p.last_seen_ms, "devices": devices});
+            (client, output)
+        }
+        ClientCommand::SessionCreate {
+            session,
+            policy,
+            document,
+            connection,
+        } => {
+            let document = json_arg("--document", &document)?;
+            let client = connect(&connection).await?;
+            let snapshot = client.create_session(&session, &policy, &document).await?;
+            (client, snapshot_json(&snapshot))
+        }
+        ClientCommand::SessionGet { session, connection } => {
+            let client = connect(&connection).await?;
+            let snapshot = client.session(&session).await?;
+            (client, snapshot_json(&snapshot))
+        }
+        ClientCommand::SessionOp {
+            session,
+            op,
+            path,
+            value,
+            base_version,
+            connection,
+        } => {
+            let value = value.map(|v| json_arg("the value", &v)).transpose()?;
+            let op = match (op.as_str(), value) {
+                ("delete", _) => SessionOp::Delete(path),
+                ("set", Some(v)) => SessionOp::Set(path, v),
+                ("increment", Some(v)) => SessionOp::Increment(path, v),
+                ("append", Some(v)) => SessionOp::Append(path, v),
+                ("set" | "increment" | "append", None) => bail!("{op} needs a value"),
+                (other, _) => bail!("op must be set, delete, increment or append, not {other:?}"),
+            };
+            let client = connect(&connection).await?;
+            let output = match client.session_op(&session, op, base_version).await? {
+                SessionOpOutcome::Applied {
+                    version,
+                    previous,
+                    overwrote_newer,
+                    position,
+                } => serde_json::json!({"applied": true, "version": version, "previous": previous,
+                    "overwrote_newer": overwrote_newer, "epoch": position.epoch, "offset": position.offset}),
+                SessionOpOutcome::Conflict { version, current } => {
+                    serde_json::json!({"applied": false, "conflict": true, "version": version, "current": current})
+                }
+            };
+            (client, output)
+        }
+        ClientCommand::Read {
+            channel,
+            offset,
+            connection,
+        } => {
+            let client = connect(&connection).await?;
+            let position = client.mark_read(&channel, offset).await?;
+            (client, read_json(&position))
+        }
+        ClientCommand::Unread { channels, connection } => {
+            let client = connect(&connection).await?;
+            let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+            let positions: Vec<_> = client.unread(&names).await?.iter().map(read_json).collect();
+            (client, serde_json::json!({"channels": positions}))
+        }
+        other => return Ok(Some(other)),
+    };
+    println!("{output}");
+    client.close();
+    Ok(None)
 }
 
 async fn connect(connection: &Connection) -> Result<Client> {
@@ -137,6 +355,9 @@ fn event_json(event: &Event) -> serde_json::Value {
 
 /// Runs a `chorus client` command.
 pub async fn run(command: ClientCommand) -> Result<()> {
+    let Some(command) = run_feature(command).await? else {
+        return Ok(());
+    };
     match command {
         ClientCommand::Subscribe {
             target,
@@ -208,5 +429,6 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             client.close();
             Ok(())
         }
+        _ => unreachable!("run_feature handles the other commands"),
     }
 }

@@ -64,6 +64,37 @@ pub struct NodeArgs {
     /// A client connection with nothing received for this long is closed, ms.
     #[arg(long, env = "CHORUS_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// A node's presence lease, ms: its devices go offline this long after it stops renewing.
+    #[arg(long, env = "CHORUS_PRESENCE_LEASE_MS")]
+    pub presence_lease_ms: Option<u64>,
+    /// A typist stops by itself this long after their last "started", ms.
+    #[arg(long, env = "CHORUS_TYPING_TTL_MS")]
+    pub typing_ttl_ms: Option<u64>,
+}
+
+/// The `[presence]` table: presence leases and typing indicators.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// A node renews its lease every third of this; its devices go offline when it lapses, ms.
+    pub lease_ms: u64,
+    /// A typist stops by itself this long after their last "started", ms.
+    pub typing_ttl_ms: u64,
+    /// A peer node silent this long has its typists dropped, ms.
+    pub typing_peer_silence_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        let typing = chorus_cluster::TypingConfig::default();
+        PresenceConfig {
+            lease_ms: chorus_gateway::GatewayConfig::default()
+                .presence_lease
+                .as_millis() as u64,
+            typing_ttl_ms: typing.ttl.as_millis() as u64,
+            typing_peer_silence_ms: typing.peer_silence.as_millis() as u64,
+        }
+    }
 }
 
 /// The `[clients]` table: client connections (QUIC and WebSocket).
@@ -198,6 +229,7 @@ struct FileConfig {
     raft_timing: Option<RaftTiming>,
     roles: Option<BTreeMap<String, RoleConfig>>,
     clients: Option<ClientsConfig>,
+    presence: Option<PresenceConfig>,
 }
 
 /// The validated configuration of one node.
@@ -233,6 +265,8 @@ pub struct NodeConfig {
     pub roles: BTreeMap<String, RoleConfig>,
     /// Client connections.
     pub clients: ClientsConfig,
+    /// Presence leases and typing indicators.
+    pub presence: PresenceConfig,
 }
 
 /// The shipped roles: `admin` may do everything.
@@ -331,6 +365,12 @@ impl NodeConfig {
                     .unwrap_or(clients.heartbeat_interval_ms);
                 clients.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(clients.idle_timeout_ms);
                 clients
+            },
+            presence: {
+                let mut presence = file.presence.unwrap_or_default();
+                presence.lease_ms = args.presence_lease_ms.unwrap_or(presence.lease_ms);
+                presence.typing_ttl_ms = args.typing_ttl_ms.unwrap_or(presence.typing_ttl_ms);
+                presence
             },
         };
         config.validate()?;
@@ -449,6 +489,12 @@ impl NodeConfig {
                 "`clients.outbox_max_bytes` must be at least twice, and `clients.outbox_max_critical_bytes` at least once, the largest frame ({frame} bytes)"
             );
         }
+        let p = &self.presence;
+        if p.lease_ms < 300 || p.typing_ttl_ms == 0 || p.typing_peer_silence_ms == 0 {
+            bail!(
+                "`presence.lease_ms` must be at least 300, `presence.typing_ttl_ms` and `presence.typing_peer_silence_ms` positive"
+            );
+        }
         let addrs = [("http", self.http), ("raft", self.raft), ("quic", self.quic)];
         for (i, (a, x)) in addrs.iter().enumerate() {
             for (b, y) in &addrs[i + 1..] {
@@ -483,6 +529,15 @@ impl NodeConfig {
             },
             max_requests_in_flight: c.max_requests_in_flight,
             max_subscriptions_per_connection: c.max_subscriptions_per_connection,
+            presence_lease: Duration::from_millis(self.presence.lease_ms),
+        }
+    }
+
+    /// The typing indicator timers.
+    pub fn typing(&self) -> chorus_cluster::TypingConfig {
+        chorus_cluster::TypingConfig {
+            ttl: Duration::from_millis(self.presence.typing_ttl_ms),
+            peer_silence: Duration::from_millis(self.presence.typing_peer_silence_ms),
         }
     }
 

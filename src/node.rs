@@ -92,6 +92,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             snapshot_every_entries: config.raft_timing.snapshot_every_entries,
             logs_kept_after_snapshot: config.raft_timing.logs_kept_after_snapshot,
             max_batch_commands: config.raft_timing.max_batch_commands,
+            typing: config.typing(),
         },
         store,
         cluster_metrics,

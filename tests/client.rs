@@ -2,30 +2,16 @@
 
 mod common;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use chorus_client::{Error, Event, PublishOptions, SubscribeOptions};
 use chorus_proto::client::{Subscribe, client_frame, server_frame};
 use common::wire::{WsClient, connect, delimited, quic_connect, read_until};
-use common::{shard_of, token, wait_for};
+use common::{shard_of, take, token, wait_for};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Takes `n` events from a subscription, failing after `timeout`.
-async fn take(sub: &mut chorus_client::Subscription, n: usize, timeout: Duration) -> Result<Vec<Event>> {
-    let mut events = Vec::with_capacity(n);
-    let deadline = tokio::time::Instant::now() + timeout;
-    while events.len() < n {
-        match tokio::time::timeout_at(deadline, sub.next_event()).await {
-            Ok(Some(event)) => events.push(event),
-            Ok(None) => bail!("subscription ended after {} of {n} events", events.len()),
-            Err(_) => bail!("only {} of {n} events within {timeout:?}", events.len()),
-        }
-    }
-    Ok(events)
-}
 
 fn offsets(events: &[Event]) -> Vec<u64> {
     events.iter().map(|e| e.offset).collect()

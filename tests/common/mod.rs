@@ -36,18 +36,45 @@ pub fn free_port() -> u16 {
 
 /// Mints a token for `sub` with `roles`.
 pub fn token(sub: &str, roles: &[&str]) -> String {
+    mint(json!({"sub": sub, "roles": roles}))
+}
+
+/// Mints a token for `sub`'s `device` with `roles`.
+pub fn device_token(sub: &str, device: &str, roles: &[&str]) -> String {
+    mint(json!({"sub": sub, "device": device, "roles": roles}))
+}
+
+fn mint(mut claims: Value) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 3600;
-    let claims = json!({"sub": sub, "exp": exp, "roles": roles});
+    claims["exp"] = json!(exp);
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap()
+}
+
+/// Takes `n` events from a subscription, failing after `timeout`.
+pub async fn take(
+    sub: &mut chorus_client::Subscription,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<chorus_client::Event>> {
+    let mut events = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while events.len() < n {
+        match tokio::time::timeout_at(deadline, sub.next_event()).await {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => bail!("subscription ended after {} of {n} events", events.len()),
+            Err(_) => bail!("only {} of {n} events within {timeout:?}", events.len()),
+        }
+    }
+    Ok(events)
 }
 
 /// Polls `condition` until it returns `Some`, or fails after `timeout` naming `what`.
@@ -427,6 +454,24 @@ impl TestCluster {
             bail!("HTTP {status}: {value}");
         }
         Ok(value)
+    }
+
+    /// An HTTP call to node `id` with the admin token: (status, JSON body).
+    pub async fn call(&self, id: u64, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let url = format!("{}{path}", self.url(id));
+        let mut request = match method {
+            "GET" => self.client.get(url),
+            "PUT" => self.client.put(url),
+            "POST" => self.client.post(url),
+            other => bail!("unsupported method {other}"),
+        }
+        .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let r = request.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
     /// Every retained message of `channel` as node `id` serves it.

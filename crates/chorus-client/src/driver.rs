@@ -100,11 +100,22 @@ impl Subs {
 }
 
 /// State shared by the driver, the stream readers and the handles.
-#[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) subs: Mutex<Subs>,
     /// The node currently connected to (0: none).
     pub(crate) node: AtomicU64,
+    /// Notices of every subscription, for [`crate::Client::notices`].
+    pub(crate) notices: tokio::sync::broadcast::Sender<crate::Notice>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            subs: Mutex::default(),
+            node: AtomicU64::new(0),
+            notices: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 enum Pending {
@@ -256,11 +267,20 @@ impl Driver {
         }
     }
 
-    /// Requests in flight on a lost connection: publishes and history reads are sent again.
+    /// Requests in flight on a lost connection: the ones safe to repeat (publishes carry an
+    /// idempotency key; reads, typing, presence and read positions are idempotent) are sent
+    /// again; session operations and creations are answered with [`Error::Indeterminate`].
     fn requeue(&mut self) {
         for (_, pending) in self.pending.drain() {
             if let Pending::Request { kind, reply } = pending {
-                self.retry.push((kind, reply));
+                match kind {
+                    client_frame::Kind::SessionOp(_) | client_frame::Kind::SessionCreate(_) => {
+                        let _ = reply.send(Err(Error::Indeterminate(
+                            "the connection was lost before the reply; read the session to see whether it was applied".into(),
+                        )));
+                    }
+                    kind => self.retry.push((kind, reply)),
+                }
             }
         }
     }
@@ -752,6 +772,9 @@ async fn read_stream(mut recv: quinn::RecvStream, shared: Arc<Shared>, to_driver
             };
             match frame.kind {
                 Some(server_frame::Kind::Event(event)) => deliver(&shared, event),
+                Some(server_frame::Kind::Notice(notice)) => {
+                    crate::features::deliver_notice(&shared.notices, notice);
+                }
                 _ => {
                     if to_driver.send(frame).await.is_err() {
                         return;

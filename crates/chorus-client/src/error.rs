@@ -30,6 +30,10 @@ pub enum Error {
     /// The client is closed (by [`crate::Client::close`] or after reconnecting failed).
     #[error("the client is closed: {0}")]
     Closed(String),
+    /// The connection was lost after the request was sent and the request is not safe to
+    /// repeat: it may or may not have been applied.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
     /// The node sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),

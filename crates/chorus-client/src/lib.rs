@@ -34,11 +34,16 @@
 
 mod driver;
 mod error;
+mod features;
 mod tls;
 mod types;
 
 pub use driver::SubscribeInfo;
 pub use error::Error;
+pub use features::{
+    DevicePresence, Notice, Notices, Presence, ReadPosition, SessionOp, SessionOpOutcome, SessionSnapshot,
+    TYPING_REPEAT,
+};
 pub use types::{Event, HistoryPage, Position, PublishAck, PublishOptions, SubscribeOptions};
 
 use chorus_proto::client::{self as wire, client_frame, server_frame};
@@ -239,6 +244,7 @@ impl ClientBuilder {
                 shared,
                 options,
                 next_local: AtomicU64::new(1),
+                typing_sent: Default::default(),
             }),
         })
     }
@@ -249,6 +255,8 @@ struct ClientInner {
     shared: Arc<Shared>,
     options: Arc<ClientOptions>,
     next_local: AtomicU64,
+    /// When "typing started" was last sent per channel (throttling).
+    typing_sent: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// A connection to a Chorus cluster. Clone it freely: clones share the connection.

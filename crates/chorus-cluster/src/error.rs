@@ -44,6 +44,10 @@ pub enum ClusterError {
     /// The request is invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// A session operation or creation was refused by the state machine (the document is
+    /// unchanged).
+    #[error("{0}")]
+    Session(chorus_core::collab::OpError),
     /// A node or storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -53,6 +57,7 @@ impl ClusterError {
     /// The stable error code.
     pub fn code(&self) -> ErrorCode {
         match self {
+            ClusterError::Session(e) => e.code(),
             ClusterError::NoLeader { .. } | ClusterError::Unreachable { .. } => ErrorCode::Unavailable,
             ClusterError::Indeterminate { .. } | ClusterError::Timeout { .. } => ErrorCode::Timeout,
             ClusterError::Membership(_) | ClusterError::BadRequest(_) => ErrorCode::BadRequest,

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod features;
 pub mod forward;
 pub mod network;
 pub mod node;
@@ -19,10 +20,12 @@ pub mod placement;
 pub mod proposer;
 pub mod service;
 pub mod status;
+pub mod typing;
 
 pub use error::ClusterError;
 pub use node::{ClusterConfig, ClusterMetrics, ClusterNode};
 pub use status::{ClusterStatus, NodeStatus, ShardStatus};
+pub use typing::{Typing, TypingConfig};
 
 /// The Raft handle of one shard.
 pub type ShardRaft = openraft::Raft<chorus_store::TypeConfig, chorus_store::ShardStateMachine>;

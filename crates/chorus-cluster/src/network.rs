@@ -39,6 +39,8 @@ pub enum Rpc {
     TransferLeader,
     /// Forward.
     Forward,
+    /// Ephemeral (typing indicators).
+    Ephemeral,
 }
 
 /// Why a call to a peer failed.
@@ -140,6 +142,7 @@ impl PeerPool {
             Rpc::InstallSnapshot => client.install_snapshot(req).await,
             Rpc::TransferLeader => client.transfer_leader(req).await,
             Rpc::Forward => client.forward(req).await,
+            Rpc::Ephemeral => client.ephemeral(req).await,
         };
         match reply {
             Ok(reply) => postcard::from_bytes(&reply.into_inner().payload)

@@ -64,6 +64,8 @@ pub struct ClusterConfig {
     pub logs_kept_after_snapshot: u64,
     /// Most client commands in one Raft entry; 1 turns proposal batching off.
     pub max_batch_commands: usize,
+    /// Typing indicator timers.
+    pub typing: crate::typing::TypingConfig,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,6 +174,9 @@ struct Inner {
     metrics: ClusterMetrics,
     cluster_id: RwLock<Option<String>>,
     started: Instant,
+    typing: crate::typing::Typing,
+    /// Random per process start: tells this run's connections from an earlier run's.
+    incarnation: u64,
 }
 
 /// The cluster core of a node. Cloning is cheap and shares it.
@@ -304,8 +309,23 @@ impl ClusterNode {
                 proposer,
             });
         }
+        let peer_source = shards[0].raft.clone();
+        let own_id = config.node_id;
+        let peers: crate::typing::PeerList = Arc::new(move || {
+            let metrics = peer_source.metrics();
+            let m = metrics.borrow_watched();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != own_id)
+                .map(|(id, node)| (*id, node.raft_addr.clone()))
+                .collect()
+        });
+        let typing = crate::typing::Typing::start(config.node_id, config.typing, pool.clone(), peers);
         let node = ClusterNode {
             inner: Arc::new(Inner {
+                typing,
+                incarnation: rand::random::<u64>() | 1,
                 config,
                 shards,
                 pool,
@@ -380,6 +400,16 @@ impl ClusterNode {
     /// The cluster id, once the cluster has recorded one.
     pub fn cluster_id(&self) -> Option<String> {
         self.inner.cluster_id.read().expect("lock").clone()
+    }
+
+    /// The node's typing indicators.
+    pub fn typing(&self) -> &crate::typing::Typing {
+        &self.inner.typing
+    }
+
+    /// This process's incarnation (random per start).
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
     }
 
     /// The proof of the cluster secret that peers present.
@@ -641,9 +671,7 @@ impl ClusterNode {
                 // the dedupe window, whatever the clocks of the nodes that accepted them.
                 let now = now_ms();
                 for command in &mut batch.0 {
-                    if let Command::Publish(publish) = command {
-                        publish.time_ms = now;
-                    }
+                    command.stamp_time(now);
                 }
                 if !raft.is_leader() {
                     let leader = s.raft.metrics().borrow_watched().current_leader;
@@ -786,6 +814,7 @@ impl ClusterNode {
                 let request = ShardRequest(vec![Command::SetClusterId(id)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
             }
+            self.expire_leases(shard.id, now_ms()).await;
             if shard.reader.limits() != self.inner.config.limits {
                 let request = ShardRequest(vec![Command::SetLimits(self.inner.config.limits)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);

@@ -147,11 +147,5 @@ async fn run(
 
 /// Bytes of event data in `commands` (what dominates an entry's size).
 fn payload_bytes(commands: &[Command]) -> usize {
-    commands
-        .iter()
-        .map(|c| match c {
-            Command::Publish(p) => p.data.len() + p.channel.as_str().len(),
-            _ => 64,
-        })
-        .sum()
+    commands.iter().map(Command::payload_bytes).sum()
 }

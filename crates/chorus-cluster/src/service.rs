@@ -139,6 +139,14 @@ impl Cluster for ClusterService {
         Self::reply(message.shard, &result)
     }
 
+    async fn ephemeral(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
+        self.authorize(&request)?;
+        let message = request.into_inner();
+        let batch: crate::typing::EphemeralBatch = Self::decode(&message)?;
+        self.node.typing().received(batch);
+        Self::reply(0, &())
+    }
+
     async fn node_info(&self, request: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
         self.authorize(&request)?;
         Ok(Response::new(NodeInfoReply {

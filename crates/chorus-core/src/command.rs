@@ -5,7 +5,9 @@
 //! gets one [`CommandResult`], in order.
 
 use crate::channel::ChannelName;
+use crate::collab::{ConflictPolicy, DocPath, OpApplied, OpError, OpKind};
 use crate::error::ErrorCode;
+use crate::presence::{ConnRef, PresenceStatus};
 use crate::state::HistoryLimits;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,151 @@ pub enum Command {
     /// Records the cluster's id (in shard 0) unless one is recorded already: the first
     /// committed proposal wins, so every node learns the same id through the log.
     SetClusterId(String),
+    /// Creates a collaborative session on a channel.
+    CreateSession(CreateSessionCommand),
+    /// Applies one operation to a session's document.
+    SessionOp(SessionOpCommand),
+    /// A connected device's presence (on connect, and when the client sets its status).
+    SetPresence(SetPresenceCommand),
+    /// A device's connection closed.
+    DeviceGone(DeviceGoneCommand),
+    /// A node renews its lease in this shard: its connections are still alive.
+    RenewLease(RenewLeaseCommand),
+    /// The shard leader found a node's lease lapsed: that node's devices go offline.
+    ExpireLease(ExpireLeaseCommand),
+    /// A user read a channel up to an offset.
+    MarkRead(MarkReadCommand),
+}
+
+impl Command {
+    /// Sets the command's time (the shard leader stamps every command it proposes, so that
+    /// apply's notion of time is one clock per shard).
+    pub fn stamp_time(&mut self, now_ms: u64) {
+        match self {
+            Command::Publish(c) => c.time_ms = now_ms,
+            Command::CreateSession(c) => c.time_ms = now_ms,
+            Command::SessionOp(c) => c.time_ms = now_ms,
+            Command::SetPresence(c) => c.time_ms = now_ms,
+            Command::DeviceGone(c) => c.time_ms = now_ms,
+            Command::RenewLease(c) => c.time_ms = now_ms,
+            Command::ExpireLease(c) => c.time_ms = now_ms,
+            Command::MarkRead(c) => c.time_ms = now_ms,
+            Command::SetLimits(_) | Command::SetClusterId(_) => {}
+        }
+    }
+
+    /// Bytes of client data the command carries (what dominates an entry's size).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Publish(p) => p.data.len() + p.channel.as_str().len(),
+            Command::CreateSession(c) => c.document.to_string().len(),
+            Command::SessionOp(c) => match &c.kind {
+                OpKind::Set(v) | OpKind::Increment(v) | OpKind::Append(v) => v.to_string().len() + 64,
+                OpKind::Delete => 64,
+            },
+            _ => 64,
+        }
+    }
+}
+
+/// Create a session: a channel with a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSessionCommand {
+    /// The session's channel.
+    pub channel: ChannelName,
+    /// How conflicts are resolved.
+    pub policy: ConflictPolicy,
+    /// The initial document (a JSON object).
+    #[serde(with = "crate::collab::json_text")]
+    pub document: serde_json::Value,
+    /// Who created it.
+    pub creator: String,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
+}
+
+/// One operation on a session's document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpCommand {
+    /// The session's channel.
+    pub channel: ChannelName,
+    /// Where in the document.
+    pub path: DocPath,
+    /// What to do there.
+    pub kind: OpKind,
+    /// The session version the client had seen.
+    pub base_version: u64,
+    /// Who sent it.
+    pub author: String,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
+}
+
+/// A connected device's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetPresenceCommand {
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// The status.
+    pub status: PresenceStatus,
+    /// Optional free text.
+    pub custom_status: Option<String>,
+    /// The connection (its node's lease keeps it alive).
+    pub conn: ConnRef,
+    /// The node's lease length, renewed by this command too.
+    pub lease_ms: u64,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
+}
+
+/// A device's connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceGoneCommand {
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// The connection that closed (ignored if the device is on another one by now).
+    pub conn: ConnRef,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
+}
+
+/// A node's lease renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewLeaseCommand {
+    /// The node.
+    pub node: u64,
+    /// Its incarnation: devices on earlier incarnations go offline.
+    pub incarnation: u64,
+    /// How long the lease lasts from this command's time.
+    pub lease_ms: u64,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
+}
+
+/// The leader saw a node's lease lapse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpireLeaseCommand {
+    /// The node.
+    pub node: u64,
+    /// Stamped by the shard leader; apply checks the lease against it.
+    pub time_ms: u64,
+}
+
+/// A read position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkReadCommand {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Who read.
+    pub user: String,
+    /// Up to which offset (clamped to the channel's last offset; positions never go back).
+    pub offset: u64,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
 }
 
 /// Append an event to a channel.
@@ -52,6 +199,64 @@ pub enum CommandResult {
     LimitsSet,
     /// The cluster id in force after the command (the first one ever set).
     ClusterId(String),
+    /// A session was created (or why not).
+    SessionCreated(Result<SessionPosition, OpError>),
+    /// A session operation was applied (or why not).
+    SessionOp(Result<SessionOpApplied, OpError>),
+    /// A presence change was recorded; the user's status after it.
+    Presence(PresenceStatus),
+    /// A lease was renewed or expired; how many devices went offline.
+    Lease {
+        /// Devices that went offline.
+        offline: u32,
+        /// A renewal found no lease of the node: it had lapsed (its devices were taken
+        /// offline) while the node lived on, so the node writes its connections' presence again.
+        lost: bool,
+    },
+    /// A read position after the command.
+    Read(ReadPosition),
+}
+
+/// A session's version and its channel's position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionPosition {
+    /// The session's version.
+    pub version: u64,
+    /// The session channel's epoch.
+    pub epoch: u64,
+    /// The session channel's last offset.
+    pub offset: u64,
+}
+
+/// An applied session operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionOpApplied {
+    /// What it did.
+    pub applied: OpApplied,
+    /// Where its `session.operation_applied` event is.
+    pub epoch: u64,
+    /// The event's offset.
+    pub offset: u64,
+}
+
+/// A user's read position in a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadPosition {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Read up to here.
+    pub read_offset: u64,
+    /// The channel's last offset.
+    pub last_offset: u64,
+    /// Whether the command moved the position.
+    pub moved: bool,
+}
+
+impl ReadPosition {
+    /// Events after the read position.
+    pub fn unread(&self) -> u64 {
+        self.last_offset.saturating_sub(self.read_offset)
+    }
 }
 
 /// Where a published event landed.
@@ -65,6 +270,21 @@ pub struct Published {
     pub epoch: u64,
     /// True when the idempotency key was seen before and nothing was appended.
     pub duplicate: bool,
+}
+
+/// Refuses client writes (publishes, session changes, typing) to channels the cluster writes
+/// itself: `presence.<user>` carries presence events only.
+pub fn check_client_writable(channel: &ChannelName) -> Result<(), (ErrorCode, String)> {
+    if channel
+        .as_str()
+        .starts_with(crate::presence::PRESENCE_CHANNEL_PREFIX)
+    {
+        return Err((
+            ErrorCode::Forbidden,
+            format!("{channel} is a presence channel: only the cluster writes to it"),
+        ));
+    }
+    Ok(())
 }
 
 /// Longest accepted idempotency key, bytes.

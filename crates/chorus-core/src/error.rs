@@ -37,6 +37,9 @@ pub enum ErrorCode {
     IdleTimeout,
     /// The client read so slowly that even its most important frames could not be queued.
     SlowConsumer,
+    /// The write conflicts with the current state (a session operation based on an outdated
+    /// version under the `reject` policy, or a session that exists already).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Conflict => "conflict",
         }
     }
 
@@ -69,6 +73,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => 429,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,

@@ -13,18 +13,22 @@
 //! ```
 
 pub mod channel;
+pub mod collab;
 pub mod command;
 pub mod error;
 pub mod pattern;
+pub mod presence;
 pub mod shard;
 pub mod state;
+pub mod typing;
 
 pub use channel::{ChannelName, ChannelNameError};
 pub use command::{
     Command, CommandBatch, CommandResult, MAX_EVENT_TYPE_LEN, MAX_IDEMPOTENCY_KEY_LEN, PublishCommand,
-    Published, check_publish_input,
+    Published, check_client_writable, check_publish_input,
 };
 pub use error::ErrorCode;
 pub use pattern::{ChannelPattern, PatternError};
+pub use presence::{ConnRef, PresenceStatus};
 pub use shard::{ShardId, shard_for};
-pub use state::{ApplyContext, HistoryLimits, HistoryPage, ShardState, StoredMessage};
+pub use state::{AppliedOutput, ApplyContext, HistoryLimits, HistoryPage, ShardState, StoredMessage};

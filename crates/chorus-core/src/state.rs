@@ -12,7 +12,15 @@
 //! committed log after them on restart, so the same inputs always rebuild the same state.
 
 use crate::channel::ChannelName;
-use crate::command::{Command, CommandResult, PublishCommand, Published};
+use crate::collab::{OpError, SessionDoc};
+use crate::command::{
+    Command, CommandResult, CreateSessionCommand, DeviceGoneCommand, MarkReadCommand, PublishCommand,
+    Published, ReadPosition, RenewLeaseCommand, SessionOpApplied, SessionOpCommand, SessionPosition,
+    SetPresenceCommand,
+};
+use crate::presence::{
+    DevicePresence, NodeLease, PRESENCE_CHANNEL_PREFIX, PresenceStatus, UserPresence, change_event_type,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -89,6 +97,42 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
 }
 
+/// What applying a command produced for subscribers, besides its result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedOutput {
+    /// An event appended to a channel's history (a publish, a session operation, a presence
+    /// change).
+    Event {
+        /// The channel.
+        channel: ChannelName,
+        /// Its epoch.
+        epoch: u64,
+        /// The event.
+        message: StoredMessage,
+    },
+    /// A notice for the channel's live subscribers, not kept in its history (read receipts).
+    Notice {
+        /// The channel.
+        channel: ChannelName,
+        /// `message.read`.
+        event_type: String,
+        /// JSON text.
+        data: String,
+        /// Who caused it.
+        publisher: String,
+        /// The command's time.
+        time_ms: u64,
+    },
+}
+
+/// An event the cluster writes itself (session operations, presence changes).
+struct ClusterEvent<'a> {
+    event_type: &'a str,
+    data: String,
+    publisher: &'a str,
+    time_ms: u64,
+}
+
 /// The state machine of one shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {
@@ -97,6 +141,14 @@ pub struct ShardState {
     /// The newest command time applied: apply's deterministic clock.
     clock_ms: u64,
     channels: BTreeMap<ChannelName, ChannelLog>,
+    /// Collaborative sessions by channel.
+    sessions: BTreeMap<ChannelName, SessionDoc>,
+    /// Presence of the users whose presence channel is in this shard.
+    presence: BTreeMap<String, UserPresence>,
+    /// Leases of the nodes holding connections of those users.
+    leases: BTreeMap<u64, NodeLease>,
+    /// Read positions: channel, then user.
+    reads: BTreeMap<ChannelName, BTreeMap<String, u64>>,
 }
 
 impl ShardState {
@@ -123,10 +175,38 @@ impl ShardState {
         self.channels.len()
     }
 
-    /// Applies one committed command.
+    /// Applies one committed command, dropping what it produced for subscribers.
     pub fn apply(&mut self, ctx: ApplyContext, command: &Command) -> CommandResult {
+        self.apply_with_output(ctx, command, &mut Vec::new())
+    }
+
+    /// Applies one committed command; events and notices for subscribers go to `out`.
+    pub fn apply_with_output(
+        &mut self,
+        ctx: ApplyContext,
+        command: &Command,
+        out: &mut Vec<AppliedOutput>,
+    ) -> CommandResult {
         match command {
-            Command::Publish(publish) => CommandResult::Published(self.publish(ctx, publish)),
+            Command::Publish(publish) => CommandResult::Published(self.publish(ctx, publish, out)),
+            Command::CreateSession(create) => {
+                CommandResult::SessionCreated(self.create_session(ctx, create, out))
+            }
+            Command::SessionOp(op) => CommandResult::SessionOp(self.session_op(ctx, op, out)),
+            Command::SetPresence(set) => CommandResult::Presence(self.set_presence(ctx, set, out)),
+            Command::DeviceGone(gone) => CommandResult::Presence(self.device_gone(ctx, gone, out)),
+            Command::RenewLease(renew) => {
+                let lost = !self.leases.contains_key(&renew.node);
+                CommandResult::Lease {
+                    offline: self.renew_lease(ctx, renew, out),
+                    lost,
+                }
+            }
+            Command::ExpireLease(expire) => CommandResult::Lease {
+                offline: self.expire_lease(ctx, expire.node, expire.time_ms, out),
+                lost: false,
+            },
+            Command::MarkRead(read) => CommandResult::Read(self.mark_read(read, out)),
             Command::SetLimits(limits) => {
                 self.limits = *limits;
                 let now = self.clock_ms;
@@ -143,23 +223,84 @@ impl ShardState {
 
     /// Applies the commands of one entry, in order.
     pub fn apply_batch(&mut self, ctx: ApplyContext, batch: &[Command]) -> Vec<CommandResult> {
-        batch.iter().map(|command| self.apply(ctx, command)).collect()
+        self.apply_batch_with_output(ctx, batch, &mut Vec::new())
     }
 
-    fn publish(&mut self, ctx: ApplyContext, cmd: &PublishCommand) -> Published {
-        self.clock_ms = self.clock_ms.max(cmd.time_ms);
-        let now = self.clock_ms;
-        let limits = self.limits;
-        let log = self
-            .channels
-            .entry(cmd.channel.clone())
+    /// Applies the commands of one entry, in order; what they produced goes to `out`.
+    pub fn apply_batch_with_output(
+        &mut self,
+        ctx: ApplyContext,
+        batch: &[Command],
+        out: &mut Vec<AppliedOutput>,
+    ) -> Vec<CommandResult> {
+        batch
+            .iter()
+            .map(|command| self.apply_with_output(ctx, command, out))
+            .collect()
+    }
+
+    fn advance_clock(&mut self, time_ms: u64) -> u64 {
+        self.clock_ms = self.clock_ms.max(time_ms);
+        self.clock_ms
+    }
+
+    fn channel_log(&mut self, ctx: ApplyContext, channel: &ChannelName) -> &mut ChannelLog {
+        self.channels
+            .entry(channel.clone())
             .or_insert_with(|| ChannelLog {
                 epoch: ctx.log_index,
                 last_offset: 0,
                 messages: VecDeque::new(),
                 dedupe: HashMap::new(),
                 dedupe_order: VecDeque::new(),
-            });
+            })
+    }
+
+    /// Appends an event produced by the cluster itself (session operations, presence).
+    fn append_event(
+        &mut self,
+        ctx: ApplyContext,
+        channel: &ChannelName,
+        event: ClusterEvent<'_>,
+        out: &mut Vec<AppliedOutput>,
+    ) -> (u64, u64) {
+        let ClusterEvent {
+            event_type,
+            data,
+            publisher,
+            time_ms,
+        } = event;
+        let now = self.advance_clock(time_ms);
+        let limits = self.limits;
+        let log = self.channel_log(ctx, channel);
+        log.last_offset += 1;
+        let message = StoredMessage {
+            offset: log.last_offset,
+            event_type: Some(event_type.to_string()),
+            data,
+            publisher: publisher.to_string(),
+            time_ms,
+        };
+        log.messages.push_back(message.clone());
+        log.enforce(&limits, now);
+        let (epoch, offset) = (log.epoch, log.last_offset);
+        out.push(AppliedOutput::Event {
+            channel: channel.clone(),
+            epoch,
+            message,
+        });
+        (epoch, offset)
+    }
+
+    fn publish(
+        &mut self,
+        ctx: ApplyContext,
+        cmd: &PublishCommand,
+        out: &mut Vec<AppliedOutput>,
+    ) -> Published {
+        let now = self.advance_clock(cmd.time_ms);
+        let limits = self.limits;
+        let log = self.channel_log(ctx, &cmd.channel);
         log.expire_dedupe(limits.dedupe_window_ms, now);
         if let Some(key) = &cmd.idempotency_key
             && let Some(seen) = log.dedupe.get(key)
@@ -173,13 +314,14 @@ impl ShardState {
         }
         log.last_offset += 1;
         let offset = log.last_offset;
-        log.messages.push_back(StoredMessage {
+        let message = StoredMessage {
             offset,
             event_type: cmd.event_type.clone(),
             data: cmd.data.clone(),
             publisher: cmd.publisher.clone(),
             time_ms: cmd.time_ms,
-        });
+        };
+        log.messages.push_back(message.clone());
         if let Some(key) = &cmd.idempotency_key {
             // Recorded at the shard's clock (not the command's own time), so that the expiry
             // order stays monotonic even if a new leader's clock is behind the old one's.
@@ -188,12 +330,341 @@ impl ShardState {
             log.dedupe_order.push_back((now, key.clone()));
         }
         log.enforce(&limits, now);
+        let epoch = log.epoch;
+        out.push(AppliedOutput::Event {
+            channel: cmd.channel.clone(),
+            epoch,
+            message,
+        });
         Published {
             channel: cmd.channel.clone(),
             offset,
-            epoch: log.epoch,
+            epoch,
             duplicate: false,
         }
+    }
+
+    fn create_session(
+        &mut self,
+        ctx: ApplyContext,
+        cmd: &CreateSessionCommand,
+        out: &mut Vec<AppliedOutput>,
+    ) -> Result<SessionPosition, OpError> {
+        if self.sessions.contains_key(&cmd.channel) {
+            return Err(OpError::Exists {
+                session: cmd.channel.to_string(),
+            });
+        }
+        let doc = SessionDoc::new(cmd.policy, cmd.document.clone())?;
+        let data = serde_json::json!({
+            "version": 0,
+            "policy": cmd.policy.as_str(),
+            "document": cmd.document,
+        });
+        self.sessions.insert(cmd.channel.clone(), doc);
+        let event = ClusterEvent {
+            event_type: "session.created",
+            data: data.to_string(),
+            publisher: &cmd.creator,
+            time_ms: cmd.time_ms,
+        };
+        let (epoch, offset) = self.append_event(ctx, &cmd.channel, event, out);
+        Ok(SessionPosition {
+            version: 0,
+            epoch,
+            offset,
+        })
+    }
+
+    fn session_op(
+        &mut self,
+        ctx: ApplyContext,
+        cmd: &SessionOpCommand,
+        out: &mut Vec<AppliedOutput>,
+    ) -> Result<SessionOpApplied, OpError> {
+        let Some(doc) = self.sessions.get_mut(&cmd.channel) else {
+            return Err(OpError::NoSession {
+                session: cmd.channel.to_string(),
+            });
+        };
+        let applied = doc.apply(&cmd.path, &cmd.kind, cmd.base_version)?;
+        let mut data = serde_json::json!({
+            "version": applied.version,
+            "op": cmd.kind.name(),
+            "path": cmd.path.to_string(),
+            "base_version": cmd.base_version,
+            "author": cmd.author,
+        });
+        if let Some(value) = cmd.kind.value() {
+            data["value"] = value.clone();
+        }
+        if applied.overwrote_newer {
+            data["overwrote"] = applied.previous.clone().unwrap_or(serde_json::Value::Null);
+        }
+        let event = ClusterEvent {
+            event_type: "session.operation_applied",
+            data: data.to_string(),
+            publisher: &cmd.author,
+            time_ms: cmd.time_ms,
+        };
+        let (epoch, offset) = self.append_event(ctx, &cmd.channel, event, out);
+        Ok(SessionOpApplied {
+            applied,
+            epoch,
+            offset,
+        })
+    }
+
+    /// Changes a user's presence with `change` and appends the event it makes visible.
+    fn change_presence(
+        &mut self,
+        ctx: ApplyContext,
+        user: &str,
+        time_ms: u64,
+        out: &mut Vec<AppliedOutput>,
+        change: impl FnOnce(&mut UserPresence),
+    ) -> PresenceStatus {
+        let entry = self.presence.entry(user.to_string()).or_default();
+        let before = entry.clone();
+        change(entry);
+        let after = entry.clone();
+        if let Some(event_type) = change_event_type(&before, &after)
+            && let Ok(channel) = ChannelName::new(format!("{PRESENCE_CHANNEL_PREFIX}{user}"))
+        {
+            let data = after.to_json(user).to_string();
+            let event = ClusterEvent {
+                event_type,
+                data,
+                publisher: user,
+                time_ms,
+            };
+            self.append_event(ctx, &channel, event, out);
+        }
+        after.status()
+    }
+
+    fn touch_lease(&mut self, node: u64, incarnation: u64, expires_ms: u64) -> Vec<String> {
+        let lease = self.leases.entry(node).or_insert(NodeLease {
+            incarnation,
+            expires_ms,
+        });
+        let restarted = lease.incarnation != incarnation;
+        lease.incarnation = incarnation;
+        lease.expires_ms = lease.expires_ms.max(expires_ms);
+        if restarted {
+            lease.expires_ms = expires_ms;
+        }
+        // Users with devices on an earlier incarnation of the node: those connections are gone.
+        self.presence
+            .iter()
+            .filter(|(_, p)| {
+                p.devices.values().any(|d| {
+                    d.conn
+                        .is_some_and(|c| c.node == node && c.incarnation != incarnation)
+                })
+            })
+            .map(|(user, _)| user.clone())
+            .collect()
+    }
+
+    /// Every device whose connection matches `gone` goes offline; returns how many.
+    fn devices_offline(
+        &mut self,
+        ctx: ApplyContext,
+        users: Vec<String>,
+        time_ms: u64,
+        out: &mut Vec<AppliedOutput>,
+        gone: impl Fn(&crate::presence::ConnRef) -> bool,
+    ) -> u32 {
+        let mut count = 0;
+        for user in users {
+            self.change_presence(ctx, &user, time_ms, out, |p| {
+                for device in p.devices.values_mut() {
+                    if device.conn.as_ref().is_some_and(&gone) {
+                        device.conn = None;
+                        device.status = PresenceStatus::Offline;
+                        device.last_seen_ms = time_ms;
+                        count += 1;
+                    }
+                }
+            });
+        }
+        count
+    }
+
+    fn set_presence(
+        &mut self,
+        ctx: ApplyContext,
+        cmd: &SetPresenceCommand,
+        out: &mut Vec<AppliedOutput>,
+    ) -> PresenceStatus {
+        let now = self.advance_clock(cmd.time_ms);
+        let stale = self.touch_lease(cmd.conn.node, cmd.conn.incarnation, now + cmd.lease_ms);
+        let (node, incarnation) = (cmd.conn.node, cmd.conn.incarnation);
+        self.devices_offline(ctx, stale, now, out, |c| {
+            c.node == node && c.incarnation != incarnation
+        });
+        self.change_presence(ctx, &cmd.user, cmd.time_ms, out, |p| {
+            p.devices.insert(
+                cmd.device.clone(),
+                DevicePresence {
+                    status: cmd.status,
+                    custom_status: cmd.custom_status.clone(),
+                    last_seen_ms: cmd.time_ms,
+                    conn: Some(cmd.conn),
+                },
+            );
+        })
+    }
+
+    fn device_gone(
+        &mut self,
+        ctx: ApplyContext,
+        cmd: &DeviceGoneCommand,
+        out: &mut Vec<AppliedOutput>,
+    ) -> PresenceStatus {
+        self.advance_clock(cmd.time_ms);
+        if !self.presence.contains_key(&cmd.user) {
+            return PresenceStatus::Offline;
+        }
+        self.change_presence(ctx, &cmd.user, cmd.time_ms, out, |p| {
+            if let Some(device) = p.devices.get_mut(&cmd.device)
+                && device.conn == Some(cmd.conn)
+            {
+                device.conn = None;
+                device.status = PresenceStatus::Offline;
+                device.last_seen_ms = cmd.time_ms;
+            }
+        })
+    }
+
+    fn renew_lease(
+        &mut self,
+        ctx: ApplyContext,
+        cmd: &RenewLeaseCommand,
+        out: &mut Vec<AppliedOutput>,
+    ) -> u32 {
+        let now = self.advance_clock(cmd.time_ms);
+        let stale = self.touch_lease(cmd.node, cmd.incarnation, now + cmd.lease_ms);
+        let (node, incarnation) = (cmd.node, cmd.incarnation);
+        self.devices_offline(ctx, stale, now, out, |c| {
+            c.node == node && c.incarnation != incarnation
+        })
+    }
+
+    fn expire_lease(
+        &mut self,
+        ctx: ApplyContext,
+        node: u64,
+        time_ms: u64,
+        out: &mut Vec<AppliedOutput>,
+    ) -> u32 {
+        let now = self.advance_clock(time_ms);
+        match self.leases.get(&node) {
+            Some(lease) if lease.expires_ms <= now => {}
+            _ => return 0, // Renewed meanwhile.
+        }
+        self.leases.remove(&node);
+        let users: Vec<String> = self
+            .presence
+            .iter()
+            .filter(|(_, p)| p.devices.values().any(|d| d.conn.is_some_and(|c| c.node == node)))
+            .map(|(user, _)| user.clone())
+            .collect();
+        self.devices_offline(ctx, users, now, out, |c| c.node == node)
+    }
+
+    fn mark_read(&mut self, cmd: &MarkReadCommand, out: &mut Vec<AppliedOutput>) -> ReadPosition {
+        self.advance_clock(cmd.time_ms);
+        let last_offset = self.channels.get(&cmd.channel).map_or(0, |log| log.last_offset);
+        let target = cmd.offset.min(last_offset);
+        let position = self
+            .reads
+            .entry(cmd.channel.clone())
+            .or_default()
+            .entry(cmd.user.clone())
+            .or_insert(0);
+        let moved = target > *position;
+        if moved {
+            *position = target;
+            out.push(AppliedOutput::Notice {
+                channel: cmd.channel.clone(),
+                event_type: "message.read".into(),
+                data: serde_json::json!({"user": cmd.user, "offset": target}).to_string(),
+                publisher: cmd.user.clone(),
+                time_ms: cmd.time_ms,
+            });
+        }
+        ReadPosition {
+            channel: cmd.channel.clone(),
+            read_offset: *position,
+            last_offset,
+            moved,
+        }
+    }
+
+    /// Nodes whose lease in this shard lapsed at `now_ms` while devices still count on it:
+    /// the shard leader proposes [`Command::ExpireLease`] for each.
+    pub fn lapsed_leases(&self, now_ms: u64) -> Vec<u64> {
+        self.leases
+            .iter()
+            .filter(|(_, lease)| lease.expires_ms <= now_ms)
+            .map(|(node, _)| *node)
+            .filter(|node| {
+                self.presence.values().any(|p| {
+                    p.devices
+                        .values()
+                        .any(|d| d.conn.is_some_and(|c| c.node == *node))
+                })
+            })
+            .collect()
+    }
+
+    /// A session's document, version and policy, with its channel's position.
+    pub fn session(&self, channel: &ChannelName) -> Option<(SessionDoc, SessionPosition)> {
+        let doc = self.sessions.get(channel)?;
+        let (epoch, offset) = self
+            .channels
+            .get(channel)
+            .map_or((0, 0), |log| (log.epoch, log.last_offset));
+        Some((
+            doc.clone(),
+            SessionPosition {
+                version: doc.version(),
+                epoch,
+                offset,
+            },
+        ))
+    }
+
+    /// A user's presence, if this shard has any for them.
+    pub fn presence(&self, user: &str) -> Option<&UserPresence> {
+        self.presence.get(user)
+    }
+
+    /// A user's read position in a channel.
+    pub fn read_position(&self, channel: &ChannelName, user: &str) -> ReadPosition {
+        let read_offset = self
+            .reads
+            .get(channel)
+            .and_then(|users| users.get(user))
+            .copied()
+            .unwrap_or(0);
+        ReadPosition {
+            channel: channel.clone(),
+            read_offset,
+            last_offset: self.channels.get(channel).map_or(0, |log| log.last_offset),
+            moved: false,
+        }
+    }
+
+    /// Every channel of this shard where `user` has a read position.
+    pub fn read_positions_of(&self, user: &str) -> Vec<ReadPosition> {
+        self.reads
+            .iter()
+            .filter(|(_, users)| users.contains_key(user))
+            .map(|(channel, _)| self.read_position(channel, user))
+            .collect()
     }
 
     /// Reads events of `channel` with offsets greater than `since`, at most `limit`.
@@ -396,6 +867,227 @@ mod tests {
         assert_eq!(first, CommandResult::ClusterId("a".into()));
         assert_eq!(second, CommandResult::ClusterId("a".into()));
         assert_eq!(state.cluster_id(), Some("a"));
+    }
+
+    fn conn(node: u64, incarnation: u64, conn: u64) -> crate::ConnRef {
+        crate::ConnRef {
+            node,
+            incarnation,
+            conn,
+        }
+    }
+
+    fn online(user: &str, device: &str, c: crate::ConnRef, time_ms: u64) -> Command {
+        Command::SetPresence(SetPresenceCommand {
+            user: user.into(),
+            device: device.into(),
+            status: PresenceStatus::Online,
+            custom_status: None,
+            conn: c,
+            lease_ms: 10_000,
+            time_ms,
+        })
+    }
+
+    fn gone(user: &str, device: &str, c: crate::ConnRef, time_ms: u64) -> Command {
+        Command::DeviceGone(DeviceGoneCommand {
+            user: user.into(),
+            device: device.into(),
+            conn: c,
+            time_ms,
+        })
+    }
+
+    fn event_types(out: &[AppliedOutput]) -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                AppliedOutput::Event { message, .. } => message.event_type.clone(),
+                AppliedOutput::Notice { event_type, .. } => Some(event_type.clone()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn presence_follows_devices_and_node_leases() {
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        let mut out = Vec::new();
+        let (phone, laptop) = (conn(1, 11, 1), conn(2, 22, 1));
+        state.apply_with_output(ctx, &online("al", "phone", phone, 100), &mut out);
+        state.apply_with_output(ctx, &online("al", "laptop", laptop, 200), &mut out);
+        // A stale disconnect (another connection of the device) changes nothing.
+        state.apply_with_output(ctx, &gone("al", "phone", conn(1, 11, 99), 300), &mut out);
+        assert_eq!(
+            state.apply_with_output(ctx, &gone("al", "phone", phone, 400), &mut out),
+            CommandResult::Presence(PresenceStatus::Online)
+        );
+        assert_eq!(
+            event_types(&out),
+            vec!["presence.online", "presence.changed", "presence.changed"]
+        );
+        // Node 2 renews until 5_000 + 10_000; an expiry before that does nothing.
+        let renew = |time_ms| {
+            Command::RenewLease(RenewLeaseCommand {
+                node: 2,
+                incarnation: 22,
+                lease_ms: 10_000,
+                time_ms,
+            })
+        };
+        state.apply(ctx, &renew(5_000));
+        assert!(state.lapsed_leases(14_999).is_empty());
+        assert_eq!(state.lapsed_leases(15_000), vec![2]);
+        let expire = |time_ms| Command::ExpireLease(crate::command::ExpireLeaseCommand { node: 2, time_ms });
+        assert_eq!(
+            state.apply(ctx, &expire(14_000)),
+            CommandResult::Lease {
+                offline: 0,
+                lost: false
+            }
+        );
+        out.clear();
+        assert_eq!(
+            state.apply_with_output(ctx, &expire(15_000), &mut out),
+            CommandResult::Lease {
+                offline: 1,
+                lost: false
+            }
+        );
+        assert_eq!(event_types(&out), vec!["presence.offline"]);
+        let al = state.presence("al").unwrap();
+        assert_eq!(al.status(), PresenceStatus::Offline);
+        assert_eq!(al.last_seen_ms(), 15_000);
+        assert!(state.lapsed_leases(u64::MAX).is_empty());
+        // Presence events land in the user's presence channel, in order.
+        let page = state.history(&ch("presence.al"), 0, 10);
+        assert_eq!(page.messages.len(), 4);
+    }
+
+    #[test]
+    fn a_restarted_node_takes_its_old_connections_offline() {
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        state.apply(ctx, &online("bo", "d", conn(3, 1, 1), 100));
+        let renewed = Command::RenewLease(RenewLeaseCommand {
+            node: 3,
+            incarnation: 2,
+            lease_ms: 10_000,
+            time_ms: 200,
+        });
+        assert_eq!(
+            state.apply(ctx, &renewed),
+            CommandResult::Lease {
+                offline: 1,
+                lost: false
+            }
+        );
+        // After an expiry, the next renewal says the lease was lost.
+        let expire = Command::ExpireLease(crate::command::ExpireLeaseCommand {
+            node: 3,
+            time_ms: 60_000,
+        });
+        state.apply(ctx, &expire);
+        let late = Command::RenewLease(RenewLeaseCommand {
+            node: 3,
+            incarnation: 2,
+            lease_ms: 10_000,
+            time_ms: 61_000,
+        });
+        assert_eq!(
+            state.apply(ctx, &late),
+            CommandResult::Lease {
+                offline: 0,
+                lost: true
+            }
+        );
+        assert_eq!(state.presence("bo").unwrap().status(), PresenceStatus::Offline);
+    }
+
+    #[test]
+    fn read_positions_only_move_forward_and_count_unread() {
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        for t in 0..5 {
+            state.apply(ctx, &publish("a", "1", None, t));
+        }
+        let read = |offset| {
+            Command::MarkRead(MarkReadCommand {
+                channel: ch("a"),
+                user: "al".into(),
+                offset,
+                time_ms: 10,
+            })
+        };
+        let mut out = Vec::new();
+        let CommandResult::Read(position) = state.apply_with_output(ctx, &read(3), &mut out) else {
+            panic!("a read position")
+        };
+        assert_eq!(
+            (position.read_offset, position.unread(), position.moved),
+            (3, 2, true)
+        );
+        assert_eq!(event_types(&out), vec!["message.read"]);
+        let CommandResult::Read(back) = state.apply(ctx, &read(1)) else {
+            panic!()
+        };
+        assert_eq!((back.read_offset, back.moved), (3, false));
+        let CommandResult::Read(beyond) = state.apply(ctx, &read(99)) else {
+            panic!()
+        };
+        assert_eq!((beyond.read_offset, beyond.unread()), (5, 0));
+        assert_eq!(state.read_positions_of("al").len(), 1);
+        assert_eq!(state.read_position(&ch("a"), "bo").unread(), 5);
+    }
+
+    #[test]
+    fn session_operations_append_events_and_refuse_without_change() {
+        use crate::collab::{ConflictPolicy, DocPath, OpKind};
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        let op = |path: &str, kind: OpKind, base_version| {
+            Command::SessionOp(SessionOpCommand {
+                channel: ch("doc"),
+                path: DocPath::parse(path).unwrap(),
+                kind,
+                base_version,
+                author: "al".into(),
+                time_ms: 1,
+            })
+        };
+        let missing = state.apply(ctx, &op("/a", OpKind::Delete, 0));
+        assert!(matches!(
+            missing,
+            CommandResult::SessionOp(Err(OpError::NoSession { .. }))
+        ));
+        let create = Command::CreateSession(CreateSessionCommand {
+            channel: ch("doc"),
+            policy: ConflictPolicy::Reject,
+            document: serde_json::json!({"n": 1}),
+            creator: "al".into(),
+            time_ms: 1,
+        });
+        assert!(matches!(
+            state.apply(ctx, &create),
+            CommandResult::SessionCreated(Ok(_))
+        ));
+        assert!(matches!(
+            state.apply(ctx, &create),
+            CommandResult::SessionCreated(Err(OpError::Exists { .. }))
+        ));
+        let CommandResult::SessionOp(Ok(applied)) =
+            state.apply(ctx, &op("/n", OpKind::Increment(serde_json::json!(2)), 0))
+        else {
+            panic!("applied")
+        };
+        assert_eq!((applied.applied.version, applied.offset), (1, 2));
+        let refused = state.apply(ctx, &op("/n", OpKind::Set(serde_json::json!(0)), 0));
+        assert!(matches!(
+            refused,
+            CommandResult::SessionOp(Err(OpError::Conflict { .. }))
+        ));
+        let (doc, position) = state.session(&ch("doc")).unwrap();
+        assert_eq!(doc.document(), &serde_json::json!({"n": 3}));
+        assert_eq!((position.version, position.offset), (1, 2));
     }
 
     #[test]

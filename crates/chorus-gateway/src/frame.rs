@@ -67,6 +67,15 @@ pub fn kind_name(frame: &ClientFrame) -> &'static str {
         Some(Kind::Refresh(_)) => "refresh",
         Some(Kind::Ping(_)) => "ping",
         Some(Kind::Pong(_)) => "pong",
+        Some(Kind::Typing(_)) => "typing",
+        Some(Kind::TypingQuery(_)) => "typing_query",
+        Some(Kind::SetPresence(_)) => "set_presence",
+        Some(Kind::PresenceQuery(_)) => "presence_query",
+        Some(Kind::SessionCreate(_)) => "session_create",
+        Some(Kind::SessionOp(_)) => "session_op",
+        Some(Kind::SessionGet(_)) => "session_get",
+        Some(Kind::MarkRead(_)) => "mark_read",
+        Some(Kind::UnreadQuery(_)) => "unread_query",
         None => "none",
     }
 }

@@ -18,12 +18,16 @@
 //! A subscription whose outbox is full is stopped and sent a `Resync`: the client subscribes
 //! again from the last position it saw. Pattern subscriptions have no position; they get
 //! live events only, and a `Resync` when the hub lagged.
+//!
+//! Notices (typing changes from the node's typing registry, read receipts from the feed) go
+//! to the current subscribers of their channel without an offset; a full queue drops them.
 
 use crate::metrics::{GatewayMetrics, ReasonLabel};
 use crate::outbox::{Outbox, Priority};
+use chorus_core::typing::TypingChange;
 use chorus_core::{ChannelName, ChannelPattern, ShardId, StoredMessage, shard_for};
 use chorus_proto::client::{self, ServerFrame, server_frame::Kind};
-use chorus_store::{AppliedEvent, EventFeed, FeedItem, ShardReader};
+use chorus_store::{AppliedEvent, AppliedNotice, EventFeed, FeedItem, ShardReader};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -94,6 +98,7 @@ impl Hub {
     /// A connection may hold at most `max_per_connection` subscriptions.
     pub fn start(
         feed: &EventFeed,
+        typing: broadcast::Receiver<Arc<TypingChange>>,
         readers: Vec<ShardReader>,
         metrics: GatewayMetrics,
         max_per_connection: usize,
@@ -108,7 +113,7 @@ impl Hub {
             by_conn: HashMap::new(),
             max_per_connection,
         };
-        tokio::spawn(task.run(feed.subscribe(), receiver));
+        tokio::spawn(task.run(feed.subscribe(), typing, receiver));
         Hub { commands }
     }
 
@@ -228,6 +233,24 @@ pub fn event_frame(
     EventEncoder::new(channel, epoch, message).frame(sub, deflate)
 }
 
+/// A typing change as the notice subscribers get.
+fn typing_notice(change: &TypingChange) -> AppliedNotice {
+    let event_type = if change.typing {
+        "typing.started"
+    } else {
+        "typing.stopped"
+    };
+    AppliedNotice {
+        channel: change.channel.clone(),
+        event_type: event_type.to_string(),
+        data: serde_json::json!({"user": change.typist.user, "device": change.typist.device}).to_string(),
+        publisher: change.typist.user.clone(),
+        time_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
 fn reply(subscriber: &Subscriber, id: u64, kind: Kind) {
     // A reply that does not fit means the critical queue is full: the session closes.
     if subscriber
@@ -252,6 +275,7 @@ impl HubTask {
     async fn run(
         mut self,
         mut feed: broadcast::Receiver<Arc<FeedItem>>,
+        mut typing: broadcast::Receiver<Arc<TypingChange>>,
         mut commands: mpsc::UnboundedReceiver<HubCommand>,
     ) {
         loop {
@@ -264,12 +288,22 @@ impl HubTask {
                 item = feed.recv() => match item {
                     Ok(item) => match &*item {
                         FeedItem::Event(event) => self.on_event(event),
+                        FeedItem::Notice(notice) => self.on_notice(notice, Priority::Normal),
                         FeedItem::SnapshotInstalled(shard) => self.catch_up(Some(*shard)),
                     },
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "event feed lagged; catching subscriptions up from history");
                         self.catch_up(None);
                     }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                change = typing.recv() => match change {
+                    Ok(change) => {
+                        let notice = typing_notice(&change);
+                        self.on_notice(&notice, Priority::High);
+                    }
+                    // Typing is ephemeral: what lagged is gone, the next change follows.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
@@ -427,6 +461,37 @@ impl HubTask {
             }
             let frame = encoder.frame(key.1, sub.subscriber.deflate);
             self.queue_event(key, frame);
+        }
+    }
+
+    /// Queues a notice for every subscription of its channel; dropped where the queue is
+    /// full (notices are live-only: the state they report can be asked for).
+    fn on_notice(&mut self, notice: &AppliedNotice, priority: Priority) {
+        let channel = notice.channel.as_str();
+        let exact = self.exact.get(&notice.channel).into_iter().flatten();
+        let patterns = self
+            .patterns
+            .iter()
+            .filter(|key| matches!(&self.subs[*key].target, Target::Pattern(p) if p.matches(channel)));
+        for key in exact.chain(patterns) {
+            let sub = &self.subs[key];
+            if !sub.wants(Some(&notice.event_type)) {
+                continue;
+            }
+            let frame = ServerFrame {
+                id: 0,
+                kind: Some(Kind::Notice(client::Notice {
+                    sub: key.1,
+                    channel: channel.to_string(),
+                    event_type: notice.event_type.clone(),
+                    data: notice.data.clone(),
+                    publisher: notice.publisher.clone(),
+                    time_ms: notice.time_ms,
+                })),
+            };
+            if sub.subscriber.outbox.push(priority, frame).is_ok() {
+                self.metrics.notices_delivered.inc();
+            }
         }
     }
 

@@ -12,10 +12,12 @@
 //! The transports only move bytes: `frame.rs` decodes them, `session.rs` runs the protocol
 //! (docs/protocol.md) the same way for both, the hub delivers what this node applies.
 
+mod features;
 pub mod frame;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+pub mod presence;
 pub mod quic;
 mod session;
 pub mod tls;
@@ -56,6 +58,9 @@ pub struct GatewayConfig {
     pub max_requests_in_flight: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// This node's presence lease: renewed every third of it; its devices go offline on
+    /// every node when it lapses.
+    pub presence_lease: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +78,7 @@ impl Default for GatewayConfig {
             },
             max_requests_in_flight: 1024,
             max_subscriptions_per_connection: 1024,
+            presence_lease: Duration::from_secs(10),
         }
     }
 }
@@ -81,6 +87,7 @@ struct GatewayInner {
     cluster: ClusterNode,
     auth: Authenticator,
     hub: Hub,
+    presence: presence::PresenceKeeper,
     config: GatewayConfig,
     metrics: GatewayMetrics,
     next_conn: AtomicU64,
@@ -109,12 +116,16 @@ impl Gateway {
             .collect();
         let hub = Hub::start(
             cluster.store().feed(),
+            cluster.typing().changes(),
             readers,
             metrics.clone(),
             config.max_subscriptions_per_connection,
         );
+        let presence =
+            presence::PresenceKeeper::start(cluster.clone(), config.presence_lease, metrics.clone());
         Gateway {
             inner: Arc::new(GatewayInner {
+                presence,
                 cluster,
                 auth,
                 hub,

@@ -32,6 +32,10 @@ pub struct GatewayMetrics {
     pub subscriptions: Gauge,
     /// Events queued for delivery to subscribers.
     pub events_delivered: Counter,
+    /// Notices (typing, read receipts) queued for subscribers.
+    pub notices_delivered: Counter,
+    /// Presence writes (connect, status, disconnect, lease renewal) that failed.
+    pub presence_write_failures: Counter,
     /// Subscriptions stopped and told to resync, by reason.
     pub resyncs: Family<ReasonLabel, Counter>,
     /// Outbound queues of all connections.
@@ -57,6 +61,16 @@ impl GatewayMetrics {
             "events_delivered",
             "Events queued for delivery to subscribers",
             self.events_delivered.clone(),
+        );
+        r.register(
+            "notices_delivered",
+            "Notices (typing, read receipts) queued for subscribers",
+            self.notices_delivered.clone(),
+        );
+        r.register(
+            "presence_write_failures",
+            "Presence writes (connect, status, disconnect, lease renewal) that failed",
+            self.presence_write_failures.clone(),
         );
         r.register(
             "resyncs",

@@ -46,13 +46,18 @@ fn token_deadline(exp: u64, grace: Duration) -> Instant {
     Instant::now() + Duration::from_millis(left_ms) + grace
 }
 
-struct Session {
-    gateway: Gateway,
-    subscriber: Subscriber,
-    claims: Claims,
+pub(crate) struct Session {
+    pub(crate) gateway: Gateway,
+    pub(crate) subscriber: Subscriber,
+    pub(crate) claims: Claims,
     deadline: Instant,
     requests: Arc<Semaphore>,
+    /// This connection's device presence; dropping it writes the device offline.
+    pub(crate) presence: crate::presence::ConnPresence,
 }
+
+/// The device name of a token without one.
+pub(crate) const DEFAULT_DEVICE: &str = "default";
 
 fn disconnect(outbox: &Outbox, code: ErrorCode, reason: String, reconnect: bool) -> Ending {
     let _ = outbox.push(
@@ -89,6 +94,7 @@ impl Gateway {
         let conn = self.next_conn_id();
         let ending = self.session(conn, &mut inbound, &outbox).await;
         self.inner.hub.disconnected(conn);
+        self.inner.cluster.typing().connection_closed(conn);
         outbox.close();
         self.inner.metrics.connections.get_or_create(&label).dec();
         let reason = ending.code.map_or("client_closed", |c| c.as_str());
@@ -148,7 +154,13 @@ impl Gateway {
             Err(e) => return disconnect(outbox, e.code(), e.to_string(), false),
         };
         let deflate = connect.accept_compression.iter().any(|c| c == "deflate");
+        let device = claims
+            .device
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DEVICE.to_string());
+        let presence = self.inner.presence.connected(conn, claims.sub.clone(), device);
         let mut session = Session {
+            presence,
             gateway: self.clone(),
             subscriber: Subscriber {
                 conn,
@@ -225,7 +237,7 @@ impl Gateway {
 type Fatal = (ErrorCode, String);
 
 impl Session {
-    fn reply(&self, id: u64, kind: Kind) {
+    pub(crate) fn reply(&self, id: u64, kind: Kind) {
         if self
             .subscriber
             .outbox
@@ -236,7 +248,7 @@ impl Session {
         }
     }
 
-    fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>, sub: u64) {
+    pub(crate) fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>, sub: u64) {
         self.reply(id, error_kind(code, message, sub));
     }
 
@@ -274,12 +286,48 @@ impl Session {
                 self.history(id, request).await;
                 Ok(())
             }
+            Some(client_frame::Kind::Typing(request)) => {
+                self.typing(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::TypingQuery(request)) => {
+                self.typing_query(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::SetPresence(request)) => {
+                self.set_presence(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::PresenceQuery(request)) => {
+                self.presence_query(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::SessionCreate(request)) => {
+                self.session_create(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::SessionOp(request)) => {
+                self.session_op(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::SessionGet(request)) => {
+                self.session_get(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::MarkRead(request)) => {
+                self.mark_read(id, request);
+                Ok(())
+            }
+            Some(client_frame::Kind::UnreadQuery(request)) => {
+                self.unread(id, request);
+                Ok(())
+            }
         }
     }
 
     /// A slot for one more request in flight, or an error reply when all are taken (never
     /// waits: the connection keeps reading pongs and other requests meanwhile).
-    fn permit(&self, id: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) fn permit(&self, id: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
         match self.requests.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
@@ -388,7 +436,12 @@ impl Session {
 
     /// The channel named by request `id` when it is valid and `operation` is allowed on it;
     /// otherwise the error is replied and `None` returned.
-    fn authorized_channel(&self, id: u64, name: String, operation: Operation) -> Option<ChannelName> {
+    pub(crate) fn authorized_channel(
+        &self,
+        id: u64,
+        name: String,
+        operation: Operation,
+    ) -> Option<ChannelName> {
         let channel = match ChannelName::new(name) {
             Ok(c) => c,
             Err(e) => {
@@ -403,6 +456,12 @@ impl Session {
             .authorize(&self.claims, operation, channel.as_str())
         {
             self.error(id, e.code(), e.to_string(), 0);
+            return None;
+        }
+        if operation == Operation::Publish
+            && let Err((code, message)) = chorus_core::check_client_writable(&channel)
+        {
+            self.error(id, code, message, 0);
             return None;
         }
         Some(channel)

@@ -2,12 +2,13 @@
 
 use crate::auth::{Authenticator, Claims, Operation};
 use crate::error::ApiError;
+use crate::features;
 use crate::metrics::{self, HttpMetrics};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chorus_cluster::ClusterNode;
 use chorus_cluster::auth::AUTH_HEADER;
@@ -35,7 +36,7 @@ pub struct HttpState {
     pub max_payload_bytes: usize,
 }
 
-type Shared = Arc<HttpState>;
+pub(crate) type Shared = Arc<HttpState>;
 
 /// The node's HTTP routes.
 pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
@@ -52,6 +53,14 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
         .route("/api/v1/cluster/remove", post(remove))
         .route("/api/v1/channels/{channel}/publish", post(publish))
         .route("/api/v1/channels/{channel}/history", get(history))
+        .route("/api/v1/channels/{channel}/read", post(features::mark_read))
+        .route("/api/v1/unread", get(features::unread))
+        .route("/api/v1/presence/{user}", get(features::presence))
+        .route(
+            "/api/v1/sessions/{session}",
+            put(features::create_session).get(features::get_session),
+        )
+        .route("/api/v1/sessions/{session}/ops", post(features::session_op))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(http_metrics),
@@ -60,7 +69,7 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
         .with_state(state)
 }
 
-fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+pub(crate) fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     Ok(state.auth.verify_header(header)?)
 }
@@ -197,6 +206,7 @@ async fn publish(
     state
         .auth
         .authorize(&claims, Operation::Publish, channel.as_str())?;
+    chorus_core::check_client_writable(&channel).map_err(|(code, message)| ApiError::new(code, message))?;
     let body: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let data = body

@@ -11,10 +11,16 @@
 //! | `POST /api/v1/cluster/join`, `/remove` | membership (admin or cluster secret) |
 //! | `POST /api/v1/channels/{channel}/publish` | publish, answered after commit |
 //! | `GET /api/v1/channels/{channel}/history` | read history (linearizable) |
+//! | `POST /api/v1/channels/{channel}/read` | mark read up to an offset |
+//! | `GET /api/v1/unread` | the caller's read positions and unread counts |
+//! | `GET /api/v1/presence/{user}` | a user's presence |
+//! | `PUT`/`GET /api/v1/sessions/{session}` | create / read a collaborative session |
+//! | `POST /api/v1/sessions/{session}/ops` | apply an operation (409 on a rejected conflict) |
 
 pub mod api;
 pub mod auth;
 pub mod error;
+mod features;
 pub mod metrics;
 
 pub use api::{HttpState, router};

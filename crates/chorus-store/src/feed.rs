@@ -28,11 +28,29 @@ pub struct AppliedEvent {
     pub message: StoredMessage,
 }
 
+/// A live-only notice a shard applied (read receipts): delivered to the channel's current
+/// subscribers, not kept in its history.
+#[derive(Debug, Clone)]
+pub struct AppliedNotice {
+    /// The channel.
+    pub channel: ChannelName,
+    /// `message.read`.
+    pub event_type: String,
+    /// JSON text.
+    pub data: String,
+    /// Who caused it.
+    pub publisher: String,
+    /// When (the shard leader's stamp).
+    pub time_ms: u64,
+}
+
 /// What the feed carries.
 #[derive(Debug, Clone)]
 pub enum FeedItem {
     /// An event was applied.
     Event(AppliedEvent),
+    /// A notice was applied.
+    Notice(AppliedNotice),
     /// A shard's state was replaced by a snapshot: events in it were never reported one by one.
     SnapshotInstalled(ShardId),
 }

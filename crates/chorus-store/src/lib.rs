@@ -26,7 +26,7 @@ pub mod syncer;
 pub mod types;
 
 pub use error::StoreError;
-pub use feed::{AppliedEvent, EventFeed, FeedItem};
+pub use feed::{AppliedEvent, AppliedNotice, EventFeed, FeedItem};
 pub use log_store::{LogReader, LogStore};
 pub use node_store::NodeStore;
 pub use state_machine::{ShardReader, ShardStateMachine};

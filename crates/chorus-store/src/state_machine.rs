@@ -6,11 +6,10 @@
 //! across an `.await`.
 
 use crate::error::{StoreError, decode, encode};
-use crate::feed::{AppliedEvent, EventFeed, FeedItem};
+use crate::feed::{AppliedEvent, AppliedNotice, EventFeed, FeedItem};
 use crate::types::{ShardResponse, TypeConfig};
 use chorus_core::{
-    ApplyContext, ChannelName, Command, CommandResult, HistoryLimits, HistoryPage, ShardId, ShardState,
-    StoredMessage,
+    AppliedOutput, ApplyContext, ChannelName, HistoryLimits, HistoryPage, ShardId, ShardState,
 };
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
@@ -90,6 +89,11 @@ impl ShardReader {
             .expect("state lock poisoned")
             .state
             .limits()
+    }
+
+    /// Runs `read` on the applied state (under its read lock: keep it short).
+    pub fn with_state<T>(&self, read: impl FnOnce(&ShardState) -> T) -> T {
+        read(&self.shared.applied.read().expect("state lock poisoned").state)
     }
 
     /// The shard read.
@@ -173,24 +177,34 @@ impl ShardStateMachine {
 }
 
 impl ShardStateMachine {
-    fn report_applied(&self, commands: &[Command], results: &[CommandResult]) {
-        for (command, result) in commands.iter().zip(results) {
-            if let (Command::Publish(publish), CommandResult::Published(published)) = (command, result)
-                && !published.duplicate
-            {
-                self.shared.feed.send(FeedItem::Event(AppliedEvent {
-                    shard: self.shared.shard,
-                    channel: published.channel.clone(),
-                    epoch: published.epoch,
-                    message: StoredMessage {
-                        offset: published.offset,
-                        event_type: publish.event_type.clone(),
-                        data: publish.data.clone(),
-                        publisher: publish.publisher.clone(),
-                        time_ms: publish.time_ms,
-                    },
-                }));
-            }
+    fn report_applied(&self, outputs: Vec<AppliedOutput>) {
+        let shard = self.shared.shard;
+        for output in outputs {
+            self.shared.feed.send(match output {
+                AppliedOutput::Event {
+                    channel,
+                    epoch,
+                    message,
+                } => FeedItem::Event(AppliedEvent {
+                    shard,
+                    channel,
+                    epoch,
+                    message,
+                }),
+                AppliedOutput::Notice {
+                    channel,
+                    event_type,
+                    data,
+                    publisher,
+                    time_ms,
+                } => FeedItem::Notice(AppliedNotice {
+                    channel,
+                    event_type,
+                    data,
+                    publisher,
+                    time_ms,
+                }),
+            });
         }
     }
 }
@@ -250,10 +264,13 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                         let ctx = ApplyContext {
                             log_index: entry.log_id.index,
                         };
-                        let results = applied.state.apply_batch(ctx, &request.0);
+                        let mut outputs = Vec::new();
+                        let results = applied
+                            .state
+                            .apply_batch_with_output(ctx, &request.0, &mut outputs);
                         // Reported while the state lock is held, so that a reader of the
                         // state and a receiver of the feed agree on what came first.
-                        self.report_applied(&request.0, &results);
+                        self.report_applied(outputs);
                         ShardResponse(results)
                     }
                     EntryPayload::Membership(membership) => {

@@ -1,0 +1,772 @@
+//! Collaborative sessions: a JSON document per session channel, changed by operations in one
+//! total order (the shard's log), with a version per applied operation.
+//!
+//! ```text
+//!  client op {path, kind, base_version} ─► shard leader orders it ─► every replica:
+//!      overlapping path changed after base_version?
+//!          no            ─► apply, version += 1
+//!          yes, lww      ─► apply, version += 1, report what it overwrote
+//!          yes, reject   ─► refuse with the current value and version (client rebases)
+//! ```
+//!
+//! Paths are JSON Pointers (RFC 6901): `/title`, `/items/0/done`. Two paths overlap when one
+//! is a prefix of the other (`/a` and `/a/b`). `increment` and `append` commute, so they
+//! never conflict; `set` and `delete` do. Every check happens before the document changes,
+//! so a refused or invalid operation leaves it exactly as it was.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::fmt;
+
+/// Longest accepted path, bytes.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Deepest accepted path, tokens.
+pub const MAX_PATH_DEPTH: usize = 32;
+/// Largest document, bytes of JSON text (approximately tracked).
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// How many recent changes a session remembers for conflict checks. An operation based on a
+/// version older than these is treated as conflicting with everything (reject) or reported
+/// as overwriting (lww).
+pub const CONFLICT_WINDOW: usize = 4096;
+
+/// How a session resolves an operation based on an outdated version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// Apply it; the later operation in the log wins, and the reply says what it overwrote.
+    Lww,
+    /// Refuse it with the current value and version, so the client can rebase.
+    Reject,
+}
+
+impl ConflictPolicy {
+    /// The policy's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictPolicy::Lww => "lww",
+            ConflictPolicy::Reject => "reject",
+        }
+    }
+
+    /// Parses `lww` or `reject`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "lww" => Ok(ConflictPolicy::Lww),
+            "reject" => Ok(ConflictPolicy::Reject),
+            other => Err(format!("policy must be \"lww\" or \"reject\", not {other:?}")),
+        }
+    }
+}
+
+impl OpError {
+    /// The stable error code of the failure.
+    pub fn code(&self) -> crate::ErrorCode {
+        match self {
+            OpError::NotFound { .. } | OpError::NoSession { .. } => crate::ErrorCode::NotFound,
+            OpError::WrongType { .. } | OpError::Invalid(_) => crate::ErrorCode::BadRequest,
+            OpError::TooLarge { .. } => crate::ErrorCode::PayloadTooLarge,
+            OpError::Exists { .. } | OpError::Conflict { .. } => crate::ErrorCode::Conflict,
+        }
+    }
+}
+
+/// A parsed JSON Pointer with at least one token.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DocPath(Vec<String>);
+
+impl DocPath {
+    /// Parses a JSON Pointer such as `/items/0/title` (`~1` is `/`, `~0` is `~`).
+    pub fn parse(text: &str) -> Result<DocPath, String> {
+        if text.len() > MAX_PATH_LEN {
+            return Err(format!(
+                "path is {} bytes; the limit is {MAX_PATH_LEN}",
+                text.len()
+            ));
+        }
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!(
+                "path {text:?} must be a JSON Pointer starting with '/', such as \"/title\""
+            ));
+        };
+        let mut tokens = Vec::new();
+        for raw in rest.split('/') {
+            let mut token = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '~') {
+                    (_, true) => match chars.next() {
+                        Some('0') => token.push('~'),
+                        Some('1') => token.push('/'),
+                        _ => return Err(format!("path {text:?} has a '~' not followed by 0 or 1")),
+                    },
+                    (c, false) => token.push(c),
+                }
+            }
+            tokens.push(token);
+        }
+        if tokens.len() > MAX_PATH_DEPTH {
+            return Err(format!("path {text:?} is deeper than {MAX_PATH_DEPTH} levels"));
+        }
+        Ok(DocPath(tokens))
+    }
+
+    /// Whether one of the two paths is a prefix of the other.
+    pub fn overlaps(&self, other: &DocPath) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a == b)
+    }
+
+    fn parent_and_last(&self) -> (&[String], &str) {
+        let (last, parent) = self.0.split_last().expect("a path has at least one token");
+        (parent, last)
+    }
+}
+
+impl TryFrom<String> for DocPath {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        DocPath::parse(&text)
+    }
+}
+
+impl From<DocPath> for String {
+    fn from(path: DocPath) -> String {
+        path.to_string()
+    }
+}
+
+impl fmt::Display for DocPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for token in &self.0 {
+            write!(f, "/{}", token.replace('~', "~0").replace('/', "~1"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What an operation does at its path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpKind {
+    /// Put a value (missing parent objects are created).
+    Set(#[serde(with = "json_text")] Value),
+    /// Remove the value (it must exist).
+    Delete,
+    /// Add a number to the number there (a missing value counts as 0).
+    Increment(#[serde(with = "json_text")] Value),
+    /// Push a value onto the list there (a missing value counts as `[]`).
+    Append(#[serde(with = "json_text")] Value),
+}
+
+impl OpKind {
+    /// The operation's wire name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Set(_) => "set",
+            OpKind::Delete => "delete",
+            OpKind::Increment(_) => "increment",
+            OpKind::Append(_) => "append",
+        }
+    }
+
+    /// Builds an operation from its wire name and (for all but delete) its JSON value.
+    pub fn parse(name: &str, value: Option<Value>) -> Result<OpKind, String> {
+        match (name, value) {
+            ("delete", _) => Ok(OpKind::Delete),
+            ("set", Some(v)) => Ok(OpKind::Set(v)),
+            ("increment", Some(v)) if v.is_number() => Ok(OpKind::Increment(v)),
+            ("increment", Some(v)) => Err(format!("increment needs a number, not {v}")),
+            ("append", Some(v)) => Ok(OpKind::Append(v)),
+            ("set" | "increment" | "append", None) => Err(format!("{name} needs a value")),
+            (other, _) => Err(format!(
+                "op must be one of set, delete, increment, append, not {other:?}"
+            )),
+        }
+    }
+
+    /// The value the operation carries (`None` for delete).
+    pub fn value(&self) -> Option<&Value> {
+        match self {
+            OpKind::Set(v) | OpKind::Increment(v) | OpKind::Append(v) => Some(v),
+            OpKind::Delete => None,
+        }
+    }
+
+    fn commutes(&self) -> bool {
+        matches!(self, OpKind::Increment(_) | OpKind::Append(_))
+    }
+}
+
+/// Parses an operation as clients send it: its name, a JSON Pointer, and its value (not for
+/// delete). The message names the bad part.
+pub fn parse_op(op: &str, path: &str, value: Option<Value>) -> Result<(DocPath, OpKind), String> {
+    let path = DocPath::parse(path)?;
+    let kind = OpKind::parse(op, value)?;
+    Ok((path, kind))
+}
+
+/// Why an operation was not applied. The document is unchanged in every case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    /// Nothing at the path (delete), or a parent that does not exist in a list.
+    #[error("no value at {path}")]
+    NotFound {
+        /// The path.
+        path: String,
+    },
+    /// The value at (or above) the path has the wrong type for the operation.
+    #[error("{path} holds {found}, {op} needs {needed}")]
+    WrongType {
+        /// Where.
+        path: String,
+        /// The operation.
+        op: String,
+        /// What it needs there.
+        needed: String,
+        /// What is there.
+        found: String,
+    },
+    /// Anything else wrong with the operation (bad index, overflow, base version ahead).
+    #[error("{0}")]
+    Invalid(String),
+    /// The document would grow beyond [`MAX_DOCUMENT_BYTES`].
+    #[error("the document would be about {bytes} bytes; the limit is {MAX_DOCUMENT_BYTES}")]
+    TooLarge {
+        /// Its size after the operation.
+        bytes: usize,
+    },
+    /// No session on that channel.
+    #[error("no session {session}; create it first")]
+    NoSession {
+        /// The session's channel.
+        session: String,
+    },
+    /// A session already exists on that channel.
+    #[error("session {session} exists already")]
+    Exists {
+        /// The session's channel.
+        session: String,
+    },
+    /// `reject` policy: the path changed after the operation's base version.
+    #[error("{path} changed after version {base_version}; the session is at version {version}")]
+    Conflict {
+        /// The operation's path.
+        path: String,
+        /// The version the operation was based on.
+        base_version: u64,
+        /// The session's current version.
+        version: u64,
+        /// The current value at the path (`None`: nothing there).
+        #[serde(with = "opt_json_text")]
+        current: Option<Value>,
+    },
+}
+
+/// What an applied operation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpApplied {
+    /// The session's version after it.
+    pub version: u64,
+    /// The value it replaced or removed (`None`: nothing was there).
+    #[serde(with = "opt_json_text")]
+    pub previous: Option<Value>,
+    /// `lww`: the path had changed after the operation's base version, and this operation
+    /// overwrote that change.
+    pub overwrote_newer: bool,
+}
+
+/// One session's document and the recent changes used for conflict checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDoc {
+    policy: ConflictPolicy,
+    #[serde(with = "json_text")]
+    document: Value,
+    version: u64,
+    /// Approximate size of the document's JSON text.
+    bytes: usize,
+    /// (version, path) of the latest changes, oldest first, at most [`CONFLICT_WINDOW`].
+    recent: VecDeque<(u64, DocPath)>,
+}
+
+impl SessionDoc {
+    /// A new session at version 0. The document must be a JSON object.
+    pub fn new(policy: ConflictPolicy, document: Value) -> Result<SessionDoc, OpError> {
+        if !document.is_object() {
+            return Err(OpError::Invalid(format!(
+                "a session document must be a JSON object, not {}",
+                type_name(&document)
+            )));
+        }
+        let bytes = json_len(&document);
+        if bytes > MAX_DOCUMENT_BYTES {
+            return Err(OpError::TooLarge { bytes });
+        }
+        Ok(SessionDoc {
+            policy,
+            document,
+            version: 0,
+            bytes,
+            recent: VecDeque::new(),
+        })
+    }
+
+    /// The conflict policy.
+    pub fn policy(&self) -> ConflictPolicy {
+        self.policy
+    }
+
+    /// The current document.
+    pub fn document(&self) -> &Value {
+        &self.document
+    }
+
+    /// The number of operations applied.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The value at `path`, if any.
+    pub fn get(&self, path: &DocPath) -> Option<&Value> {
+        path.0
+            .iter()
+            .try_fold(&self.document, |value, token| child(value, token))
+    }
+
+    /// Applies one operation based on `base_version`, or refuses it without changing anything.
+    pub fn apply(&mut self, path: &DocPath, kind: &OpKind, base_version: u64) -> Result<OpApplied, OpError> {
+        if base_version > self.version {
+            return Err(OpError::Invalid(format!(
+                "base_version {base_version} is ahead of the session's version {}",
+                self.version
+            )));
+        }
+        let conflicting = !kind.commutes() && self.changed_since(path, base_version);
+        if conflicting && self.policy == ConflictPolicy::Reject {
+            return Err(OpError::Conflict {
+                path: path.to_string(),
+                base_version,
+                version: self.version,
+                current: self.get(path).cloned(),
+            });
+        }
+        let previous = self.get(path).cloned();
+        let new_value = self.new_value(path, kind, previous.as_ref())?;
+        let grown = new_value.as_ref().map_or(0, json_len);
+        let shrunk = previous.as_ref().map_or(0, json_len);
+        let bytes = (self.bytes + grown).saturating_sub(shrunk);
+        if bytes > MAX_DOCUMENT_BYTES {
+            return Err(OpError::TooLarge { bytes });
+        }
+        // Every check passed: change the document.
+        let (parent_path, last) = path.parent_and_last();
+        let parent = self.parent_mut(parent_path, new_value.is_some(), path)?;
+        match new_value {
+            Some(value) => put(parent, last, value, path)?,
+            None => {
+                remove(parent, last);
+            }
+        }
+        self.bytes = bytes;
+        self.version += 1;
+        self.recent.push_back((self.version, path.clone()));
+        if self.recent.len() > CONFLICT_WINDOW {
+            self.recent.pop_front();
+        }
+        Ok(OpApplied {
+            version: self.version,
+            previous,
+            overwrote_newer: conflicting,
+        })
+    }
+
+    /// Whether a path overlapping `path` changed after `base_version` (true as well when
+    /// `base_version` is older than the remembered changes).
+    fn changed_since(&self, path: &DocPath, base_version: u64) -> bool {
+        if base_version >= self.version {
+            return false;
+        }
+        let oldest_known = self.recent.front().map_or(self.version + 1, |(v, _)| *v);
+        if base_version + 1 < oldest_known {
+            return true;
+        }
+        self.recent
+            .iter()
+            .rev()
+            .take_while(|(v, _)| *v > base_version)
+            .any(|(_, changed)| changed.overlaps(path))
+    }
+
+    /// The value the path will hold after the operation (`None`: removed). Checks types and
+    /// that the parents can hold it, without changing anything.
+    fn new_value(
+        &self,
+        path: &DocPath,
+        kind: &OpKind,
+        current: Option<&Value>,
+    ) -> Result<Option<Value>, OpError> {
+        let wrong = |needed: &str, found: &Value| OpError::WrongType {
+            path: path.to_string(),
+            op: kind.name().into(),
+            needed: needed.into(),
+            found: type_name(found).into(),
+        };
+        // The parents must be objects (created when missing) or lists holding the index.
+        let (parent_path, last) = path.parent_and_last();
+        let mut value = &self.document;
+        let mut complete = true;
+        for (depth, token) in parent_path.iter().enumerate() {
+            let next = match value {
+                Value::Object(map) => map.get(token),
+                Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(item) => Some(item),
+                    None => {
+                        let at = DocPath(parent_path[..=depth].to_vec());
+                        return Err(OpError::NotFound { path: at.to_string() });
+                    }
+                },
+                other => return Err(scalar_parent(&parent_path[..depth], kind, other)),
+            };
+            match next {
+                Some(next) => value = next,
+                None if matches!(kind, OpKind::Delete) => {
+                    return Err(OpError::NotFound {
+                        path: path.to_string(),
+                    });
+                }
+                None => {
+                    complete = false; // The rest is created as objects.
+                    break;
+                }
+            }
+        }
+        if complete {
+            match value {
+                Value::Object(_) => {}
+                Value::Array(items) => {
+                    if current.is_none()
+                        && !matches!(kind, OpKind::Delete)
+                        && !(last == "-" || last.parse::<usize>().ok() == Some(items.len()))
+                    {
+                        return Err(OpError::Invalid(format!(
+                            "{path}: index {last:?} is out of range for a list of {} (use \"-\" or {} to add at the end)",
+                            items.len(),
+                            items.len()
+                        )));
+                    }
+                }
+                other => return Err(scalar_parent(parent_path, kind, other)),
+            }
+        }
+        match kind {
+            OpKind::Set(v) => Ok(Some(v.clone())),
+            OpKind::Delete => match current {
+                Some(_) => Ok(None),
+                None => Err(OpError::NotFound {
+                    path: path.to_string(),
+                }),
+            },
+            OpKind::Increment(delta) => match current {
+                None => Ok(Some(delta.clone())),
+                Some(Value::Number(n)) => add(n, delta)
+                    .map(Some)
+                    .ok_or_else(|| OpError::Invalid(format!("{path}: {n} + {delta} overflows"))),
+                Some(other) => Err(wrong("a number", other)),
+            },
+            OpKind::Append(item) => match current {
+                None => Ok(Some(Value::Array(vec![item.clone()]))),
+                Some(Value::Array(items)) => {
+                    let mut items = items.clone();
+                    items.push(item.clone());
+                    Ok(Some(Value::Array(items)))
+                }
+                Some(other) => Err(wrong("a list", other)),
+            },
+        }
+    }
+
+    /// The container that holds the path's last token, creating missing objects on the way
+    /// when `create` (checked beforehand by [`SessionDoc::new_value`]).
+    fn parent_mut(
+        &mut self,
+        parents: &[String],
+        create: bool,
+        path: &DocPath,
+    ) -> Result<&mut Value, OpError> {
+        let mut value = &mut self.document;
+        for token in parents {
+            value = match value {
+                Value::Object(map) => {
+                    if create {
+                        map.entry(token.clone())
+                            .or_insert_with(|| Value::Object(Default::default()))
+                    } else {
+                        map.get_mut(token).ok_or_else(|| OpError::NotFound {
+                            path: path.to_string(),
+                        })?
+                    }
+                }
+                Value::Array(items) => token
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get_mut(i))
+                    .ok_or_else(|| OpError::NotFound {
+                        path: path.to_string(),
+                    })?,
+                _ => {
+                    return Err(OpError::NotFound {
+                        path: path.to_string(),
+                    });
+                }
+            };
+        }
+        Ok(value)
+    }
+}
+
+fn scalar_parent(parent: &[String], kind: &OpKind, found: &Value) -> OpError {
+    OpError::WrongType {
+        path: DocPath(parent.to_vec()).to_string(),
+        op: kind.name().into(),
+        needed: "an object or a list".into(),
+        found: type_name(found).into(),
+    }
+}
+
+fn child<'a>(value: &'a Value, token: &str) -> Option<&'a Value> {
+    match value {
+        Value::Object(map) => map.get(token),
+        Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    }
+}
+
+fn put(parent: &mut Value, token: &str, value: Value, path: &DocPath) -> Result<(), OpError> {
+    match parent {
+        Value::Object(map) => {
+            map.insert(token.to_string(), value);
+            Ok(())
+        }
+        Value::Array(items) => {
+            match token.parse::<usize>() {
+                Ok(i) if i < items.len() => items[i] = value,
+                _ => items.push(value),
+            }
+            Ok(())
+        }
+        other => Err(OpError::WrongType {
+            path: path.to_string(),
+            op: "set".into(),
+            needed: "an object or a list above it".into(),
+            found: type_name(other).into(),
+        }),
+    }
+}
+
+fn remove(parent: &mut Value, token: &str) -> Option<Value> {
+    match parent {
+        Value::Object(map) => map.remove(token),
+        Value::Array(items) => token
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i < items.len())
+            .map(|i| items.remove(i)),
+        _ => None,
+    }
+}
+
+/// `a + b` for JSON numbers: integers stay integers (checked), otherwise floating point.
+fn add(a: &serde_json::Number, b: &Value) -> Option<Value> {
+    let b = b.as_number()?;
+    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
+        return x.checked_add(y).map(Value::from);
+    }
+    let sum = a.as_f64()? + b.as_f64()?;
+    serde_json::Number::from_f64(sum).map(Value::Number)
+}
+
+/// The JSON type of a value, for messages.
+pub fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn json_len(value: &Value) -> usize {
+    serde_json::to_string(value).map_or(0, |s| s.len())
+}
+
+/// Serializes a JSON value as its text (binary formats such as postcard cannot read
+/// self-describing values).
+pub(crate) mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    /// Writes the value's JSON text.
+    pub fn serialize<S: Serializer>(value: &Value, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_string())
+    }
+
+    /// Reads a value from its JSON text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`json_text`] for optional values.
+pub(crate) mod opt_json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    /// Writes the value's JSON text, if any.
+    pub fn serialize<S: Serializer>(value: &Option<Value>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => s.serialize_some(&v.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads an optional value from its JSON text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(text: &str) -> DocPath {
+        DocPath::parse(text).unwrap()
+    }
+
+    fn doc(policy: ConflictPolicy) -> SessionDoc {
+        SessionDoc::new(policy, json!({"title": "t", "n": 1, "items": ["a"]})).unwrap()
+    }
+
+    #[test]
+    fn paths_parse_as_json_pointers_and_name_the_problem() {
+        assert_eq!(p("/a~1b/~0c").0, vec!["a/b", "~c"]);
+        assert_eq!(p("/a~1b/~0c").to_string(), "/a~1b/~0c");
+        assert!(DocPath::parse("title").unwrap_err().contains("starting with '/'"));
+        assert!(DocPath::parse("").is_err());
+        assert!(DocPath::parse("/a~2").unwrap_err().contains('~'));
+        assert!(DocPath::parse(&"/a".repeat(40)).unwrap_err().contains("deeper"));
+        assert!(p("/a").overlaps(&p("/a/b")) && p("/a/b").overlaps(&p("/a")));
+        assert!(!p("/a/b").overlaps(&p("/a/c")));
+    }
+
+    #[test]
+    fn operations_change_the_document_and_count_versions() {
+        let mut d = doc(ConflictPolicy::Lww);
+        d.apply(&p("/title"), &OpKind::Set(json!("new")), 0).unwrap();
+        d.apply(&p("/meta/owner"), &OpKind::Set(json!("alice")), 1)
+            .unwrap();
+        d.apply(&p("/n"), &OpKind::Increment(json!(41)), 2).unwrap();
+        d.apply(&p("/count"), &OpKind::Increment(json!(2.5)), 3).unwrap();
+        d.apply(&p("/items"), &OpKind::Append(json!("b")), 4).unwrap();
+        d.apply(&p("/items/-"), &OpKind::Set(json!("c")), 5).unwrap();
+        let applied = d.apply(&p("/items/0"), &OpKind::Delete, 6).unwrap();
+        assert_eq!(applied.previous, Some(json!("a")));
+        assert_eq!(d.version(), 7);
+        assert_eq!(
+            d.document(),
+            &json!({"title": "new", "n": 42, "count": 2.5, "items": ["b", "c"], "meta": {"owner": "alice"}})
+        );
+    }
+
+    #[test]
+    fn bad_operations_leave_the_document_unchanged() {
+        let mut d = doc(ConflictPolicy::Lww);
+        let before = d.clone();
+        let errors = [
+            d.apply(&p("/title"), &OpKind::Increment(json!(1)), 0)
+                .unwrap_err(),
+            d.apply(&p("/n"), &OpKind::Append(json!(1)), 0).unwrap_err(),
+            d.apply(&p("/missing"), &OpKind::Delete, 0).unwrap_err(),
+            d.apply(&p("/title/x"), &OpKind::Set(json!(1)), 0).unwrap_err(),
+            d.apply(&p("/items/5"), &OpKind::Set(json!(1)), 0).unwrap_err(),
+            d.apply(&p("/items/7/x"), &OpKind::Set(json!(1)), 0).unwrap_err(),
+            d.apply(&p("/n"), &OpKind::Set(json!(1)), 9).unwrap_err(),
+            d.apply(&p("/n"), &OpKind::Increment(json!(i64::MAX)), 0)
+                .unwrap_err(),
+        ];
+        assert!(matches!(errors[0], OpError::WrongType { .. }), "{:?}", errors[0]);
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("/title holds a string, increment needs a number")
+        );
+        assert!(matches!(errors[1], OpError::WrongType { .. }));
+        assert!(matches!(errors[2], OpError::NotFound { .. }));
+        assert!(matches!(errors[3], OpError::WrongType { .. }), "{:?}", errors[3]);
+        assert!(matches!(errors[4], OpError::Invalid(_)));
+        assert!(matches!(errors[5], OpError::NotFound { .. }), "{:?}", errors[5]);
+        assert!(errors[6].to_string().contains("ahead"));
+        assert!(errors[7].to_string().contains("overflows"));
+        assert_eq!(d, before);
+        assert!(OpKind::parse("increment", Some(json!("x"))).is_err());
+        assert!(OpKind::parse("move", None).unwrap_err().contains("set, delete"));
+        assert!(SessionDoc::new(ConflictPolicy::Lww, json!([1])).is_err());
+    }
+
+    #[test]
+    fn reject_refuses_outdated_overlapping_changes_with_the_current_value() {
+        let mut d = doc(ConflictPolicy::Reject);
+        d.apply(&p("/title"), &OpKind::Set(json!("mine")), 0).unwrap();
+        // Based on version 0, touching /title, changed at version 1: refused.
+        let err = d
+            .apply(&p("/title"), &OpKind::Set(json!("theirs")), 0)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            OpError::Conflict {
+                path: "/title".into(),
+                base_version: 0,
+                version: 1,
+                current: Some(json!("mine")),
+            }
+        );
+        // Another path, or a commuting op, is fine; so is the rebased op.
+        d.apply(&p("/other"), &OpKind::Set(json!(1)), 0).unwrap();
+        d.apply(&p("/n"), &OpKind::Increment(json!(1)), 0).unwrap();
+        d.apply(&p("/title"), &OpKind::Set(json!("theirs")), 1).unwrap();
+        assert_eq!(d.document()["title"], json!("theirs"));
+        // A parent changed counts too.
+        let err = d.apply(&p("/title/x"), &OpKind::Set(json!(1)), 1).unwrap_err();
+        assert!(matches!(err, OpError::Conflict { .. }));
+    }
+
+    #[test]
+    fn lww_applies_and_reports_what_it_overwrote() {
+        let mut d = doc(ConflictPolicy::Lww);
+        d.apply(&p("/title"), &OpKind::Set(json!("mine")), 0).unwrap();
+        let applied = d.apply(&p("/title"), &OpKind::Set(json!("theirs")), 0).unwrap();
+        assert!(applied.overwrote_newer);
+        assert_eq!(applied.previous, Some(json!("mine")));
+        assert_eq!(d.document()["title"], json!("theirs"));
+    }
+
+    #[test]
+    fn documents_are_bounded_and_survive_binary_encoding() {
+        let mut d = doc(ConflictPolicy::Lww);
+        let big = json!("x".repeat(600 * 1024));
+        d.apply(&p("/a"), &OpKind::Set(big.clone()), 0).unwrap();
+        let err = d.apply(&p("/b"), &OpKind::Set(big), 1).unwrap_err();
+        assert!(matches!(err, OpError::TooLarge { .. }));
+        let json = serde_json::to_string(&d).unwrap();
+        let back: SessionDoc = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, d);
+    }
+}
