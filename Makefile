@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench bench-e2e bench-core fuzz cluster-up cluster-down clean-data
+.PHONY: run test lint fmt build bench bench-e2e bench-features bench-core fuzz cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -23,12 +23,21 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: publish load (batching on and off), then publish-to-delivery latency through the
-## SDK, each against a fresh local 3-node cluster (release build)
+## bench: publish load (batching on and off), publish-to-delivery latency through the SDK,
+## typing notice latency and session operations, each against a fresh local 3-node cluster
+## (release build)
 bench:
 	$(CARGO) build --release --bin chorus
 	scripts/bench.sh
 	benches/e2e_latency.sh
+	SCENARIO=typing scripts/bench.sh
+	SCENARIO=session scripts/bench.sh
+
+## bench-features: only the typing and session scenarios (CHANGES=, WINDOW=, SESSIONS=, ROUNDS=)
+bench-features:
+	$(CARGO) build --release --bin chorus
+	SCENARIO=typing scripts/bench.sh
+	SCENARIO=session scripts/bench.sh
 
 ## bench-e2e: only the publish-to-delivery latency scenario (RATE=, DURATION=, ROUNDS=)
 bench-e2e:

@@ -5,11 +5,13 @@
 #   SCENARIO=e2e scripts/bench.sh    # publish-to-delivery latency via the SDK, node 2 -> node 1
 #   ROUNDS=5 DURATION=20s CONCURRENCY=256 PAYLOAD=128 scripts/bench.sh
 #   SCENARIO=e2e RATE=1000 DURATION=10s scripts/bench.sh
+#   SCENARIO=typing CHANGES=1000 scripts/bench.sh     # typing notice latency, typist on node 2
+#   SCENARIO=session WINDOW=16 SESSIONS=1 scripts/bench.sh   # session ops, a client per node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${SCENARIO:-publish}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10s}; CONCURRENCY=${CONCURRENCY:-256}; PAYLOAD=${PAYLOAD:-128}
-RATE=${RATE:-500}
+RATE=${RATE:-500}; CHANGES=${CHANGES:-1000}; WINDOW=${WINDOW:-16}; SESSIONS=${SESSIONS:-1}
 BIN=${CHORUS_BIN:-target/release/chorus}
 [ -x "$BIN" ] || cargo build --release --bin chorus
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
@@ -63,10 +65,33 @@ run_e2e() {
   stop_cluster
 }
 
+CAS=(--ca "$WORK/cluster/node1/tls/cert.pem" --ca "$WORK/cluster/node2/tls/cert.pem" --ca "$WORK/cluster/node3/tls/cert.pem")
+
+run_typing() {
+  start_cluster "$WORK/cluster" 512
+  for _ in $(seq 1 "$ROUNDS"); do
+    "$BIN" bench typing --typist-node 127.0.0.1:7802 --subscriber-node 127.0.0.1:7801 \
+      --subscriber-node 127.0.0.1:7802 --subscriber-node 127.0.0.1:7803 "${CAS[@]}" \
+      --changes "$CHANGES" | tail -n 1 | label "typing"
+  done
+  stop_cluster
+}
+
+run_session() {
+  start_cluster "$WORK/cluster" 512
+  for _ in $(seq 1 "$ROUNDS"); do
+    "$BIN" bench session --node 127.0.0.1:7801 --node 127.0.0.1:7802 --node 127.0.0.1:7803 "${CAS[@]}" \
+      --window "$WINDOW" --sessions "$SESSIONS" --duration "$DURATION" | tail -n 1 | label "session-s${SESSIONS}-w${WINDOW}"
+  done
+  stop_cluster
+}
+
 case "$SCENARIO" in
   publish) run_publish batched 512; run_publish unbatched 1 ;;
   e2e) run_e2e ;;
-  *) echo "unknown SCENARIO=$SCENARIO (publish or e2e)" >&2; exit 2 ;;
+  typing) run_typing ;;
+  session) run_session ;;
+  *) echo "unknown SCENARIO=$SCENARIO (publish, e2e, typing or session)" >&2; exit 2 ;;
 esac
 python3 - "$WORK/results.jsonl" <<'PY'
 import json, statistics, sys
@@ -74,7 +99,11 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 for config in dict.fromkeys(r["config"] for r in rows):
     rs = [r for r in rows if r["config"] == config]
     med = lambda k: statistics.median(r[k] for r in rs)
-    if rs[0]["scenario"] == "e2e":
+    if rs[0]["scenario"] == "typing":
+        print(f"{config:10} median of {len(rs)}: send-to-notice p50 {med('p50_ms'):6.2f} ms  p99 {med('p99_ms'):6.2f} ms  p999 {med('p999_ms'):6.2f} ms  missing {sum(r['missing'] for r in rs)}")
+    elif rs[0]["scenario"] == "session":
+        print(f"{config:10} median of {len(rs)}: {med('ops_per_sec'):8.0f} ops/s  p50 {med('p50_ms'):6.2f} ms  p99 {med('p99_ms'):7.2f} ms  p999 {med('p999_ms'):7.2f} ms  errors {sum(r['errors'] for r in rs)}")
+    elif rs[0]["scenario"] == "e2e":
         print(f"{config:10} median of {len(rs)}: publish-to-delivery p50 {med('p50_ms'):6.2f} ms  p90 {med('p90_ms'):6.2f} ms  p99 {med('p99_ms'):7.2f} ms  delivered {sum(r['delivered'] for r in rs)}/{sum(r['sent'] for r in rs)}  errors {sum(r['errors'] for r in rs)}")
     else:
         print(f"{config:10} median of {len(rs)}: {med('msgs_per_sec'):8.0f} msgs/s  p50 {med('p50_ms'):6.2f} ms  p99 {med('p99_ms'):7.2f} ms  p999 {med('p999_ms'):7.2f} ms  errors {sum(r['errors'] for r in rs)}")

@@ -37,6 +37,13 @@ pub struct E2eBenchArgs {
     /// Channels written (round-robin; they land on different shards).
     #[arg(long, default_value_t = 12)]
     pub channels: usize,
+    #[command(flatten)]
+    pub access: BenchAccess,
+}
+
+/// How a benchmark's SDK clients trust the nodes and authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchAccess {
     /// Trust this PEM certificate (repeatable).
     #[arg(long = "ca")]
     pub cas: Vec<PathBuf>,
@@ -51,15 +58,23 @@ pub struct E2eBenchArgs {
     pub jwt_secret: Option<String>,
 }
 
-async fn client(endpoint: &str, token: &str, args: &E2eBenchArgs) -> Result<Client> {
-    let builder = Client::builder()
-        .endpoints([endpoint])
-        .token(token)
-        .subscription_buffer(65_536);
-    crate::client_cli::trusting(builder, &args.cas, &args.fingerprints)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {endpoint}"))
+impl BenchAccess {
+    /// The token to use for a run of `duration`.
+    pub fn token(&self, duration: Duration) -> Result<String> {
+        bench_token(self.token.as_deref(), self.jwt_secret.as_deref(), duration)
+    }
+
+    /// An SDK client of `endpoint`.
+    pub async fn client(&self, endpoint: &str, token: &str) -> Result<Client> {
+        let builder = Client::builder()
+            .endpoints([endpoint])
+            .token(token)
+            .subscription_buffer(65_536);
+        crate::client_cli::trusting(builder, &self.cas, &self.fingerprints)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {endpoint}"))
+    }
 }
 
 /// Runs the scenario and prints a summary and one JSON line.
@@ -68,9 +83,9 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     if args.rate == 0 || args.channels == 0 {
         bail!("--rate and --channels must be positive");
     }
-    let token = bench_token(args.token.as_deref(), args.jwt_secret.as_deref(), duration)?;
-    let subscriber = client(&args.subscribe_node, &token, &args).await?;
-    let publisher = client(&args.publish_node, &token, &args).await?;
+    let token = args.access.token(duration)?;
+    let subscriber = args.access.client(&args.subscribe_node, &token).await?;
+    let publisher = args.access.client(&args.publish_node, &token).await?;
     let run_id = format!("{:08x}", rand_id());
     let channels: Vec<String> = (0..args.channels)
         .map(|i| format!("bench.e2e{run_id}.c{i}"))
@@ -147,7 +162,8 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn rand_id() -> u32 {
+/// A number that differs between runs, for fresh channel names.
+pub fn rand_id() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32)

@@ -40,6 +40,10 @@ enum BenchCommand {
     Publish(crate::bench::PublishBenchArgs),
     /// Publish-to-delivery latency through the SDK across nodes, at a fixed rate.
     E2e(crate::bench_e2e::E2eBenchArgs),
+    /// Typing indicator latency: one typist, subscribers on every node.
+    Typing(crate::bench_features::TypingBenchArgs),
+    /// Collaborative-session operations: throughput and latency.
+    Session(crate::bench_features::SessionBenchArgs),
 }
 
 /// Flags of `chorus dev`.
@@ -184,6 +188,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Client(command) => crate::client_cli::run(command).await,
         Command::Bench(BenchCommand::Publish(args)) => crate::bench::publish(args).await,
         Command::Bench(BenchCommand::E2e(args)) => crate::bench_e2e::run(args).await,
+        Command::Bench(BenchCommand::Typing(args)) => crate::bench_features::typing(args).await,
+        Command::Bench(BenchCommand::Session(args)) => crate::bench_features::session(args).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;
             println!(

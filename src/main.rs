@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_e2e;
+mod bench_features;
 mod cli;
 mod client_cli;
 mod config;
