@@ -490,9 +490,12 @@ impl NodeConfig {
             );
         }
         let p = &self.presence;
-        if p.lease_ms < 300 || p.typing_ttl_ms == 0 || p.typing_peer_silence_ms == 0 {
+        if p.lease_ms < 300 || p.typing_ttl_ms == 0 {
+            bail!("`presence.lease_ms` must be at least 300 and `presence.typing_ttl_ms` positive");
+        }
+        if p.typing_peer_silence_ms < 2000 {
             bail!(
-                "`presence.lease_ms` must be at least 300, `presence.typing_ttl_ms` and `presence.typing_peer_silence_ms` positive"
+                "`presence.typing_peer_silence_ms` must be at least 2000: nodes with typists announce themselves every second"
             );
         }
         let addrs = [("http", self.http), ("raft", self.raft), ("quic", self.quic)];

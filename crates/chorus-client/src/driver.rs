@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub(crate) node: AtomicU64,
     /// Notices of every subscription, for [`crate::Client::notices`].
     pub(crate) notices: tokio::sync::broadcast::Sender<crate::Notice>,
+    /// The status the application set last, set again on every new connection.
+    pub(crate) presence: Mutex<Option<wire::SetPresence>>,
 }
 
 impl Default for Shared {
@@ -114,6 +116,7 @@ impl Default for Shared {
             subs: Mutex::default(),
             node: AtomicU64::new(0),
             notices: tokio::sync::broadcast::channel(1024).0,
+            presence: Mutex::default(),
         }
     }
 }
@@ -389,6 +392,15 @@ impl Driver {
         };
         for local in locals {
             self.send_subscribe(live, local).await?;
+        }
+        // A new connection starts online: set the application's last status again.
+        let presence = self.shared.presence.lock().expect("presence lock").clone();
+        if let Some(presence) = presence {
+            let id = self.next_id();
+            self.pending.insert(id, Pending::Ignore);
+            write_frame(&mut live.send, id, client_frame::Kind::SetPresence(presence))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let mut retries = std::mem::take(&mut self.retry).into_iter();
         while let Some((kind, reply)) = retries.next() {

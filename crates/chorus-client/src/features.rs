@@ -269,13 +269,16 @@ impl Client {
     }
 
     /// Sets this device's status (`online`, `away`, `busy`, `offline`) and optional text;
-    /// answers once replicated. The node sets it back to online on a new connection.
+    /// answers once replicated. The client sets it again after every reconnect.
     pub async fn set_presence(&self, status: &str, custom_status: Option<&str>) -> Result<(), Error> {
-        let kind = client_frame::Kind::SetPresence(wire::SetPresence {
+        let request = wire::SetPresence {
             status: status.to_string(),
             custom_status: custom_status.unwrap_or_default().to_string(),
-        });
-        self.expect_ack("set presence", kind).await
+        };
+        self.expect_ack("set presence", client_frame::Kind::SetPresence(request.clone()))
+            .await?;
+        *self.inner.shared.presence.lock().expect("presence lock") = Some(request);
+        Ok(())
     }
 
     /// A user's presence (needs subscribe permission on `presence.<user>`). Subscribe to

@@ -124,11 +124,13 @@ impl ClusterNode {
             .unwrap_or_default())
     }
 
-    /// Records a device's presence on connection `conn` of this node.
+    /// Records a device's presence on connection `conn` of this node; `connect` when the
+    /// connection opens (it takes the device over from any other connection).
     pub async fn set_presence(
         &self,
         device: DeviceStatus,
         conn: u64,
+        connect: bool,
         lease: Duration,
     ) -> Result<PresenceStatus, ClusterError> {
         let shard = presence_shard(&device.user, self.shard_count());
@@ -139,6 +141,7 @@ impl ClusterNode {
             custom_status: device.custom_status,
             conn: self.conn_ref(conn),
             lease_ms: lease.as_millis() as u64,
+            connect,
             time_ms: 0,
         });
         match self.submit(shard, command).await? {

@@ -325,7 +325,9 @@ impl ClusterNode {
         let node = ClusterNode {
             inner: Arc::new(Inner {
                 typing,
-                incarnation: rand::random::<u64>() | 1,
+                // The start time: a later process of this node has a higher incarnation, so
+                // late writes of an earlier one are recognized and ignored.
+                incarnation: now_ms().max(1),
                 config,
                 shards,
                 pool,

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+/// Typing changes queued for one peer at most (beyond, changes to it are dropped).
+const PEER_QUEUE: usize = 4096;
+
 /// Timers of typing indicators.
 #[derive(Debug, Clone, Copy)]
 pub struct TypingConfig {
@@ -169,7 +172,7 @@ struct TypingTask {
     pool: Arc<PeerPool>,
     peers: PeerList,
     registry: TypingRegistry,
-    senders: HashMap<u64, mpsc::UnboundedSender<TypingMessage>>,
+    senders: HashMap<u64, mpsc::Sender<TypingMessage>>,
     last_heard: HashMap<u64, Instant>,
     changes: broadcast::Sender<Arc<TypingChange>>,
     started: Instant,
@@ -265,7 +268,10 @@ impl TypingTask {
                         user: user.clone(),
                         device: device.clone(),
                     };
-                    self.registry.stop(&channel, &typist).into_iter().collect()
+                    self.registry
+                        .stop(&channel, &typist, origin)
+                        .into_iter()
+                        .collect()
                 }
                 Err(_) => Vec::new(),
             },
@@ -288,11 +294,14 @@ impl TypingTask {
                 continue;
             }
             let sender = self.senders.entry(node).or_insert_with(|| {
-                let (sender, queue) = mpsc::unbounded_channel();
+                let (sender, queue) = mpsc::channel(PEER_QUEUE);
                 tokio::spawn(send_to_peer(self.pool.clone(), self.node_id, node, addr, queue));
                 sender
             });
-            let _ = sender.send(message.clone());
+            // A peer that cannot keep up loses typing changes, never this node's memory.
+            if sender.try_send(message.clone()).is_err() {
+                tracing::debug!(peer = node, "typing queue to peer full; change dropped");
+            }
         }
     }
 }
@@ -304,7 +313,7 @@ async fn send_to_peer(
     from: u64,
     node: u64,
     addr: String,
-    mut queue: mpsc::UnboundedReceiver<TypingMessage>,
+    mut queue: mpsc::Receiver<TypingMessage>,
 ) {
     while let Some(first) = queue.recv().await {
         let mut messages = vec![first];

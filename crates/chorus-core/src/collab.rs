@@ -23,8 +23,12 @@ use std::fmt;
 pub const MAX_PATH_LEN: usize = 1024;
 /// Deepest accepted path, tokens.
 pub const MAX_PATH_DEPTH: usize = 32;
-/// Largest document, bytes of JSON text (approximately tracked).
+/// Largest document, bytes of JSON text (tracked per operation).
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Deepest value an operation may put, and deepest initial document, in nesting levels. With
+/// paths of at most [`MAX_PATH_DEPTH`] levels a document stays under 100 levels, within what
+/// JSON readers accept (serde_json: 128), so every snapshot and event stays readable.
+pub const MAX_VALUE_DEPTH: usize = 64;
 /// How many recent changes a session remembers for conflict checks. An operation based on a
 /// version older than these is treated as conflicting with everything (reject) or reported
 /// as overwriting (lww).
@@ -115,6 +119,16 @@ impl DocPath {
     /// Whether one of the two paths is a prefix of the other.
     pub fn overlaps(&self, other: &DocPath) -> bool {
         self.0.iter().zip(&other.0).all(|(a, b)| a == b)
+    }
+
+    /// The path an operation changes, for conflict checks: inserting into or removing from a
+    /// list shifts the later elements, so that changes the whole list.
+    fn changed_entry(&self, in_list: bool, inserted_or_removed: bool) -> DocPath {
+        if in_list && inserted_or_removed {
+            DocPath(self.0[..self.0.len() - 1].to_vec())
+        } else {
+            self.clone()
+        }
     }
 
     fn parent_and_last(&self) -> (&[String], &str) {
@@ -297,6 +311,11 @@ impl SessionDoc {
                 type_name(&document)
             )));
         }
+        if value_depth(&document) > MAX_VALUE_DEPTH {
+            return Err(OpError::Invalid(format!(
+                "the document is nested deeper than {MAX_VALUE_DEPTH} levels"
+            )));
+        }
         let bytes = json_len(&document);
         if bytes > MAX_DOCUMENT_BYTES {
             return Err(OpError::TooLarge { bytes });
@@ -350,17 +369,17 @@ impl SessionDoc {
             });
         }
         let previous = self.get(path).cloned();
-        let new_value = self.new_value(path, kind, previous.as_ref())?;
-        let grown = new_value.as_ref().map_or(0, json_len);
-        let shrunk = previous.as_ref().map_or(0, json_len);
-        let bytes = (self.bytes + grown).saturating_sub(shrunk);
+        let plan = self.plan(path, kind, previous.as_ref())?;
+        let bytes =
+            (self.bytes + plan.bytes_after(path)).saturating_sub(plan.bytes_before(path, previous.as_ref()));
         if bytes > MAX_DOCUMENT_BYTES {
             return Err(OpError::TooLarge { bytes });
         }
+        let changed = path.changed_entry(plan.in_list, previous.is_none() || plan.new.is_none());
         // Every check passed: change the document.
         let (parent_path, last) = path.parent_and_last();
-        let parent = self.parent_mut(parent_path, new_value.is_some(), path)?;
-        match new_value {
+        let parent = self.parent_mut(parent_path, plan.new.is_some(), path)?;
+        match plan.new {
             Some(value) => put(parent, last, value, path)?,
             None => {
                 remove(parent, last);
@@ -368,7 +387,7 @@ impl SessionDoc {
         }
         self.bytes = bytes;
         self.version += 1;
-        self.recent.push_back((self.version, path.clone()));
+        self.recent.push_back((self.version, changed));
         if self.recent.len() > CONFLICT_WINDOW {
             self.recent.pop_front();
         }
@@ -396,14 +415,17 @@ impl SessionDoc {
             .any(|(_, changed)| changed.overlaps(path))
     }
 
-    /// The value the path will hold after the operation (`None`: removed). Checks types and
-    /// that the parents can hold it, without changing anything.
-    fn new_value(
-        &self,
-        path: &DocPath,
-        kind: &OpKind,
-        current: Option<&Value>,
-    ) -> Result<Option<Value>, OpError> {
+    /// What the operation will do: the value the path will hold (`None`: removed), which
+    /// parents it creates, and where. Checks types, depth and that the parents can hold it,
+    /// without changing anything.
+    fn plan(&self, path: &DocPath, kind: &OpKind, current: Option<&Value>) -> Result<Plan, OpError> {
+        if let Some(value) = kind.value()
+            && value_depth(value) > MAX_VALUE_DEPTH
+        {
+            return Err(OpError::Invalid(format!(
+                "{path}: the value is nested deeper than {MAX_VALUE_DEPTH} levels"
+            )));
+        }
         let wrong = |needed: &str, found: &Value| OpError::WrongType {
             path: path.to_string(),
             op: kind.name().into(),
@@ -413,11 +435,11 @@ impl SessionDoc {
         // The parents must be objects (created when missing) or lists holding the index.
         let (parent_path, last) = path.parent_and_last();
         let mut value = &self.document;
-        let mut complete = true;
+        let mut created_from = None;
         for (depth, token) in parent_path.iter().enumerate() {
             let next = match value {
                 Value::Object(map) => map.get(token),
-                Value::Array(items) => match token.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                Value::Array(items) => match list_index(token).and_then(|i| items.get(i)) {
                     Some(item) => Some(item),
                     None => {
                         let at = DocPath(parent_path[..=depth].to_vec());
@@ -434,18 +456,20 @@ impl SessionDoc {
                     });
                 }
                 None => {
-                    complete = false; // The rest is created as objects.
+                    created_from = Some(depth); // The rest is created as objects.
                     break;
                 }
             }
         }
-        if complete {
+        let mut in_list = false;
+        if created_from.is_none() {
             match value {
                 Value::Object(_) => {}
                 Value::Array(items) => {
+                    in_list = true;
                     if current.is_none()
                         && !matches!(kind, OpKind::Delete)
-                        && !(last == "-" || last.parse::<usize>().ok() == Some(items.len()))
+                        && !(last == "-" || list_index(last) == Some(items.len()))
                     {
                         return Err(OpError::Invalid(format!(
                             "{path}: index {last:?} is out of range for a list of {} (use \"-\" or {} to add at the end)",
@@ -457,35 +481,43 @@ impl SessionDoc {
                 other => return Err(scalar_parent(parent_path, kind, other)),
             }
         }
-        match kind {
-            OpKind::Set(v) => Ok(Some(v.clone())),
+        let new = match kind {
+            OpKind::Set(v) => Some(v.clone()),
             OpKind::Delete => match current {
-                Some(_) => Ok(None),
-                None => Err(OpError::NotFound {
-                    path: path.to_string(),
-                }),
+                Some(_) => None,
+                None => {
+                    return Err(OpError::NotFound {
+                        path: path.to_string(),
+                    });
+                }
             },
             OpKind::Increment(delta) => match current {
-                None => Ok(Some(delta.clone())),
-                Some(Value::Number(n)) => add(n, delta)
-                    .map(Some)
-                    .ok_or_else(|| OpError::Invalid(format!("{path}: {n} + {delta} overflows"))),
-                Some(other) => Err(wrong("a number", other)),
+                None => Some(delta.clone()),
+                Some(Value::Number(n)) => Some(
+                    add(n, delta)
+                        .ok_or_else(|| OpError::Invalid(format!("{path}: {n} + {delta} overflows")))?,
+                ),
+                Some(other) => return Err(wrong("a number", other)),
             },
             OpKind::Append(item) => match current {
-                None => Ok(Some(Value::Array(vec![item.clone()]))),
+                None => Some(Value::Array(vec![item.clone()])),
                 Some(Value::Array(items)) => {
                     let mut items = items.clone();
                     items.push(item.clone());
-                    Ok(Some(Value::Array(items)))
+                    Some(Value::Array(items))
                 }
-                Some(other) => Err(wrong("a list", other)),
+                Some(other) => return Err(wrong("a list", other)),
             },
-        }
+        };
+        Ok(Plan {
+            new,
+            created_from,
+            in_list,
+        })
     }
 
     /// The container that holds the path's last token, creating missing objects on the way
-    /// when `create` (checked beforehand by [`SessionDoc::new_value`]).
+    /// when `create` (checked beforehand by [`SessionDoc::plan`]).
     fn parent_mut(
         &mut self,
         parents: &[String],
@@ -505,13 +537,13 @@ impl SessionDoc {
                         })?
                     }
                 }
-                Value::Array(items) => token
-                    .parse::<usize>()
-                    .ok()
-                    .and_then(|i| items.get_mut(i))
-                    .ok_or_else(|| OpError::NotFound {
-                        path: path.to_string(),
-                    })?,
+                Value::Array(items) => {
+                    list_index(token)
+                        .and_then(|i| items.get_mut(i))
+                        .ok_or_else(|| OpError::NotFound {
+                            path: path.to_string(),
+                        })?
+                }
                 _ => {
                     return Err(OpError::NotFound {
                         path: path.to_string(),
@@ -520,6 +552,69 @@ impl SessionDoc {
             };
         }
         Ok(value)
+    }
+}
+
+/// What an operation will do (see [`SessionDoc::plan`]).
+struct Plan {
+    /// The value the path will hold (`None`: removed).
+    new: Option<Value>,
+    /// The depth of the first parent that does not exist (created as objects from there).
+    created_from: Option<usize>,
+    /// Whether the entry changed is an element of a list.
+    in_list: bool,
+}
+
+impl Plan {
+    /// The depth of the entry whose JSON text changes: the first created parent, or the path.
+    fn entry_depth(&self, path: &DocPath) -> usize {
+        self.created_from.unwrap_or(path.0.len() - 1)
+    }
+
+    /// Bytes of the changed entry (its key or separator included) before the operation.
+    fn bytes_before(&self, path: &DocPath, previous: Option<&Value>) -> usize {
+        match (self.created_from, previous) {
+            (None, Some(value)) => {
+                json_len(value) + entry_overhead(self.in_list, &path.0[self.entry_depth(path)])
+            }
+            _ => 0,
+        }
+    }
+
+    /// Bytes of the changed entry after the operation, created parents included.
+    fn bytes_after(&self, path: &DocPath) -> usize {
+        let Some(value) = &self.new else { return 0 };
+        let depth = self.entry_depth(path);
+        // Each created level below the entry wraps the value as {"token": ...}.
+        let wrapping: usize = path.0[depth + 1..].iter().map(|t| json_str_len(t) + 3).sum();
+        json_len(value) + wrapping + entry_overhead(self.in_list, &path.0[depth])
+    }
+}
+
+/// The bytes an entry adds to its container besides its value: `"key":` and a comma in an
+/// object, a comma in a list.
+fn entry_overhead(in_list: bool, key: &str) -> usize {
+    if in_list { 1 } else { json_str_len(key) + 2 }
+}
+
+fn json_str_len(text: &str) -> usize {
+    serde_json::to_string(text).map_or(text.len() + 2, |s| s.len())
+}
+
+/// A list index as JSON Pointer writes it: `0`, or digits without a leading zero.
+fn list_index(token: &str) -> Option<usize> {
+    let canonical = token == "0"
+        || (token.starts_with(|c: char| c.is_ascii_digit() && c != '0')
+            && token.bytes().all(|b| b.is_ascii_digit()));
+    if canonical { token.parse().ok() } else { None }
+}
+
+/// Nesting levels of a value (a scalar is 0, `[]` and `{}` are 1).
+fn value_depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(value_depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(value_depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -535,7 +630,7 @@ fn scalar_parent(parent: &[String], kind: &OpKind, found: &Value) -> OpError {
 fn child<'a>(value: &'a Value, token: &str) -> Option<&'a Value> {
     match value {
         Value::Object(map) => map.get(token),
-        Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+        Value::Array(items) => list_index(token).and_then(|i| items.get(i)),
         _ => None,
     }
 }
@@ -577,8 +672,13 @@ fn remove(parent: &mut Value, token: &str) -> Option<Value> {
 /// `a + b` for JSON numbers: integers stay integers (checked), otherwise floating point.
 fn add(a: &serde_json::Number, b: &Value) -> Option<Value> {
     let b = b.as_number()?;
-    if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
-        return x.checked_add(y).map(Value::from);
+    let integer = |n: &serde_json::Number| n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
+    if let (Some(x), Some(y)) = (integer(a), integer(b)) {
+        let sum = x.checked_add(y)?;
+        return i64::try_from(sum)
+            .map(Value::from)
+            .ok()
+            .or_else(|| u64::try_from(sum).ok().map(Value::from));
     }
     let sum = a.as_f64()? + b.as_f64()?;
     serde_json::Number::from_f64(sum).map(Value::Number)
@@ -699,7 +799,7 @@ mod tests {
             d.apply(&p("/items/5"), &OpKind::Set(json!(1)), 0).unwrap_err(),
             d.apply(&p("/items/7/x"), &OpKind::Set(json!(1)), 0).unwrap_err(),
             d.apply(&p("/n"), &OpKind::Set(json!(1)), 9).unwrap_err(),
-            d.apply(&p("/n"), &OpKind::Increment(json!(i64::MAX)), 0)
+            d.apply(&p("/n"), &OpKind::Increment(json!(u64::MAX)), 0)
                 .unwrap_err(),
         ];
         assert!(matches!(errors[0], OpError::WrongType { .. }), "{:?}", errors[0]);
@@ -756,6 +856,97 @@ mod tests {
         assert!(applied.overwrote_newer);
         assert_eq!(applied.previous, Some(json!("mine")));
         assert_eq!(d.document()["title"], json!("theirs"));
+    }
+
+    #[test]
+    fn key_names_and_created_parents_count_towards_the_size_limit() {
+        let mut d = doc(ConflictPolicy::Lww);
+        let start = d.bytes;
+        // Creating and deleting a nested entry leaves the count where it was (no drift).
+        d.apply(&p("/p/q"), &OpKind::Set(json!(1)), 0).unwrap();
+        assert_eq!(d.bytes, json_len(d.document()), "exact after creating parents");
+        d.apply(&p("/p"), &OpKind::Delete, 1).unwrap();
+        assert_eq!(d.bytes, start);
+        // Long keys count.
+        let key = "k".repeat(1000);
+        for v in 0..1100 {
+            let path = DocPath(vec![format!("{key}{v}")]);
+            if let Err(e) = d.apply(&path, &OpKind::Set(json!(0)), 2 + v) {
+                assert!(matches!(e, OpError::TooLarge { .. }), "{e}");
+                assert!(json_len(d.document()) <= MAX_DOCUMENT_BYTES);
+                return;
+            }
+        }
+        panic!("1,100 keys of 1 KB fit in a 1 MiB document");
+    }
+
+    #[test]
+    fn deep_values_are_refused_so_every_document_stays_readable() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_VALUE_DEPTH {
+            deep = json!([deep]);
+        }
+        let mut d = doc(ConflictPolicy::Lww);
+        let path = p(&"/a".repeat(MAX_PATH_DEPTH));
+        d.apply(&path, &OpKind::Set(deep.clone()), 0).unwrap();
+        let text = serde_json::to_string(d.document()).unwrap();
+        assert!(
+            serde_json::from_str::<Value>(&text).is_ok(),
+            "the deepest document reads back"
+        );
+        let deeper = json!([deep]);
+        let err = d.apply(&p("/b"), &OpKind::Set(deeper.clone()), 1).unwrap_err();
+        assert!(err.to_string().contains("deeper"), "{err}");
+        assert!(SessionDoc::new(ConflictPolicy::Lww, json!({"x": deeper})).is_err());
+    }
+
+    #[test]
+    fn floats_and_large_integers_survive_encoding_and_increments() {
+        let mut d = doc(ConflictPolicy::Lww);
+        d.apply(&p("/f"), &OpKind::Increment(json!(1.2088995980580641)), 0)
+            .unwrap();
+        d.apply(&p("/f"), &OpKind::Increment(json!(0.1)), 1).unwrap();
+        d.apply(&p("/u"), &OpKind::Set(json!(u64::MAX - 1)), 2).unwrap();
+        d.apply(&p("/u"), &OpKind::Increment(json!(1)), 3).unwrap();
+        assert_eq!(d.document()["u"], json!(u64::MAX));
+        assert!(
+            d.apply(&p("/u"), &OpKind::Increment(json!(1)), 4).is_err(),
+            "u64 overflow"
+        );
+        d.apply(&p("/i"), &OpKind::Set(json!(-5)), 4).unwrap();
+        d.apply(&p("/i"), &OpKind::Increment(json!(u64::MAX)), 5).unwrap();
+        assert_eq!(d.document()["i"], json!(u64::MAX - 5));
+        // A replica restored from a snapshot holds bit-identical numbers.
+        let json = serde_json::to_string(&d).unwrap();
+        let back: SessionDoc = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, d);
+        let f = |d: &SessionDoc| d.document()["f"].as_f64().unwrap().to_bits();
+        assert_eq!(f(&back), f(&d));
+        // Every float reads back bit for bit from its JSON text (serde_json's
+        // `float_roundtrip`): a snapshot holds documents as JSON text.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..10_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let value = (x >> 11) as f64 / (1u64 << 53) as f64 * 1e6;
+            let text = serde_json::to_string(&json!(value)).unwrap();
+            let read: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(read.as_f64().unwrap().to_bits(), value.to_bits(), "{text}");
+        }
+    }
+
+    #[test]
+    fn list_inserts_and_removals_conflict_with_element_changes() {
+        let mut d = SessionDoc::new(ConflictPolicy::Reject, json!({"items": ["a", "b", "c"]})).unwrap();
+        d.apply(&p("/items/0"), &OpKind::Delete, 0).unwrap();
+        // Based on version 0, /items/1 meant "b"; it is now "c": refused.
+        let err = d.apply(&p("/items/1"), &OpKind::Set(json!("B")), 0).unwrap_err();
+        assert!(matches!(err, OpError::Conflict { .. }), "{err}");
+        // Non-canonical indexes are not indexes.
+        assert!(d.apply(&p("/items/+0"), &OpKind::Set(json!(1)), 1).is_err());
+        assert!(d.apply(&p("/items/01"), &OpKind::Set(json!(1)), 1).is_err());
+        assert_eq!(d.document(), &json!({"items": ["b", "c"]}));
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct SetPresenceCommand {
     pub conn: ConnRef,
     /// The node's lease length, renewed by this command too.
     pub lease_ms: u64,
+    /// True when the connection opens (it takes the device over from any other connection);
+    /// false for a status change, ignored when the device has moved to another connection.
+    pub connect: bool,
     /// Stamped by the shard leader.
     pub time_ms: u64,
 }
@@ -289,6 +292,10 @@ pub fn check_client_writable(channel: &ChannelName) -> Result<(), (ErrorCode, St
 
 /// Longest accepted idempotency key, bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// Event type prefixes only the cluster writes (session operations, presence changes, notices),
+/// so that subscribers can trust them.
+pub const RESERVED_EVENT_TYPES: [&str; 4] = ["session.", "presence.", "typing.", "message.read"];
+
 /// Longest accepted event type, bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
 
@@ -314,13 +321,21 @@ pub fn check_publish_input(
             format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
         ));
     }
-    if let Some(event_type) = event_type
-        && (event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN)
-    {
-        return Err((
-            ErrorCode::BadRequest,
-            format!("type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"),
-        ));
+    if let Some(event_type) = event_type {
+        if event_type.is_empty() || event_type.len() > MAX_EVENT_TYPE_LEN {
+            return Err((
+                ErrorCode::BadRequest,
+                format!("type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"),
+            ));
+        }
+        if let Some(prefix) = RESERVED_EVENT_TYPES.iter().find(|p| event_type.starts_with(*p)) {
+            return Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "type {event_type:?}: types starting with {prefix:?} are written by the cluster only"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -340,6 +355,8 @@ mod tests {
         assert_eq!(code, ErrorCode::BadRequest);
         assert!(message.contains("idempotency_key"));
         let long = "x".repeat(MAX_EVENT_TYPE_LEN + 1);
+        let forged = check_publish_input(1, 10, Some("session.operation_applied"), None);
+        assert!(forged.unwrap_err().1.contains("cluster only"));
         assert!(
             check_publish_input(1, 10, Some(&long), None)
                 .unwrap_err()

@@ -160,6 +160,9 @@ pub struct NodeLease {
     pub incarnation: u64,
     /// Its devices go offline when a command at or after this time finds it not renewed.
     pub expires_ms: u64,
+    /// It lapsed and its devices were taken offline; cleared (and reported) by the node's
+    /// next renewal.
+    pub expired: bool,
 }
 
 /// The presence event type for a change from `before` to `after` (`None`: nothing visible

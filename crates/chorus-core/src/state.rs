@@ -196,11 +196,16 @@ impl ShardState {
             Command::SetPresence(set) => CommandResult::Presence(self.set_presence(ctx, set, out)),
             Command::DeviceGone(gone) => CommandResult::Presence(self.device_gone(ctx, gone, out)),
             Command::RenewLease(renew) => {
-                let lost = !self.leases.contains_key(&renew.node);
-                CommandResult::Lease {
-                    offline: self.renew_lease(ctx, renew, out),
-                    lost,
-                }
+                let offline = self.renew_lease(ctx, renew, out);
+                // Only a renewal clears the mark an expiry left (a status write in between
+                // does not): the node then writes its connections' presence again.
+                let lost = match self.leases.get_mut(&renew.node) {
+                    Some(lease) if lease.incarnation == renew.incarnation => {
+                        std::mem::take(&mut lease.expired)
+                    }
+                    _ => false,
+                };
+                CommandResult::Lease { offline, lost }
             }
             Command::ExpireLease(expire) => CommandResult::Lease {
                 offline: self.expire_lease(ctx, expire.node, expire.time_ms, out),
@@ -443,10 +448,20 @@ impl ShardState {
         after.status()
     }
 
+    /// Whether a command from `incarnation` of `node` comes from a process that a later one
+    /// has replaced (a late write of a dead process): it is ignored.
+    fn is_stale(&self, node: u64, incarnation: u64) -> bool {
+        self.leases
+            .get(&node)
+            .is_some_and(|lease| incarnation < lease.incarnation)
+    }
+
+    /// Extends `node`'s lease; returns the users with devices on an earlier incarnation.
     fn touch_lease(&mut self, node: u64, incarnation: u64, expires_ms: u64) -> Vec<String> {
         let lease = self.leases.entry(node).or_insert(NodeLease {
             incarnation,
             expires_ms,
+            expired: false,
         });
         let restarted = lease.incarnation != incarnation;
         lease.incarnation = incarnation;
@@ -499,7 +514,29 @@ impl ShardState {
         out: &mut Vec<AppliedOutput>,
     ) -> PresenceStatus {
         let now = self.advance_clock(cmd.time_ms);
-        let stale = self.touch_lease(cmd.conn.node, cmd.conn.incarnation, now + cmd.lease_ms);
+        let current = |state: &Self| {
+            state
+                .presence
+                .get(&cmd.user)
+                .map_or(PresenceStatus::Offline, UserPresence::status)
+        };
+        if self.is_stale(cmd.conn.node, cmd.conn.incarnation) {
+            return current(self);
+        }
+        // A status change (not a connect) from a connection the device has left since: the
+        // device belongs to its newer connection.
+        if !cmd.connect
+            && self
+                .presence
+                .get(&cmd.user)
+                .and_then(|p| p.devices.get(&cmd.device))
+                .and_then(|d| d.conn)
+                .is_some_and(|c| c != cmd.conn)
+        {
+            return current(self);
+        }
+        let lease_until = now.saturating_add(cmd.lease_ms);
+        let stale = self.touch_lease(cmd.conn.node, cmd.conn.incarnation, lease_until);
         let (node, incarnation) = (cmd.conn.node, cmd.conn.incarnation);
         self.devices_offline(ctx, stale, now, out, |c| {
             c.node == node && c.incarnation != incarnation
@@ -545,7 +582,10 @@ impl ShardState {
         out: &mut Vec<AppliedOutput>,
     ) -> u32 {
         let now = self.advance_clock(cmd.time_ms);
-        let stale = self.touch_lease(cmd.node, cmd.incarnation, now + cmd.lease_ms);
+        if self.is_stale(cmd.node, cmd.incarnation) {
+            return 0;
+        }
+        let stale = self.touch_lease(cmd.node, cmd.incarnation, now.saturating_add(cmd.lease_ms));
         let (node, incarnation) = (cmd.node, cmd.incarnation);
         self.devices_offline(ctx, stale, now, out, |c| {
             c.node == node && c.incarnation != incarnation
@@ -560,11 +600,11 @@ impl ShardState {
         out: &mut Vec<AppliedOutput>,
     ) -> u32 {
         let now = self.advance_clock(time_ms);
-        match self.leases.get(&node) {
-            Some(lease) if lease.expires_ms <= now => {}
+        match self.leases.get_mut(&node) {
+            // Kept, marked: the node's next renewal learns that its devices were taken offline.
+            Some(lease) if lease.expires_ms <= now => lease.expired = true,
             _ => return 0, // Renewed meanwhile.
         }
-        self.leases.remove(&node);
         let users: Vec<String> = self
             .presence
             .iter()
@@ -885,6 +925,7 @@ mod tests {
             custom_status: None,
             conn: c,
             lease_ms: 10_000,
+            connect: true,
             time_ms,
         })
     }
@@ -1001,6 +1042,71 @@ mod tests {
             }
         );
         assert_eq!(state.presence("bo").unwrap().status(), PresenceStatus::Offline);
+    }
+
+    #[test]
+    fn a_lapsed_lease_is_reported_to_the_next_renewal_even_after_a_status_write() {
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        state.apply(ctx, &online("cy", "a", conn(4, 7, 1), 0));
+        state.apply(
+            ctx,
+            &Command::ExpireLease(crate::command::ExpireLeaseCommand {
+                node: 4,
+                time_ms: 20_000,
+            }),
+        );
+        assert_eq!(state.presence("cy").unwrap().status(), PresenceStatus::Offline);
+        // A write of the node lands first (a retry after a partition healed)...
+        state.apply(ctx, &online("cy", "b", conn(4, 7, 2), 20_100));
+        let renew = |time_ms| {
+            Command::RenewLease(RenewLeaseCommand {
+                node: 4,
+                incarnation: 7,
+                lease_ms: 10_000,
+                time_ms,
+            })
+        };
+        // ...the renewal still learns the lease was lost, once.
+        assert_eq!(
+            state.apply(ctx, &renew(20_200)),
+            CommandResult::Lease {
+                offline: 0,
+                lost: true
+            }
+        );
+        assert_eq!(
+            state.apply(ctx, &renew(20_300)),
+            CommandResult::Lease {
+                offline: 0,
+                lost: false
+            }
+        );
+    }
+
+    #[test]
+    fn late_writes_of_replaced_connections_and_processes_change_nothing() {
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        let (old, new) = (conn(5, 1, 1), conn(5, 1, 2));
+        state.apply(ctx, &online("di", "d", old, 0));
+        state.apply(ctx, &online("di", "d", new, 10));
+        // A status change of the old connection, applied late, does not take the device back.
+        let mut late = online("di", "d", old, 20);
+        if let Command::SetPresence(set) = &mut late {
+            set.connect = false;
+            set.status = PresenceStatus::Away;
+        }
+        state.apply(ctx, &late);
+        state.apply(ctx, &gone("di", "d", old, 30));
+        let di = state.presence("di").unwrap();
+        assert_eq!(
+            (di.status(), di.devices["d"].conn),
+            (PresenceStatus::Online, Some(new))
+        );
+        // A write of an earlier process of the node (incarnation 0 < 1) is ignored.
+        state.apply(ctx, &online("di", "e", conn(5, 0, 9), 40));
+        assert!(!state.presence("di").unwrap().devices.contains_key("e"));
     }
 
     #[test]

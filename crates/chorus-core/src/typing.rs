@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 pub struct Typist {
     /// The user (token subject).
     pub user: String,
-    /// Their device ("" when the token names none).
+    /// Their device (the gateway names it `default` when the token names none).
     pub device: String,
 }
 
@@ -73,9 +73,13 @@ impl TypingRegistry {
             })
     }
 
-    /// Records a "stopped". Returns the change (`None` when the typist was not typing).
-    pub fn stop(&mut self, channel: &ChannelName, typist: &Typist) -> Option<TypingChange> {
+    /// Records a "stopped" sent through node `origin`. Returns the change (`None` when the
+    /// typist was not typing, or is typing through another node by now).
+    pub fn stop(&mut self, channel: &ChannelName, typist: &Typist, origin: u64) -> Option<TypingChange> {
         let typists = self.channels.get_mut(channel)?;
+        if typists.get(typist)?.origin != origin {
+            return None;
+        }
         typists.remove(typist)?;
         if typists.is_empty() {
             self.channels.remove(channel);
@@ -173,8 +177,13 @@ mod tests {
         r.start(&ch("d"), who("c"), 2, 7, 0, 6_000);
         r.start(&ch("d"), who("e"), 3, 1, 0, 6_000);
         assert_eq!(r.current(&ch("c")), vec![who("a"), who("b")]);
-        assert_eq!(r.stop(&ch("c"), &who("a")).map(|c| c.typing), Some(false));
-        assert_eq!(r.stop(&ch("c"), &who("a")), None);
+        assert_eq!(
+            r.stop(&ch("c"), &who("b"), 2),
+            None,
+            "typing through node 1, not 2"
+        );
+        assert_eq!(r.stop(&ch("c"), &who("a"), 1).map(|c| c.typing), Some(false));
+        assert_eq!(r.stop(&ch("c"), &who("a"), 1), None);
         assert_eq!(r.drop_connection(1, 8).len(), 1);
         assert!(r.has_origin(2));
         let gone = r.drop_origin(2);

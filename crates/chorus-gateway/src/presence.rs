@@ -124,6 +124,7 @@ impl PresenceKeeper {
     ) {
         let mut custom = None;
         let mut last = PresenceStatus::Online;
+        let mut connect = true;
         while let Some(write) = queue.recv().await {
             let (status, custom_status, reply) = match write {
                 Write::Status {
@@ -133,8 +134,7 @@ impl PresenceKeeper {
                 } => (status, Some(custom_status), reply),
                 Write::Reassert => (last, None, None),
                 Write::Gone => {
-                    let _ = self
-                        .retry(|| self.cluster.device_gone(&user, &device, conn))
+                    self.until_written(|| self.cluster.device_gone(&user, &device, conn))
                         .await;
                     break;
                 }
@@ -150,9 +150,13 @@ impl PresenceKeeper {
                 custom_status: custom.clone(),
             };
             let result = self
-                .retry(|| self.cluster.set_presence(device_status.clone(), conn, self.lease))
+                .retry(|| {
+                    self.cluster
+                        .set_presence(device_status.clone(), conn, connect, self.lease)
+                })
                 .await
                 .map(|_| ());
+            connect = false;
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
@@ -188,6 +192,22 @@ impl PresenceKeeper {
                     attempt += 1;
                 }
             }
+        }
+    }
+
+    /// Retries `write` until it succeeds (a closed connection's device must go offline even
+    /// when the node keeps renewing its lease for other connections).
+    async fn until_written<T, F, Fut>(&self, write: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, chorus_cluster::ClusterError>>,
+    {
+        let mut pause = Duration::from_millis(100);
+        while let Err(e) = write().await {
+            self.metrics.presence_write_failures.inc();
+            tracing::warn!(error = %e, "presence write failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -26,6 +26,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
+/// Most channels one unread query may name (as in the client protocol).
+const MAX_UNREAD_CHANNELS: usize = 256;
+
 fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes, shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the body must be {shape}: {e}")))
 }
@@ -226,6 +229,12 @@ pub(crate) async fn unread(
 ) -> Result<Response, ApiError> {
     let claims = claims(&state, &headers)?;
     let mut channels = Vec::new();
+    let names = query.get("channels").map_or(0, |c| c.split(',').count());
+    if names > MAX_UNREAD_CHANNELS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_UNREAD_CHANNELS} channels per query"
+        )));
+    }
     for name in query
         .get("channels")
         .map(|c| c.split(',').filter(|c| !c.is_empty()).collect::<Vec<_>>())
