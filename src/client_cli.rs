@@ -93,6 +93,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Print who is subscribed to a channel with a roster.
+    Roster {
+        /// The channel.
+        channel: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Print a user's presence.
     Presence {
         /// The user.
@@ -205,6 +212,19 @@ async fn run_feature(command: ClientCommand) -> Result<Option<ClientCommand>> {
             (
                 client,
                 serde_json::json!({"channel": channel, "typists": typists}),
+            )
+        }
+        ClientCommand::Roster { channel, connection } => {
+            let client = connect(&connection).await?;
+            let members: Vec<_> = client
+                .roster(&channel)
+                .await?
+                .into_iter()
+                .map(|(user, device)| serde_json::json!({"user": user, "device": device}))
+                .collect();
+            (
+                client,
+                serde_json::json!({"channel": channel, "members": members}),
             )
         }
         ClientCommand::Presence { user, connection } => {

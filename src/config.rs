@@ -82,6 +82,9 @@ pub struct PresenceConfig {
     pub typing_ttl_ms: u64,
     /// A peer node silent this long has its typists dropped, ms.
     pub typing_peer_silence_ms: u64,
+    /// Channel patterns whose channels have a roster (who is subscribed, with join and leave
+    /// notices). Give every node the same list.
+    pub roster_channels: Vec<String>,
 }
 
 impl Default for PresenceConfig {
@@ -93,6 +96,7 @@ impl Default for PresenceConfig {
                 .as_millis() as u64,
             typing_ttl_ms: typing.ttl.as_millis() as u64,
             typing_peer_silence_ms: typing.peer_silence.as_millis() as u64,
+            roster_channels: Vec::new(),
         }
     }
 }
@@ -493,6 +497,10 @@ impl NodeConfig {
         if p.lease_ms < 300 || p.typing_ttl_ms == 0 {
             bail!("`presence.lease_ms` must be at least 300 and `presence.typing_ttl_ms` positive");
         }
+        for pattern in &p.roster_channels {
+            ChannelPattern::new(pattern.clone())
+                .with_context(|| format!("`presence.roster_channels`: {pattern:?}"))?;
+        }
         if p.typing_peer_silence_ms < 2000 {
             bail!(
                 "`presence.typing_peer_silence_ms` must be at least 2000: nodes with typists announce themselves every second"
@@ -533,6 +541,12 @@ impl NodeConfig {
             max_requests_in_flight: c.max_requests_in_flight,
             max_subscriptions_per_connection: c.max_subscriptions_per_connection,
             presence_lease: Duration::from_millis(self.presence.lease_ms),
+            roster_channels: self
+                .presence
+                .roster_channels
+                .iter()
+                .filter_map(|p| ChannelPattern::new(p.clone()).ok())
+                .collect(),
         }
     }
 

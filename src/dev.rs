@@ -183,6 +183,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
         port(200, 2)
     );
     println!(
+        "  chorus client session-create doc.plan --policy reject --node 127.0.0.1:{}{trust}",
+        port(200, 3)
+    );
+    println!(
+        "  chorus client presence admin --node 127.0.0.1:{}{trust}   (also: typing, session-op, read, unread, roster)",
+        port(200, 1)
+    );
+    println!(
         "  WebSocket: ws://127.0.0.1:{}/ws (protocol: docs/protocol.md)",
         port(0, 1)
     );

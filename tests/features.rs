@@ -446,6 +446,62 @@ async fn read_positions_survive_a_node_kill_and_count_unread() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn rosters_list_subscribers_across_nodes_with_join_and_leave_notices() -> Result<()> {
+    let mut cluster = common::builder()
+        .config("[presence]\nroster_channels = [\"room.>\"]\n")
+        .start()
+        .await?;
+    let room = "room.lobby";
+    let watcher = cluster
+        .sdk(&[1], &device_token("wat", "w", &["admin"]))
+        .connect()
+        .await?;
+    let _watching = watcher.subscribe(room, SubscribeOptions::default()).await?;
+    let mut notices = watcher.notices();
+    let pair = |u: &str, d: &str| (u.to_string(), d.to_string());
+    let asker = cluster.sdk(&[3], &token("asker", &["admin"])).connect().await?;
+    wait_for("the watcher in the roster", WAIT, || async {
+        (asker.roster(room).await.ok()? == vec![pair("wat", "w")]).then_some(())
+    })
+    .await?;
+
+    let ann = cluster
+        .sdk(&[2], &device_token("ann", "phone", &["admin"]))
+        .reconnect_attempts(1)
+        .connect()
+        .await?;
+    let first = ann.subscribe(room, SubscribeOptions::default()).await?;
+    next_notice(&mut notices, "presence.join", "ann", WAIT).await?;
+    assert_eq!(
+        asker.roster(room).await?,
+        vec![pair("ann", "phone"), pair("wat", "w")]
+    );
+    // A second subscription of the same connection changes nothing; the last one leaving does.
+    let second = ann.subscribe(room, SubscribeOptions::default()).await?;
+    drop(first);
+    drop(second);
+    next_notice(&mut notices, "presence.leave", "ann", WAIT).await?;
+    assert_eq!(asker.roster(room).await?, vec![pair("wat", "w")]);
+
+    // A member on a node that dies leaves once the node's lease lapses.
+    let _again = ann.subscribe(room, SubscribeOptions::default()).await?;
+    next_notice(&mut notices, "presence.join", "ann", WAIT).await?;
+    cluster.kill(2);
+    next_notice(&mut notices, "presence.leave", "ann", Duration::from_secs(25)).await?;
+    let (status, body) = cluster
+        .call(1, "GET", &format!("/api/v1/channels/{room}/roster"), None)
+        .await?;
+    assert_eq!(
+        (status, &body["members"]),
+        (200, &json!([{"user": "wat", "device": "w"}]))
+    );
+    // Channels without a roster say so.
+    let refused = watcher.roster("chat.none").await.unwrap_err();
+    assert_eq!(refused.code(), Some("bad_request"), "{refused}");
+    Ok(())
+}
+
 fn ws_error(frame: &wire::ServerFrame) -> Option<wire::Error> {
     match &frame.kind {
         Some(server_frame::Kind::Error(e)) => Some(e.clone()),

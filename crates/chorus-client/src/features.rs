@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 pub const TYPING_REPEAT: Duration = Duration::from_secs(3);
 
 /// A live-only message of a subscribed channel: `typing.started`, `typing.stopped`,
-/// `message.read`.
+/// `message.read`, `presence.join`, `presence.leave`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     /// The channel.
@@ -371,6 +371,19 @@ impl Client {
                 current: json_or_none(&r.current)?,
             }),
             other => unexpected("session op", other),
+        }
+    }
+
+    /// Who is subscribed to `channel` (one with a roster): (user, device) pairs, sorted.
+    pub async fn roster(&self, channel: &str) -> Result<Vec<(String, String)>, Error> {
+        let kind = client_frame::Kind::RosterQuery(wire::RosterQuery {
+            channel: channel.to_string(),
+        });
+        match self.request(kind).await? {
+            server_frame::Kind::Roster(roster) => {
+                Ok(roster.members.into_iter().map(|m| (m.user, m.device)).collect())
+            }
+            other => unexpected("roster query", other),
         }
     }
 

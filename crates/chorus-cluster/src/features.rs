@@ -6,16 +6,19 @@
 //!  session op  ─► shard_for(session channel)    ─► leader orders it ─► every replica applies
 //!  presence    ─► shard_for("presence.<user>")  ─► node leases take dead nodes' devices offline
 //!  read receipt─► shard_for(channel)            ─► read positions, unread counts
+//!  roster      ─► shard_for(channel)            ─► members per connection, node leases
 //! ```
 
 use crate::error::ClusterError;
 use crate::node::ClusterNode;
 use chorus_core::collab::{ConflictPolicy, DocPath, OpKind, SessionDoc};
+use chorus_core::command::RosterCommand;
 use chorus_core::command::{
     CreateSessionCommand, DeviceGoneCommand, ExpireLeaseCommand, MarkReadCommand, ReadPosition,
     RenewLeaseCommand, SessionOpApplied, SessionOpCommand, SessionPosition, SetPresenceCommand,
 };
 use chorus_core::presence::{PRESENCE_CHANNEL_PREFIX, UserPresence};
+use chorus_core::roster::Member;
 use chorus_core::{ChannelName, Command, CommandResult, ConnRef, PresenceStatus, ShardId, shard_for};
 use chorus_store::ShardRequest;
 use std::time::Duration;
@@ -176,6 +179,42 @@ impl ClusterNode {
             CommandResult::Lease { lost, .. } => Ok(lost),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Connection `conn` of this node (a device of `user`) joins or leaves `channel`'s roster.
+    pub async fn roster_change(
+        &self,
+        channel: ChannelName,
+        member: (&str, &str),
+        conn: u64,
+        join: bool,
+        lease: Duration,
+    ) -> Result<u32, ClusterError> {
+        let shard = self.shard_of(&channel);
+        let change = RosterCommand {
+            channel,
+            user: member.0.to_string(),
+            device: member.1.to_string(),
+            conn: self.conn_ref(conn),
+            lease_ms: lease.as_millis() as u64,
+            time_ms: 0,
+        };
+        let command = if join {
+            Command::RosterJoin(change)
+        } else {
+            Command::RosterLeave(change)
+        };
+        match self.submit(shard, command).await? {
+            CommandResult::Roster { connections } => Ok(connections),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The members of `channel`'s roster, linearizably.
+    pub async fn roster(&self, channel: &ChannelName) -> Result<Vec<Member>, ClusterError> {
+        let shard = self.shard_of(channel);
+        self.read_barrier(shard).await?;
+        Ok(self.read_state(shard, |state| state.roster(channel)))
     }
 
     fn conn_ref(&self, conn: u64) -> ConnRef {

@@ -39,6 +39,10 @@ pub enum Command {
     ExpireLease(ExpireLeaseCommand),
     /// A user read a channel up to an offset.
     MarkRead(MarkReadCommand),
+    /// A connection subscribed to a channel with a roster.
+    RosterJoin(RosterCommand),
+    /// A connection's subscription to a channel with a roster ended.
+    RosterLeave(RosterCommand),
 }
 
 impl Command {
@@ -54,6 +58,7 @@ impl Command {
             Command::RenewLease(c) => c.time_ms = now_ms,
             Command::ExpireLease(c) => c.time_ms = now_ms,
             Command::MarkRead(c) => c.time_ms = now_ms,
+            Command::RosterJoin(c) | Command::RosterLeave(c) => c.time_ms = now_ms,
             Command::SetLimits(_) | Command::SetClusterId(_) => {}
         }
     }
@@ -162,6 +167,23 @@ pub struct ExpireLeaseCommand {
     pub time_ms: u64,
 }
 
+/// A roster membership: one connection's subscription to a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterCommand {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// The connection (its node's lease keeps the membership alive).
+    pub conn: ConnRef,
+    /// The node's lease length, renewed by a join.
+    pub lease_ms: u64,
+    /// Stamped by the shard leader.
+    pub time_ms: u64,
+}
+
 /// A read position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MarkReadCommand {
@@ -218,6 +240,11 @@ pub enum CommandResult {
     },
     /// A read position after the command.
     Read(ReadPosition),
+    /// A roster's member connections after a join or leave.
+    Roster {
+        /// Member connections.
+        connections: u32,
+    },
 }
 
 /// A session's version and its channel's position.

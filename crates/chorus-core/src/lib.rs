@@ -18,6 +18,7 @@ pub mod command;
 pub mod error;
 pub mod pattern;
 pub mod presence;
+pub mod roster;
 pub mod shard;
 pub mod state;
 pub mod typing;

@@ -15,12 +15,13 @@ use crate::channel::ChannelName;
 use crate::collab::{OpError, SessionDoc};
 use crate::command::{
     Command, CommandResult, CreateSessionCommand, DeviceGoneCommand, MarkReadCommand, PublishCommand,
-    Published, ReadPosition, RenewLeaseCommand, SessionOpApplied, SessionOpCommand, SessionPosition,
-    SetPresenceCommand,
+    Published, ReadPosition, RenewLeaseCommand, RosterCommand, SessionOpApplied, SessionOpCommand,
+    SessionPosition, SetPresenceCommand,
 };
 use crate::presence::{
     DevicePresence, NodeLease, PRESENCE_CHANNEL_PREFIX, PresenceStatus, UserPresence, change_event_type,
 };
+use crate::roster::{Member, Rosters};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -149,6 +150,8 @@ pub struct ShardState {
     leases: BTreeMap<u64, NodeLease>,
     /// Read positions: channel, then user.
     reads: BTreeMap<ChannelName, BTreeMap<String, u64>>,
+    /// Who is subscribed to the channels with rosters.
+    rosters: Rosters,
 }
 
 impl ShardState {
@@ -212,6 +215,15 @@ impl ShardState {
                 lost: false,
             },
             Command::MarkRead(read) => CommandResult::Read(self.mark_read(read, out)),
+            Command::RosterJoin(join) => CommandResult::Roster {
+                connections: self.roster_join(ctx, join, out),
+            },
+            Command::RosterLeave(leave) => {
+                let now = self.advance_clock(leave.time_ms);
+                CommandResult::Roster {
+                    connections: self.rosters.leave(&leave.channel, leave.conn, now, out),
+                }
+            }
             Command::SetLimits(limits) => {
                 self.limits = *limits;
                 let now = self.clock_ms;
@@ -541,6 +553,8 @@ impl ShardState {
         self.devices_offline(ctx, stale, now, out, |c| {
             c.node == node && c.incarnation != incarnation
         });
+        self.rosters
+            .drop_where(|c| c.node == node && c.incarnation != incarnation, now, out);
         self.change_presence(ctx, &cmd.user, cmd.time_ms, out, |p| {
             p.devices.insert(
                 cmd.device.clone(),
@@ -587,9 +601,30 @@ impl ShardState {
         }
         let stale = self.touch_lease(cmd.node, cmd.incarnation, now.saturating_add(cmd.lease_ms));
         let (node, incarnation) = (cmd.node, cmd.incarnation);
+        self.rosters
+            .drop_where(|c| c.node == node && c.incarnation != incarnation, now, out);
         self.devices_offline(ctx, stale, now, out, |c| {
             c.node == node && c.incarnation != incarnation
         })
+    }
+
+    fn roster_join(&mut self, ctx: ApplyContext, cmd: &RosterCommand, out: &mut Vec<AppliedOutput>) -> u32 {
+        let now = self.advance_clock(cmd.time_ms);
+        let (node, incarnation) = (cmd.conn.node, cmd.conn.incarnation);
+        if self.is_stale(node, incarnation) {
+            return 0;
+        }
+        let stale = self.touch_lease(node, incarnation, now.saturating_add(cmd.lease_ms));
+        self.devices_offline(ctx, stale, now, out, |c| {
+            c.node == node && c.incarnation != incarnation
+        });
+        self.rosters
+            .drop_where(|c| c.node == node && c.incarnation != incarnation, now, out);
+        let member = Member {
+            user: cmd.user.clone(),
+            device: cmd.device.clone(),
+        };
+        self.rosters.join(&cmd.channel, cmd.conn, member, now, out)
     }
 
     fn expire_lease(
@@ -611,6 +646,7 @@ impl ShardState {
             .filter(|(_, p)| p.devices.values().any(|d| d.conn.is_some_and(|c| c.node == node)))
             .map(|(user, _)| user.clone())
             .collect();
+        self.rosters.drop_where(|c| c.node == node, now, out);
         self.devices_offline(ctx, users, now, out, |c| c.node == node)
     }
 
@@ -651,13 +687,19 @@ impl ShardState {
             .filter(|(_, lease)| lease.expires_ms <= now_ms)
             .map(|(node, _)| *node)
             .filter(|node| {
-                self.presence.values().any(|p| {
-                    p.devices
-                        .values()
-                        .any(|d| d.conn.is_some_and(|c| c.node == *node))
-                })
+                self.rosters.has_node(*node)
+                    || self.presence.values().any(|p| {
+                        p.devices
+                            .values()
+                            .any(|d| d.conn.is_some_and(|c| c.node == *node))
+                    })
             })
             .collect()
+    }
+
+    /// The members of a channel's roster: each (user, device) once, sorted.
+    pub fn roster(&self, channel: &ChannelName) -> Vec<Member> {
+        self.rosters.members(channel)
     }
 
     /// A session's document, version and policy, with its channel's position.

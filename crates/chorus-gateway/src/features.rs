@@ -6,6 +6,7 @@
 //!  SetPresence   ─► the connection's presence writer (Raft)            ─► Ack
 //!  SessionOp     ─► session channel's shard leader (Raft)              ─► SessionOpResult | Error
 //!  MarkRead      ─► channel's shard leader (Raft)                      ─► ReadPosition
+//!  Subscribe     ─► roster membership, channels with a roster (Raft)     (session.rs)
 //!  *Query / Get  ─► read barrier, then this node's applied state       ─► state
 //! ```
 
@@ -300,6 +301,36 @@ impl Session {
         self.spawn_reply(id, async move {
             match cluster.mark_read(channel, &user, request.offset).await {
                 Ok(p) => Kind::ReadPosition(read_position(&p)),
+                Err(e) => cluster_error(e),
+            }
+        });
+    }
+
+    pub(crate) fn roster_query(&self, id: u64, request: client::RosterQuery) {
+        let Some(channel) = self.authorized_channel(id, request.channel, Operation::Subscribe) else {
+            return;
+        };
+        if !self.gateway.has_roster(&channel) {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                format!("{channel} has no roster ([presence] roster_channels does not name it)"),
+                0,
+            );
+        }
+        let cluster = self.gateway.inner.cluster.clone();
+        self.spawn_reply(id, async move {
+            match cluster.roster(&channel).await {
+                Ok(members) => Kind::Roster(client::Roster {
+                    channel: channel.to_string(),
+                    members: members
+                        .into_iter()
+                        .map(|m| client::Member {
+                            user: m.user,
+                            device: m.device,
+                        })
+                        .collect(),
+                }),
                 Err(e) => cluster_error(e),
             }
         });

@@ -76,6 +76,7 @@ pub fn kind_name(frame: &ClientFrame) -> &'static str {
         Some(Kind::SessionGet(_)) => "session_get",
         Some(Kind::MarkRead(_)) => "mark_read",
         Some(Kind::UnreadQuery(_)) => "unread_query",
+        Some(Kind::RosterQuery(_)) => "roster_query",
         None => "none",
     }
 }

@@ -61,6 +61,8 @@ pub struct GatewayConfig {
     /// This node's presence lease: renewed every third of it; its devices go offline on
     /// every node when it lapses.
     pub presence_lease: Duration,
+    /// Channels with a roster (who is subscribed, with join and leave notices).
+    pub roster_channels: Vec<chorus_core::ChannelPattern>,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +81,7 @@ impl Default for GatewayConfig {
             max_requests_in_flight: 1024,
             max_subscriptions_per_connection: 1024,
             presence_lease: Duration::from_secs(10),
+            roster_channels: Vec::new(),
         }
     }
 }
@@ -139,6 +142,15 @@ impl Gateway {
     /// The configuration in force.
     pub fn config(&self) -> &GatewayConfig {
         &self.inner.config
+    }
+
+    /// Whether `channel` has a roster (`[presence] roster_channels`).
+    pub(crate) fn has_roster(&self, channel: &chorus_core::ChannelName) -> bool {
+        self.inner
+            .config
+            .roster_channels
+            .iter()
+            .any(|p| p.matches(channel.as_str()))
     }
 
     fn next_conn_id(&self) -> u64 {

@@ -15,7 +15,7 @@
 use crate::metrics::GatewayMetrics;
 use chorus_cluster::ClusterNode;
 use chorus_cluster::features::{DeviceStatus, presence_shard};
-use chorus_core::{PresenceStatus, ShardId};
+use chorus_core::{ChannelName, PresenceStatus, ShardId, shard_for};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,8 +34,9 @@ pub struct PresenceKeeper {
     shards: Arc<Mutex<HashMap<ShardId, ConnWriters>>>,
 }
 
-/// The presence writers of one shard's connections, by connection id.
-type ConnWriters = HashMap<u64, mpsc::UnboundedSender<Write>>;
+/// The presence and roster writers of one shard: by connection id, and the roster's channel
+/// for roster memberships.
+type ConnWriters = HashMap<(u64, Option<ChannelName>), mpsc::UnboundedSender<Write>>;
 
 enum Write {
     Status {
@@ -82,6 +83,66 @@ impl Drop for ConnPresence {
     }
 }
 
+/// One connection's membership of a channel's roster. Dropping it leaves the roster.
+pub struct RosterHandle {
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+impl Drop for RosterHandle {
+    fn drop(&mut self) {
+        let _ = self.writes.send(Write::Gone);
+    }
+}
+
+/// The roster memberships of one connection: one per channel, however many of the
+/// connection's subscriptions are on it.
+pub struct RosterMemberships {
+    keeper: PresenceKeeper,
+    conn: u64,
+    member: (String, String),
+    by_sub: HashMap<u64, ChannelName>,
+    by_channel: HashMap<ChannelName, (RosterHandle, usize)>,
+}
+
+impl RosterMemberships {
+    /// No memberships yet.
+    pub fn new(keeper: PresenceKeeper, conn: u64, member: (String, String)) -> Self {
+        RosterMemberships {
+            keeper,
+            conn,
+            member,
+            by_sub: HashMap::new(),
+            by_channel: HashMap::new(),
+        }
+    }
+
+    /// Subscription `sub` is on `channel` (which has a roster).
+    pub fn subscribed(&mut self, sub: u64, channel: ChannelName) {
+        if self.by_sub.contains_key(&sub) {
+            return; // The hub refuses a second subscription with the same id.
+        }
+        self.by_sub.insert(sub, channel.clone());
+        let entry = self.by_channel.entry(channel.clone()).or_insert_with(|| {
+            let handle = self.keeper.roster_join(self.conn, channel, self.member.clone());
+            (handle, 0)
+        });
+        entry.1 += 1;
+    }
+
+    /// Subscription `sub` ended.
+    pub fn unsubscribed(&mut self, sub: u64) {
+        let Some(channel) = self.by_sub.remove(&sub) else {
+            return;
+        };
+        if let Some((_, count)) = self.by_channel.get_mut(&channel) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_channel.remove(&channel);
+            }
+        }
+    }
+}
+
 impl PresenceKeeper {
     /// Starts the lease renewal task.
     pub fn start(cluster: ClusterNode, lease: Duration, metrics: GatewayMetrics) -> PresenceKeeper {
@@ -104,7 +165,7 @@ impl PresenceKeeper {
             .expect("lock")
             .entry(shard)
             .or_default()
-            .insert(conn, writes.clone());
+            .insert((conn, None), writes.clone());
         let _ = writes.send(Write::Status {
             status: PresenceStatus::Online,
             custom_status: None,
@@ -161,13 +222,58 @@ impl PresenceKeeper {
                 let _ = reply.send(result);
             }
         }
+        self.forget_writer(shard, (conn, None));
+    }
+
+    fn forget_writer(&self, shard: ShardId, key: (u64, Option<ChannelName>)) {
         let mut shards = self.shards.lock().expect("lock");
         if let Some(conns) = shards.get_mut(&shard) {
-            conns.remove(&conn);
+            conns.remove(&key);
             if conns.is_empty() {
                 shards.remove(&shard);
             }
         }
+    }
+
+    /// Connection `conn` of `member` (user, device) subscribed to `channel`, which has a
+    /// roster: it is a member until the returned handle is dropped.
+    pub fn roster_join(&self, conn: u64, channel: ChannelName, member: (String, String)) -> RosterHandle {
+        let shard = shard_for(channel.as_str(), self.cluster.shard_count());
+        let (writes, queue) = mpsc::unbounded_channel();
+        self.shards
+            .lock()
+            .expect("lock")
+            .entry(shard)
+            .or_default()
+            .insert((conn, Some(channel.clone())), writes.clone());
+        let _ = writes.send(Write::Reassert);
+        tokio::spawn(self.clone().roster_loop(conn, channel, member, shard, queue));
+        RosterHandle { writes }
+    }
+
+    async fn roster_loop(
+        self,
+        conn: u64,
+        channel: ChannelName,
+        member: (String, String),
+        shard: ShardId,
+        mut queue: mpsc::UnboundedReceiver<Write>,
+    ) {
+        let who = (member.0.as_str(), member.1.as_str());
+        while let Some(write) = queue.recv().await {
+            let join = !matches!(write, Write::Gone);
+            let change = || {
+                self.cluster
+                    .roster_change(channel.clone(), who, conn, join, self.lease)
+            };
+            if join {
+                let _ = self.retry(change).await;
+            } else {
+                self.until_written(change).await;
+                break;
+            }
+        }
+        self.forget_writer(shard, (conn, Some(channel)));
     }
 
     async fn retry<T, F, Fut>(&self, write: F) -> Result<T, chorus_cluster::ClusterError>

@@ -55,6 +55,7 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
         .route("/api/v1/channels/{channel}/history", get(history))
         .route("/api/v1/channels/{channel}/read", post(features::mark_read))
         .route("/api/v1/unread", get(features::unread))
+        .route("/api/v1/channels/{channel}/roster", get(features::roster))
         .route("/api/v1/presence/{user}", get(features::presence))
         .route(
             "/api/v1/sessions/{session}",

@@ -8,6 +8,7 @@
 //!  POST /api/v1/sessions/{session}/ops     {op, path, value, base_version} (publish)
 //!  POST /api/v1/channels/{channel}/read    {offset}: the caller read up to offset (subscribe)
 //!  GET  /api/v1/unread?channels=a,b        the caller's read positions and unread counts
+//!  GET  /api/v1/channels/{channel}/roster  who is subscribed (channels with a roster)
 //! ```
 
 use crate::api::{Shared, claims};
@@ -218,6 +219,28 @@ pub(crate) async fn mark_read(
         "last_offset": p.last_offset,
         "unread": p.unread(),
     })))
+}
+
+/// `GET /api/v1/channels/{channel}/roster`: who is subscribed (channels with a roster;
+/// empty for the others).
+pub(crate) async fn roster(
+    State(state): State<Shared>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let claims = claims(&state, &headers)?;
+    let channel = ChannelName::new(channel)?;
+    state
+        .auth
+        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    let members: Vec<Value> = state
+        .cluster
+        .roster(&channel)
+        .await?
+        .into_iter()
+        .map(|m| json!({"user": m.user, "device": m.device}))
+        .collect();
+    Ok(json_ok(json!({"channel": channel.as_str(), "members": members})))
 }
 
 /// `GET /api/v1/unread?channels=a,b`: the caller's positions (every channel they marked

@@ -14,6 +14,7 @@
 //! | `POST /api/v1/channels/{channel}/read` | mark read up to an offset |
 //! | `GET /api/v1/unread` | the caller's read positions and unread counts |
 //! | `GET /api/v1/presence/{user}` | a user's presence |
+//! | `GET /api/v1/channels/{channel}/roster` | who is subscribed to a channel with a roster |
 //! | `PUT`/`GET /api/v1/sessions/{session}` | create / read a collaborative session |
 //! | `POST /api/v1/sessions/{session}/ops` | apply an operation (409 on a rejected conflict) |
 
