@@ -165,10 +165,11 @@ impl ClusterNode {
         self.submit(shard, command).await.map(|_| ())
     }
 
-    /// Renews this node's lease in `shard`. True when the lease had been lost (lapsed and
-    /// expired while this node lived, say behind a partition): its devices there were taken
-    /// offline, and the caller writes its connections' presence again.
-    pub async fn renew_lease(&self, shard: ShardId, lease: Duration) -> Result<bool, ClusterError> {
+    /// Renews this node's lease in `shard`. Returns how many times the lease has lapsed so far
+    /// (when that grew, its devices and memberships there were taken away while this node
+    /// lived, say behind a partition, and the caller writes them again); `None` when the shard
+    /// ignored the renewal as coming from a replaced process.
+    pub async fn renew_lease(&self, shard: ShardId, lease: Duration) -> Result<Option<u64>, ClusterError> {
         let command = Command::RenewLease(RenewLeaseCommand {
             node: self.node_id(),
             incarnation: self.incarnation(),
@@ -176,7 +177,7 @@ impl ClusterNode {
             time_ms: 0,
         });
         match self.submit(shard, command).await? {
-            CommandResult::Lease { lost, .. } => Ok(lost),
+            CommandResult::Renewed { expirations } => Ok(expirations),
             other => Err(unexpected(other)),
         }
     }
@@ -282,7 +283,7 @@ impl ClusterNode {
         for node in lapsed {
             let command = Command::ExpireLease(ExpireLeaseCommand { node, time_ms: 0 });
             match self.submit(shard, command).await {
-                Ok(CommandResult::Lease { offline, .. }) if offline > 0 => {
+                Ok(CommandResult::Expired { offline }) if offline > 0 => {
                     tracing::info!(
                         shard = shard.0,
                         node,

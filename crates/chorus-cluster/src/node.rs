@@ -175,7 +175,7 @@ struct Inner {
     cluster_id: RwLock<Option<String>>,
     started: Instant,
     typing: crate::typing::Typing,
-    /// Random per process start: tells this run's connections from an earlier run's.
+    /// The process start time in ms: tells this run's connections from an earlier run's.
     incarnation: u64,
 }
 
@@ -409,7 +409,7 @@ impl ClusterNode {
         &self.inner.typing
     }
 
-    /// This process's incarnation (random per start).
+    /// This process's incarnation (its start time in ms).
     pub fn incarnation(&self) -> u64 {
         self.inner.incarnation
     }

@@ -436,6 +436,8 @@ impl SessionDoc {
         let (parent_path, last) = path.parent_and_last();
         let mut value = &self.document;
         let mut created_from = None;
+        // Entries of the changed entry's container besides the changed entry.
+        let mut others = 0;
         for (depth, token) in parent_path.iter().enumerate() {
             let next = match value {
                 Value::Object(map) => map.get(token),
@@ -457,11 +459,15 @@ impl SessionDoc {
                 }
                 None => {
                     created_from = Some(depth); // The rest is created as objects.
+                    others = container_len(value);
                     break;
                 }
             }
         }
         let mut in_list = false;
+        if created_from.is_none() {
+            others = container_len(value).saturating_sub(usize::from(current.is_some()));
+        }
         if created_from.is_none() {
             match value {
                 Value::Object(_) => {}
@@ -513,6 +519,7 @@ impl SessionDoc {
             new,
             created_from,
             in_list,
+            others,
         })
     }
 
@@ -563,6 +570,8 @@ struct Plan {
     created_from: Option<usize>,
     /// Whether the entry changed is an element of a list.
     in_list: bool,
+    /// The other entries of its container (a comma separates it from them).
+    others: usize,
 }
 
 impl Plan {
@@ -574,9 +583,7 @@ impl Plan {
     /// Bytes of the changed entry (its key or separator included) before the operation.
     fn bytes_before(&self, path: &DocPath, previous: Option<&Value>) -> usize {
         match (self.created_from, previous) {
-            (None, Some(value)) => {
-                json_len(value) + entry_overhead(self.in_list, &path.0[self.entry_depth(path)])
-            }
+            (None, Some(value)) => json_len(value) + self.overhead(&path.0[self.entry_depth(path)]),
             _ => 0,
         }
     }
@@ -587,14 +594,28 @@ impl Plan {
         let depth = self.entry_depth(path);
         // Each created level below the entry wraps the value as {"token": ...}.
         let wrapping: usize = path.0[depth + 1..].iter().map(|t| json_str_len(t) + 3).sum();
-        json_len(value) + wrapping + entry_overhead(self.in_list, &path.0[depth])
+        json_len(value) + wrapping + self.overhead(&path.0[depth])
+    }
+
+    /// The bytes the entry adds to its container besides its value: `"key":` in an object,
+    /// and a comma when the container holds other entries.
+    fn overhead(&self, key: &str) -> usize {
+        let comma = usize::from(self.others > 0);
+        if self.in_list {
+            comma
+        } else {
+            json_str_len(key) + 1 + comma
+        }
     }
 }
 
-/// The bytes an entry adds to its container besides its value: `"key":` and a comma in an
-/// object, a comma in a list.
-fn entry_overhead(in_list: bool, key: &str) -> usize {
-    if in_list { 1 } else { json_str_len(key) + 2 }
+/// Entries of an object or list (0 for scalars).
+fn container_len(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => map.len(),
+        Value::Array(items) => items.len(),
+        _ => 0,
+    }
 }
 
 fn json_str_len(text: &str) -> usize {
@@ -878,6 +899,43 @@ mod tests {
             }
         }
         panic!("1,100 keys of 1 KB fit in a 1 MiB document");
+    }
+
+    #[test]
+    fn the_size_count_equals_the_json_text_after_any_operations() {
+        let paths = [
+            "/a", "/a/b", "/l", "/l/-", "/l/0", "/l/1", "/o", "/o/k", "/o/k/x", "/n", "/e",
+        ];
+        let values = [
+            json!(1),
+            json!("s"),
+            json!([]),
+            json!({}),
+            json!({"q": [1, 2]}),
+            json!(null),
+        ];
+        let mut d = SessionDoc::new(ConflictPolicy::Lww, json!({})).unwrap();
+        let mut x: u64 = 7;
+        for step in 0..5_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let path = p(paths[(x >> 33) as usize % paths.len()]);
+            let value = values[(x >> 20) as usize % values.len()].clone();
+            let kind = match (x >> 10) % 4 {
+                0 => OpKind::Set(value),
+                1 => OpKind::Delete,
+                2 => OpKind::Append(value),
+                _ => OpKind::Increment(json!(1)),
+            };
+            let _ = d.apply(&path, &kind, d.version());
+            assert_eq!(
+                d.bytes,
+                json_len(d.document()),
+                "after step {step}: {}",
+                d.document()
+            );
+        }
     }
 
     #[test]

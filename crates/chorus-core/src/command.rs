@@ -230,13 +230,17 @@ pub enum CommandResult {
     SessionOp(Result<SessionOpApplied, OpError>),
     /// A presence change was recorded; the user's status after it.
     Presence(PresenceStatus),
-    /// A lease was renewed or expired; how many devices went offline.
-    Lease {
+    /// A lease was renewed.
+    Renewed {
+        /// How many times the node's lease has lapsed (its devices and memberships taken
+        /// away) so far; the node writes its connections' presence again when this grew
+        /// since it last looked. `None`: a late renewal of a replaced process, ignored.
+        expirations: Option<u64>,
+    },
+    /// A lapsed lease was expired.
+    Expired {
         /// Devices that went offline.
         offline: u32,
-        /// A renewal found no lease of the node: it had lapsed (its devices were taken
-        /// offline) while the node lived on, so the node writes its connections' presence again.
-        lost: bool,
     },
     /// A read position after the command.
     Read(ReadPosition),

@@ -75,7 +75,7 @@ impl PresenceStatus {
 pub struct ConnRef {
     /// The node holding the connection.
     pub node: u64,
-    /// The node process's incarnation (random per start).
+    /// The node process's incarnation (its start time in ms: a restart has a higher one).
     pub incarnation: u64,
     /// The connection's id on that node.
     pub conn: u64,
@@ -160,9 +160,9 @@ pub struct NodeLease {
     pub incarnation: u64,
     /// Its devices go offline when a command at or after this time finds it not renewed.
     pub expires_ms: u64,
-    /// It lapsed and its devices were taken offline; cleared (and reported) by the node's
-    /// next renewal.
-    pub expired: bool,
+    /// How many times it lapsed and the node's devices and memberships were taken away;
+    /// renewals report it, so the node can tell it must write its presence again.
+    pub expirations: u64,
 }
 
 /// The presence event type for a change from `before` to `after` (`None`: nothing visible

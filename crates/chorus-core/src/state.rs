@@ -198,21 +198,11 @@ impl ShardState {
             Command::SessionOp(op) => CommandResult::SessionOp(self.session_op(ctx, op, out)),
             Command::SetPresence(set) => CommandResult::Presence(self.set_presence(ctx, set, out)),
             Command::DeviceGone(gone) => CommandResult::Presence(self.device_gone(ctx, gone, out)),
-            Command::RenewLease(renew) => {
-                let offline = self.renew_lease(ctx, renew, out);
-                // Only a renewal clears the mark an expiry left (a status write in between
-                // does not): the node then writes its connections' presence again.
-                let lost = match self.leases.get_mut(&renew.node) {
-                    Some(lease) if lease.incarnation == renew.incarnation => {
-                        std::mem::take(&mut lease.expired)
-                    }
-                    _ => false,
-                };
-                CommandResult::Lease { offline, lost }
-            }
-            Command::ExpireLease(expire) => CommandResult::Lease {
+            Command::RenewLease(renew) => CommandResult::Renewed {
+                expirations: self.renew_lease(ctx, renew, out),
+            },
+            Command::ExpireLease(expire) => CommandResult::Expired {
                 offline: self.expire_lease(ctx, expire.node, expire.time_ms, out),
-                lost: false,
             },
             Command::MarkRead(read) => CommandResult::Read(self.mark_read(read, out)),
             Command::RosterJoin(join) => CommandResult::Roster {
@@ -460,38 +450,53 @@ impl ShardState {
         after.status()
     }
 
-    /// Whether a command from `incarnation` of `node` comes from a process that a later one
-    /// has replaced (a late write of a dead process): it is ignored.
-    fn is_stale(&self, node: u64, incarnation: u64) -> bool {
-        self.leases
-            .get(&node)
-            .is_some_and(|lease| incarnation < lease.incarnation)
-    }
-
-    /// Extends `node`'s lease; returns the users with devices on an earlier incarnation.
-    fn touch_lease(&mut self, node: u64, incarnation: u64, expires_ms: u64) -> Vec<String> {
+    /// Accepts a sign of life from `incarnation` of `node` at `now`: extends its lease, and
+    /// when the node restarted, takes its earlier connections' devices and memberships away.
+    /// False (nothing done) for a late write of a replaced process: an older incarnation
+    /// while the newer one's lease is live. (Once that lease lapsed, an older incarnation
+    /// number is accepted: a node whose clock went back on restart still comes online.)
+    fn node_alive(
+        &mut self,
+        ctx: ApplyContext,
+        node: u64,
+        incarnation: u64,
+        lease_ms: u64,
+        now: u64,
+        out: &mut Vec<AppliedOutput>,
+    ) -> bool {
+        let expires_ms = now.saturating_add(lease_ms);
         let lease = self.leases.entry(node).or_insert(NodeLease {
             incarnation,
             expires_ms,
-            expired: false,
+            expirations: 0,
         });
+        if incarnation < lease.incarnation && lease.expires_ms > now {
+            return false;
+        }
         let restarted = lease.incarnation != incarnation;
         lease.incarnation = incarnation;
-        lease.expires_ms = lease.expires_ms.max(expires_ms);
+        lease.expires_ms = if restarted {
+            expires_ms
+        } else {
+            lease.expires_ms.max(expires_ms)
+        };
         if restarted {
-            lease.expires_ms = expires_ms;
-        }
-        // Users with devices on an earlier incarnation of the node: those connections are gone.
-        self.presence
-            .iter()
-            .filter(|(_, p)| {
-                p.devices.values().any(|d| {
-                    d.conn
-                        .is_some_and(|c| c.node == node && c.incarnation != incarnation)
+            let users: Vec<String> = self
+                .presence
+                .iter()
+                .filter(|(_, p)| {
+                    p.devices.values().any(|d| {
+                        d.conn
+                            .is_some_and(|c| c.node == node && c.incarnation != incarnation)
+                    })
                 })
-            })
-            .map(|(user, _)| user.clone())
-            .collect()
+                .map(|(user, _)| user.clone())
+                .collect();
+            let earlier = |c: &crate::presence::ConnRef| c.node == node && c.incarnation != incarnation;
+            self.devices_offline(ctx, users, now, out, earlier);
+            self.rosters.drop_where(earlier, now, out);
+        }
+        true
     }
 
     /// Every device whose connection matches `gone` goes offline; returns how many.
@@ -532,9 +537,6 @@ impl ShardState {
                 .get(&cmd.user)
                 .map_or(PresenceStatus::Offline, UserPresence::status)
         };
-        if self.is_stale(cmd.conn.node, cmd.conn.incarnation) {
-            return current(self);
-        }
         // A status change (not a connect) from a connection the device has left since: the
         // device belongs to its newer connection.
         if !cmd.connect
@@ -547,14 +549,9 @@ impl ShardState {
         {
             return current(self);
         }
-        let lease_until = now.saturating_add(cmd.lease_ms);
-        let stale = self.touch_lease(cmd.conn.node, cmd.conn.incarnation, lease_until);
-        let (node, incarnation) = (cmd.conn.node, cmd.conn.incarnation);
-        self.devices_offline(ctx, stale, now, out, |c| {
-            c.node == node && c.incarnation != incarnation
-        });
-        self.rosters
-            .drop_where(|c| c.node == node && c.incarnation != incarnation, now, out);
+        if !self.node_alive(ctx, cmd.conn.node, cmd.conn.incarnation, cmd.lease_ms, now, out) {
+            return current(self);
+        }
         self.change_presence(ctx, &cmd.user, cmd.time_ms, out, |p| {
             p.devices.insert(
                 cmd.device.clone(),
@@ -589,37 +586,27 @@ impl ShardState {
         })
     }
 
+    /// A renewal: returns how many times the node's lease has lapsed so far (the node
+    /// compares it with what it saw last, and writes its connections' presence again when
+    /// it grew), or `None` for a late renewal of a replaced process.
     fn renew_lease(
         &mut self,
         ctx: ApplyContext,
         cmd: &RenewLeaseCommand,
         out: &mut Vec<AppliedOutput>,
-    ) -> u32 {
+    ) -> Option<u64> {
         let now = self.advance_clock(cmd.time_ms);
-        if self.is_stale(cmd.node, cmd.incarnation) {
-            return 0;
+        if !self.node_alive(ctx, cmd.node, cmd.incarnation, cmd.lease_ms, now, out) {
+            return None;
         }
-        let stale = self.touch_lease(cmd.node, cmd.incarnation, now.saturating_add(cmd.lease_ms));
-        let (node, incarnation) = (cmd.node, cmd.incarnation);
-        self.rosters
-            .drop_where(|c| c.node == node && c.incarnation != incarnation, now, out);
-        self.devices_offline(ctx, stale, now, out, |c| {
-            c.node == node && c.incarnation != incarnation
-        })
+        self.leases.get(&cmd.node).map(|lease| lease.expirations)
     }
 
     fn roster_join(&mut self, ctx: ApplyContext, cmd: &RosterCommand, out: &mut Vec<AppliedOutput>) -> u32 {
         let now = self.advance_clock(cmd.time_ms);
-        let (node, incarnation) = (cmd.conn.node, cmd.conn.incarnation);
-        if self.is_stale(node, incarnation) {
+        if !self.node_alive(ctx, cmd.conn.node, cmd.conn.incarnation, cmd.lease_ms, now, out) {
             return 0;
         }
-        let stale = self.touch_lease(node, incarnation, now.saturating_add(cmd.lease_ms));
-        self.devices_offline(ctx, stale, now, out, |c| {
-            c.node == node && c.incarnation != incarnation
-        });
-        self.rosters
-            .drop_where(|c| c.node == node && c.incarnation != incarnation, now, out);
         let member = Member {
             user: cmd.user.clone(),
             device: cmd.device.clone(),
@@ -637,7 +624,7 @@ impl ShardState {
         let now = self.advance_clock(time_ms);
         match self.leases.get_mut(&node) {
             // Kept, marked: the node's next renewal learns that its devices were taken offline.
-            Some(lease) if lease.expires_ms <= now => lease.expired = true,
+            Some(lease) if lease.expires_ms <= now => lease.expirations += 1,
             _ => return 0, // Renewed meanwhile.
         }
         let users: Vec<String> = self
@@ -1023,18 +1010,12 @@ mod tests {
         let expire = |time_ms| Command::ExpireLease(crate::command::ExpireLeaseCommand { node: 2, time_ms });
         assert_eq!(
             state.apply(ctx, &expire(14_000)),
-            CommandResult::Lease {
-                offline: 0,
-                lost: false
-            }
+            CommandResult::Expired { offline: 0 }
         );
         out.clear();
         assert_eq!(
             state.apply_with_output(ctx, &expire(15_000), &mut out),
-            CommandResult::Lease {
-                offline: 1,
-                lost: false
-            }
+            CommandResult::Expired { offline: 1 }
         );
         assert_eq!(event_types(&out), vec!["presence.offline"]);
         let al = state.presence("al").unwrap();
@@ -1059,12 +1040,10 @@ mod tests {
         });
         assert_eq!(
             state.apply(ctx, &renewed),
-            CommandResult::Lease {
-                offline: 1,
-                lost: false
-            }
+            CommandResult::Renewed { expirations: Some(0) }
         );
-        // After an expiry, the next renewal says the lease was lost.
+        assert_eq!(state.presence("bo").unwrap().status(), PresenceStatus::Offline);
+        // After an expiry, renewals count it.
         let expire = Command::ExpireLease(crate::command::ExpireLeaseCommand {
             node: 3,
             time_ms: 60_000,
@@ -1078,16 +1057,28 @@ mod tests {
         });
         assert_eq!(
             state.apply(ctx, &late),
-            CommandResult::Lease {
-                offline: 0,
-                lost: true
-            }
+            CommandResult::Renewed { expirations: Some(1) }
         );
-        assert_eq!(state.presence("bo").unwrap().status(), PresenceStatus::Offline);
+        // A late write of the first process (incarnation 1) while incarnation 2's lease is
+        // live is ignored...
+        let late_old = Command::RenewLease(RenewLeaseCommand {
+            node: 3,
+            incarnation: 1,
+            lease_ms: 10_000,
+            time_ms: 62_000,
+        });
+        assert_eq!(
+            state.apply(ctx, &late_old),
+            CommandResult::Renewed { expirations: None }
+        );
+        // ...but once that lease lapsed, a lower incarnation (a clock that went back on
+        // restart) is a new process like any other.
+        state.apply(ctx, &online("bo", "d", conn(3, 1, 5), 80_000));
+        assert_eq!(state.presence("bo").unwrap().status(), PresenceStatus::Online);
     }
 
     #[test]
-    fn a_lapsed_lease_is_reported_to_the_next_renewal_even_after_a_status_write() {
+    fn renewals_report_lapsed_leases_even_after_a_status_write() {
         let mut state = ShardState::default();
         let ctx = ApplyContext { log_index: 1 };
         state.apply(ctx, &online("cy", "a", conn(4, 7, 1), 0));
@@ -1109,21 +1100,14 @@ mod tests {
                 time_ms,
             })
         };
-        // ...the renewal still learns the lease was lost, once.
-        assert_eq!(
-            state.apply(ctx, &renew(20_200)),
-            CommandResult::Lease {
-                offline: 0,
-                lost: true
-            }
-        );
-        assert_eq!(
-            state.apply(ctx, &renew(20_300)),
-            CommandResult::Lease {
-                offline: 0,
-                lost: false
-            }
-        );
+        // ...renewals still report the expiry (every one: a node that missed a reply learns
+        // it from the next).
+        for time_ms in [20_200, 20_300] {
+            assert_eq!(
+                state.apply(ctx, &renew(time_ms)),
+                CommandResult::Renewed { expirations: Some(1) }
+            );
+        }
     }
 
     #[test]
@@ -1149,6 +1133,46 @@ mod tests {
         // A write of an earlier process of the node (incarnation 0 < 1) is ignored.
         state.apply(ctx, &online("di", "e", conn(5, 0, 9), 40));
         assert!(!state.presence("di").unwrap().devices.contains_key("e"));
+    }
+
+    #[test]
+    fn roster_members_leave_with_their_nodes_lease_or_restart() {
+        let mut state = ShardState::default();
+        let ctx = ApplyContext { log_index: 1 };
+        let join = |c: crate::ConnRef, user: &str, time_ms| {
+            Command::RosterJoin(RosterCommand {
+                channel: ch("room.a"),
+                user: user.into(),
+                device: "d".into(),
+                conn: c,
+                lease_ms: 10_000,
+                time_ms,
+            })
+        };
+        let mut out = Vec::new();
+        state.apply_with_output(ctx, &join(conn(1, 5, 1), "ann", 0), &mut out);
+        state.apply_with_output(ctx, &join(conn(2, 5, 1), "bo", 0), &mut out);
+        // A roster member alone keeps its node's lease checked.
+        assert_eq!(state.lapsed_leases(10_000), vec![1, 2]);
+        let expire = Command::ExpireLease(crate::command::ExpireLeaseCommand {
+            node: 1,
+            time_ms: 10_000,
+        });
+        state.apply_with_output(ctx, &expire, &mut out);
+        // Node 2 restarts (incarnation 6): its earlier members leave.
+        state.apply_with_output(ctx, &join(conn(2, 6, 3), "cy", 10_500), &mut out);
+        assert_eq!(
+            event_types(&out),
+            vec![
+                "presence.join",
+                "presence.join",
+                "presence.leave",
+                "presence.leave",
+                "presence.join"
+            ]
+        );
+        let members: Vec<String> = state.roster(&ch("room.a")).into_iter().map(|m| m.user).collect();
+        assert_eq!(members, vec!["cy"]);
     }
 
     #[test]

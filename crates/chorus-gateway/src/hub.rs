@@ -24,6 +24,7 @@
 
 use crate::metrics::{GatewayMetrics, ReasonLabel};
 use crate::outbox::{Outbox, Priority};
+use crate::presence::HubRosters;
 use chorus_core::typing::TypingChange;
 use chorus_core::{ChannelName, ChannelPattern, ShardId, StoredMessage, shard_for};
 use chorus_proto::client::{self, ServerFrame, server_frame::Kind};
@@ -57,6 +58,8 @@ pub struct Subscriber {
     pub outbox: Arc<Outbox>,
     /// Whether event data may be sent deflated.
     pub deflate: bool,
+    /// The connection's user and device (roster memberships).
+    pub member: Arc<(String, String)>,
 }
 
 /// A subscribe request, already authorized.
@@ -102,6 +105,7 @@ impl Hub {
         readers: Vec<ShardReader>,
         metrics: GatewayMetrics,
         max_per_connection: usize,
+        rosters: HubRosters,
     ) -> Hub {
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = HubTask {
@@ -112,6 +116,7 @@ impl Hub {
             patterns: Vec::new(),
             by_conn: HashMap::new(),
             max_per_connection,
+            rosters,
         };
         tokio::spawn(task.run(feed.subscribe(), typing, receiver));
         Hub { commands }
@@ -164,6 +169,8 @@ struct HubTask {
     /// Subscription ids per connection (disconnects without a scan of everything).
     by_conn: HashMap<u64, HashSet<u64>>,
     max_per_connection: usize,
+    /// Roster memberships follow the subscriptions to roster channels.
+    rosters: HubRosters,
 }
 
 /// Builds the frames of one event for its subscribers, compressing its data at most once.
@@ -338,6 +345,7 @@ impl HubTask {
                 for sub in self.by_conn.remove(&conn).unwrap_or_default() {
                     self.remove((conn, sub));
                 }
+                self.rosters.disconnected(conn);
             }
         }
     }
@@ -352,6 +360,7 @@ impl HubTask {
         }
         match &removed.target {
             Target::Exact(channel) => {
+                self.rosters.removed(key.0, channel);
                 if let Some(keys) = self.exact.get_mut(channel) {
                     keys.retain(|k| *k != key);
                     if keys.is_empty() {
@@ -429,6 +438,9 @@ impl HubTask {
                 self.exact.entry(channel.clone()).or_default().push(key);
             }
             Target::Pattern(_) => self.patterns.push(key),
+        }
+        if let Target::Exact(channel) = &request.target {
+            self.rosters.added(key.0, &request.subscriber.member, channel);
         }
         self.subs.insert(key, subscription);
         self.by_conn.entry(key.0).or_default().insert(key.1);

@@ -117,15 +117,16 @@ impl Gateway {
                     .expect("every shard below shard_count exists")
             })
             .collect();
+        let presence =
+            presence::PresenceKeeper::start(cluster.clone(), config.presence_lease, metrics.clone());
         let hub = Hub::start(
             cluster.store().feed(),
             cluster.typing().changes(),
             readers,
             metrics.clone(),
             config.max_subscriptions_per_connection,
+            presence::HubRosters::new(presence.clone(), config.roster_channels.clone()),
         );
-        let presence =
-            presence::PresenceKeeper::start(cluster.clone(), config.presence_lease, metrics.clone());
         Gateway {
             inner: Arc::new(GatewayInner {
                 presence,

@@ -1,52 +1,82 @@
-//! Presence of this node's connections: written through Raft, kept alive by node leases.
+//! Presence and roster memberships of this node's connections: written through Raft, kept
+//! alive by node leases.
 //!
 //! ```text
 //!  connection ──ConnPresence──> [writer task per connection] ── SetPresence … DeviceGone ──> Raft
-//!                                   (in order: a close never overtakes the connect)
-//!  [lease task] every lease/3 ── RenewLease ──> each shard holding this node's devices
+//!  hub: subscription to a roster channel ──RosterWriter──> [writer task per (connection,
+//!       channel)] ── RosterJoin / RosterLeave … ──> Raft
+//!  [lease task] every lease/3 ── RenewLease ──> each shard holding this node's writers
 //! ```
 //!
-//! The writes of one connection go through its own task, in order; different connections
-//! write in parallel. A failed write is retried a few times; what still fails is left to the
-//! lease (when this node dies or stops renewing, its devices go offline on every node). When a
-//! renewal finds the lease lost (it lapsed while this node lived, e.g. behind a partition),
-//! every connection of the shard writes its presence again.
+//! Each writer task writes in order (a leave never overtakes its join, an offline never its
+//! connect); different writers run in parallel. Writes that bring something online or into a
+//! roster, and writes that take it away, are retried until they succeed: a lease only ever
+//! takes things away. A status the client sets is tried a few times and the client told.
+//! Every renewal reports how many times the lease has lapsed; when that number grew, the
+//! lease lapsed while this node lived (a partition, a stall), its devices and memberships
+//! were taken away, and every writer of the shard writes them again.
 
 use crate::metrics::GatewayMetrics;
 use chorus_cluster::ClusterNode;
 use chorus_cluster::features::{DeviceStatus, presence_shard};
-use chorus_core::{ChannelName, PresenceStatus, ShardId, shard_for};
+use chorus_core::{ChannelName, ChannelPattern, PresenceStatus, ShardId, shard_for};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Attempts of a presence write before it is left to the lease.
-const WRITE_ATTEMPTS: u32 = 5;
+/// Attempts of a status write the client asked for before it is told of the failure.
+const STATUS_ATTEMPTS: u32 = 5;
 
-/// Tracks this node's connections' presence and renews the node's leases.
-#[derive(Clone)]
-pub struct PresenceKeeper {
-    cluster: ClusterNode,
-    lease: Duration,
-    metrics: GatewayMetrics,
-    /// The writers of this node's connections, per shard of their user's presence.
-    shards: Arc<Mutex<HashMap<ShardId, ConnWriters>>>,
-}
-
-/// The presence and roster writers of one shard: by connection id, and the roster's channel
-/// for roster memberships.
-type ConnWriters = HashMap<(u64, Option<ChannelName>), mpsc::UnboundedSender<Write>>;
+type Reply = oneshot::Sender<Result<(), chorus_cluster::ClusterError>>;
 
 enum Write {
     Status {
         status: PresenceStatus,
         custom_status: Option<String>,
-        reply: Option<oneshot::Sender<Result<(), chorus_cluster::ClusterError>>>,
+        reply: Reply,
     },
-    /// Write the last status again (the node's lease was lost).
+    /// Write the current state again (the node's lease lapsed meanwhile).
     Reassert,
     Gone,
+}
+
+enum RosterWrite {
+    Join,
+    Leave,
+    Reassert,
+    Gone,
+}
+
+/// A writer registered for lease renewals and reasserts.
+#[derive(Clone)]
+enum Writer {
+    Presence(mpsc::UnboundedSender<Write>),
+    Roster(mpsc::UnboundedSender<RosterWrite>),
+}
+
+impl Writer {
+    fn reassert(&self) {
+        let _ = match self {
+            Writer::Presence(w) => w.send(Write::Reassert).map_err(|_| ()),
+            Writer::Roster(w) => w.send(RosterWrite::Reassert).map_err(|_| ()),
+        };
+    }
+}
+
+/// The writers of one shard: by connection id, and the roster's channel for memberships.
+type ShardWriters = HashMap<(u64, Option<ChannelName>), Writer>;
+
+/// Tracks this node's connections' presence and roster memberships and renews the node's
+/// leases. Cloning shares it.
+#[derive(Clone)]
+pub struct PresenceKeeper {
+    cluster: ClusterNode,
+    lease: Duration,
+    metrics: GatewayMetrics,
+    shards: Arc<Mutex<HashMap<ShardId, ShardWriters>>>,
+    /// The lease expirations each shard reported last.
+    expirations: Arc<Mutex<HashMap<ShardId, u64>>>,
 }
 
 /// One connection's presence. Dropping it writes the device offline.
@@ -65,7 +95,7 @@ impl ConnPresence {
         let _ = self.writes.send(Write::Status {
             status,
             custom_status,
-            reply: Some(reply),
+            reply,
         });
         async move {
             answer.await.unwrap_or_else(|_| {
@@ -83,63 +113,81 @@ impl Drop for ConnPresence {
     }
 }
 
-/// One connection's membership of a channel's roster. Dropping it leaves the roster.
-pub struct RosterHandle {
-    writes: mpsc::UnboundedSender<Write>,
+/// One connection's membership of one channel's roster, for the connection's lifetime:
+/// joined and left as its subscriptions to the channel come and go. Dropping it leaves.
+pub struct RosterWriter {
+    writes: mpsc::UnboundedSender<RosterWrite>,
 }
 
-impl Drop for RosterHandle {
+impl RosterWriter {
+    fn join(&self) {
+        let _ = self.writes.send(RosterWrite::Join);
+    }
+
+    fn leave(&self) {
+        let _ = self.writes.send(RosterWrite::Leave);
+    }
+}
+
+impl Drop for RosterWriter {
     fn drop(&mut self) {
-        let _ = self.writes.send(Write::Gone);
+        let _ = self.writes.send(RosterWrite::Gone);
     }
 }
 
-/// The roster memberships of one connection: one per channel, however many of the
-/// connection's subscriptions are on it.
-pub struct RosterMemberships {
+/// The hub's side of rosters: it owns the subscriptions, so it knows when a connection's
+/// first subscription to a roster channel starts and its last one ends (unsubscribe, resync,
+/// disconnect).
+pub struct HubRosters {
     keeper: PresenceKeeper,
-    conn: u64,
-    member: (String, String),
-    by_sub: HashMap<u64, ChannelName>,
-    by_channel: HashMap<ChannelName, (RosterHandle, usize)>,
+    patterns: Vec<ChannelPattern>,
+    /// Per connection, per roster channel: the writer and the subscriptions on the channel.
+    by_conn: HashMap<u64, HashMap<ChannelName, (RosterWriter, usize)>>,
 }
 
-impl RosterMemberships {
-    /// No memberships yet.
-    pub fn new(keeper: PresenceKeeper, conn: u64, member: (String, String)) -> Self {
-        RosterMemberships {
+impl HubRosters {
+    /// Rosters for the channels matching `patterns`.
+    pub fn new(keeper: PresenceKeeper, patterns: Vec<ChannelPattern>) -> Self {
+        HubRosters {
             keeper,
-            conn,
-            member,
-            by_sub: HashMap::new(),
-            by_channel: HashMap::new(),
+            patterns,
+            by_conn: HashMap::new(),
         }
     }
 
-    /// Subscription `sub` is on `channel` (which has a roster).
-    pub fn subscribed(&mut self, sub: u64, channel: ChannelName) {
-        if self.by_sub.contains_key(&sub) {
-            return; // The hub refuses a second subscription with the same id.
-        }
-        self.by_sub.insert(sub, channel.clone());
-        let entry = self.by_channel.entry(channel.clone()).or_insert_with(|| {
-            let handle = self.keeper.roster_join(self.conn, channel, self.member.clone());
-            (handle, 0)
-        });
-        entry.1 += 1;
-    }
-
-    /// Subscription `sub` ended.
-    pub fn unsubscribed(&mut self, sub: u64) {
-        let Some(channel) = self.by_sub.remove(&sub) else {
+    /// A subscription of connection `conn` (of `member`: user, device) to `channel` started.
+    pub fn added(&mut self, conn: u64, member: &(String, String), channel: &ChannelName) {
+        if !self.patterns.iter().any(|p| p.matches(channel.as_str())) {
             return;
-        };
-        if let Some((_, count)) = self.by_channel.get_mut(&channel) {
-            *count -= 1;
+        }
+        let channels = self.by_conn.entry(conn).or_default();
+        let (writer, count) = channels.entry(channel.clone()).or_insert_with(|| {
+            let writer = self.keeper.roster_writer(conn, channel.clone(), member.clone());
+            (writer, 0)
+        });
+        *count += 1;
+        if *count == 1 {
+            writer.join();
+        }
+    }
+
+    /// A subscription of connection `conn` to `channel` ended.
+    pub fn removed(&mut self, conn: u64, channel: &ChannelName) {
+        if let Some((writer, count)) = self
+            .by_conn
+            .get_mut(&conn)
+            .and_then(|channels| channels.get_mut(channel))
+        {
+            *count = count.saturating_sub(1);
             if *count == 0 {
-                self.by_channel.remove(&channel);
+                writer.leave();
             }
         }
+    }
+
+    /// Connection `conn` closed: its writers finish and exit.
+    pub fn disconnected(&mut self, conn: u64) {
+        self.by_conn.remove(&conn);
     }
 }
 
@@ -151,31 +199,41 @@ impl PresenceKeeper {
             lease,
             metrics,
             shards: Arc::new(Mutex::new(HashMap::new())),
+            expirations: Arc::new(Mutex::new(HashMap::new())),
         };
         tokio::spawn(keeper.clone().renew_loop());
         keeper
+    }
+
+    fn register(&self, shard: ShardId, key: (u64, Option<ChannelName>), writer: Writer) {
+        self.shards
+            .lock()
+            .expect("lock")
+            .entry(shard)
+            .or_default()
+            .insert(key, writer);
+    }
+
+    fn forget(&self, shard: ShardId, key: &(u64, Option<ChannelName>)) {
+        let mut shards = self.shards.lock().expect("lock");
+        if let Some(writers) = shards.get_mut(&shard) {
+            writers.remove(key);
+            if writers.is_empty() {
+                shards.remove(&shard);
+            }
+        }
     }
 
     /// A connection of `user`'s `device` opened: it is online from now on.
     pub fn connected(&self, conn: u64, user: String, device: String) -> ConnPresence {
         let shard = presence_shard(&user, self.cluster.shard_count());
         let (writes, queue) = mpsc::unbounded_channel();
-        self.shards
-            .lock()
-            .expect("lock")
-            .entry(shard)
-            .or_default()
-            .insert((conn, None), writes.clone());
-        let _ = writes.send(Write::Status {
-            status: PresenceStatus::Online,
-            custom_status: None,
-            reply: None,
-        });
-        tokio::spawn(self.clone().write_loop(conn, user, device, shard, queue));
+        self.register(shard, (conn, None), Writer::Presence(writes.clone()));
+        tokio::spawn(self.clone().presence_loop(conn, user, device, shard, queue));
         ConnPresence { writes }
     }
 
-    async fn write_loop(
+    async fn presence_loop(
         self,
         conn: u64,
         user: String,
@@ -183,72 +241,60 @@ impl PresenceKeeper {
         shard: ShardId,
         mut queue: mpsc::UnboundedReceiver<Write>,
     ) {
-        let mut custom = None;
-        let mut last = PresenceStatus::Online;
-        let mut connect = true;
+        let mut current = DeviceStatus {
+            user,
+            device,
+            status: PresenceStatus::Online,
+            custom_status: None,
+        };
+        // The connect write takes the device over from any other connection.
+        self.until_written(|| self.cluster.set_presence(current.clone(), conn, true, self.lease))
+            .await;
         while let Some(write) = queue.recv().await {
-            let (status, custom_status, reply) = match write {
+            match write {
                 Write::Status {
                     status,
                     custom_status,
                     reply,
-                } => (status, Some(custom_status), reply),
-                Write::Reassert => (last, None, None),
+                } => {
+                    current.status = status;
+                    current.custom_status = custom_status;
+                    let result = self
+                        .retry(|| {
+                            self.cluster
+                                .set_presence(current.clone(), conn, false, self.lease)
+                        })
+                        .await;
+                    let _ = reply.send(result.map(|_| ()));
+                }
+                Write::Reassert => {
+                    self.until_written(|| {
+                        self.cluster
+                            .set_presence(current.clone(), conn, false, self.lease)
+                    })
+                    .await;
+                }
                 Write::Gone => {
-                    self.until_written(|| self.cluster.device_gone(&user, &device, conn))
+                    self.until_written(|| self.cluster.device_gone(&current.user, &current.device, conn))
                         .await;
                     break;
                 }
-            };
-            last = status;
-            if let Some(replaced) = custom_status {
-                custom = replaced;
-            }
-            let device_status = DeviceStatus {
-                user: user.clone(),
-                device: device.clone(),
-                status,
-                custom_status: custom.clone(),
-            };
-            let result = self
-                .retry(|| {
-                    self.cluster
-                        .set_presence(device_status.clone(), conn, connect, self.lease)
-                })
-                .await
-                .map(|_| ());
-            connect = false;
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
             }
         }
-        self.forget_writer(shard, (conn, None));
+        self.forget(shard, &(conn, None));
     }
 
-    fn forget_writer(&self, shard: ShardId, key: (u64, Option<ChannelName>)) {
-        let mut shards = self.shards.lock().expect("lock");
-        if let Some(conns) = shards.get_mut(&shard) {
-            conns.remove(&key);
-            if conns.is_empty() {
-                shards.remove(&shard);
-            }
-        }
-    }
-
-    /// Connection `conn` of `member` (user, device) subscribed to `channel`, which has a
-    /// roster: it is a member until the returned handle is dropped.
-    pub fn roster_join(&self, conn: u64, channel: ChannelName, member: (String, String)) -> RosterHandle {
+    /// The roster writer of connection `conn` (of `member`) for `channel`.
+    fn roster_writer(&self, conn: u64, channel: ChannelName, member: (String, String)) -> RosterWriter {
         let shard = shard_for(channel.as_str(), self.cluster.shard_count());
         let (writes, queue) = mpsc::unbounded_channel();
-        self.shards
-            .lock()
-            .expect("lock")
-            .entry(shard)
-            .or_default()
-            .insert((conn, Some(channel.clone())), writes.clone());
-        let _ = writes.send(Write::Reassert);
+        self.register(
+            shard,
+            (conn, Some(channel.clone())),
+            Writer::Roster(writes.clone()),
+        );
         tokio::spawn(self.clone().roster_loop(conn, channel, member, shard, queue));
-        RosterHandle { writes }
+        RosterWriter { writes }
     }
 
     async fn roster_loop(
@@ -257,23 +303,40 @@ impl PresenceKeeper {
         channel: ChannelName,
         member: (String, String),
         shard: ShardId,
-        mut queue: mpsc::UnboundedReceiver<Write>,
+        mut queue: mpsc::UnboundedReceiver<RosterWrite>,
     ) {
         let who = (member.0.as_str(), member.1.as_str());
+        let mut joined = false;
         while let Some(write) = queue.recv().await {
-            let join = !matches!(write, Write::Gone);
-            let change = || {
-                self.cluster
-                    .roster_change(channel.clone(), who, conn, join, self.lease)
-            };
-            if join {
-                let _ = self.retry(change).await;
-            } else {
-                self.until_written(change).await;
-                break;
+            match write {
+                RosterWrite::Join if !joined => {
+                    self.roster_write(&channel, who, conn, true).await;
+                    joined = true;
+                }
+                RosterWrite::Reassert if joined => self.roster_write(&channel, who, conn, true).await,
+                RosterWrite::Leave if joined => {
+                    self.roster_write(&channel, who, conn, false).await;
+                    joined = false;
+                }
+                RosterWrite::Gone => {
+                    if joined {
+                        self.roster_write(&channel, who, conn, false).await;
+                    }
+                    break;
+                }
+                _ => {}
             }
         }
-        self.forget_writer(shard, (conn, Some(channel)));
+        self.forget(shard, &(conn, Some(channel.clone())));
+    }
+
+    /// Joins or leaves a roster, until written.
+    async fn roster_write(&self, channel: &ChannelName, who: (&str, &str), conn: u64, join: bool) {
+        self.until_written(|| {
+            self.cluster
+                .roster_change(channel.clone(), who, conn, join, self.lease)
+        })
+        .await;
     }
 
     async fn retry<T, F, Fut>(&self, write: F) -> Result<T, chorus_cluster::ClusterError>
@@ -286,9 +349,9 @@ impl PresenceKeeper {
         loop {
             match write().await {
                 Ok(value) => return Ok(value),
-                Err(e) if attempt >= WRITE_ATTEMPTS => {
+                Err(e) if attempt >= STATUS_ATTEMPTS => {
                     self.metrics.presence_write_failures.inc();
-                    tracing::warn!(error = %e, "presence write failed; the node lease will correct it");
+                    tracing::warn!(error = %e, "presence status write failed");
                     return Err(e);
                 }
                 Err(e) => {
@@ -301,8 +364,8 @@ impl PresenceKeeper {
         }
     }
 
-    /// Retries `write` until it succeeds (a closed connection's device must go offline even
-    /// when the node keeps renewing its lease for other connections).
+    /// Retries `write` until it succeeds: what goes online must, and what goes offline must
+    /// (a node that keeps renewing its lease for other connections would keep it otherwise).
     async fn until_written<T, F, Fut>(&self, write: F)
     where
         F: Fn() -> Fut,
@@ -317,7 +380,7 @@ impl PresenceKeeper {
         }
     }
 
-    /// Renews this node's lease every third of its length in every shard holding its devices.
+    /// Renews this node's lease every third of its length in every shard holding its writers.
     async fn renew_loop(self) {
         let mut tick = tokio::time::interval(self.lease / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -326,25 +389,33 @@ impl PresenceKeeper {
             let shards: Vec<ShardId> = self.shards.lock().expect("lock").keys().copied().collect();
             for shard in shards {
                 let keeper = self.clone();
-                tokio::spawn(async move {
-                    match keeper.cluster.renew_lease(shard, keeper.lease).await {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            tracing::warn!(
-                                shard = shard.0,
-                                "presence lease was lost; writing this node's presence again"
-                            );
-                            let conns = keeper.shards.lock().expect("lock").get(&shard).cloned();
-                            for writer in conns.into_iter().flat_map(|c| c.into_values()) {
-                                let _ = writer.send(Write::Reassert);
-                            }
-                        }
-                        Err(e) => {
-                            keeper.metrics.presence_write_failures.inc();
-                            tracing::warn!(shard = shard.0, error = %e, "presence lease not renewed");
-                        }
+                tokio::spawn(async move { keeper.renew(shard).await });
+            }
+        }
+    }
+
+    async fn renew(&self, shard: ShardId) {
+        match self.cluster.renew_lease(shard, self.lease).await {
+            Ok(Some(expirations)) => {
+                let seen = self.expirations.lock().expect("lock").insert(shard, expirations);
+                if seen.unwrap_or(0) < expirations {
+                    tracing::warn!(
+                        shard = shard.0,
+                        "presence lease had lapsed; writing this node's presence again"
+                    );
+                    let writers = self.shards.lock().expect("lock").get(&shard).cloned();
+                    for writer in writers.into_iter().flat_map(|w| w.into_values()) {
+                        writer.reassert();
                     }
-                });
+                }
+            }
+            Ok(None) => tracing::warn!(
+                shard = shard.0,
+                "the shard ignored this node's renewal as coming from an earlier process"
+            ),
+            Err(e) => {
+                self.metrics.presence_write_failures.inc();
+                tracing::warn!(shard = shard.0, error = %e, "presence lease not renewed");
             }
         }
     }

@@ -54,8 +54,6 @@ pub(crate) struct Session {
     requests: Arc<Semaphore>,
     /// This connection's device presence; dropping it writes the device offline.
     pub(crate) presence: crate::presence::ConnPresence,
-    /// This connection's roster memberships; dropping them leaves the rosters.
-    rosters: crate::presence::RosterMemberships,
 }
 
 /// The device name of a token without one.
@@ -164,19 +162,14 @@ impl Gateway {
             .inner
             .presence
             .connected(conn, claims.sub.clone(), device.clone());
-        let rosters = crate::presence::RosterMemberships::new(
-            self.inner.presence.clone(),
-            conn,
-            (claims.sub.clone(), device),
-        );
         let mut session = Session {
             presence,
-            rosters,
             gateway: self.clone(),
             subscriber: Subscriber {
                 conn,
                 outbox: outbox.clone(),
                 deflate,
+                member: Arc::new((claims.sub.clone(), device.clone())),
             },
             deadline: token_deadline(claims.exp, config.token_grace),
             claims,
@@ -287,7 +280,6 @@ impl Session {
             Some(client_frame::Kind::Unsubscribe(unsubscribe)) => {
                 let hub = &self.gateway.inner.hub;
                 hub.unsubscribe(self.subscriber.clone(), id, unsubscribe.sub);
-                self.rosters.unsubscribed(unsubscribe.sub);
                 Ok(())
             }
             Some(client_frame::Kind::RosterQuery(request)) => {
@@ -387,7 +379,7 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, id: u64, request: client::Subscribe) {
+    fn subscribe(&self, id: u64, request: client::Subscribe) {
         let auth = &self.gateway.inner.auth;
         if request.sub == 0 {
             return self.error(
@@ -440,11 +432,6 @@ impl Session {
             }
             Target::Pattern(pattern)
         };
-        if let Target::Exact(channel) = &target
-            && self.gateway.has_roster(channel)
-        {
-            self.rosters.subscribed(request.sub, channel.clone());
-        }
         self.gateway.inner.hub.subscribe(SubscribeRequest {
             subscriber: self.subscriber.clone(),
             request_id: id,
