@@ -245,35 +245,25 @@ impl TypingTask {
                 user,
                 device,
                 conn,
-            } => match ChannelName::new(channel.clone()) {
-                Ok(channel) => {
-                    let typist = Typist {
-                        user: user.clone(),
-                        device: device.clone(),
-                    };
-                    self.registry
-                        .start(&channel, typist, origin, *conn, now, ttl)
-                        .into_iter()
-                        .collect()
-                }
-                Err(_) => Vec::new(),
+            } => match typist_in(channel, user, device) {
+                Some((channel, typist)) => self
+                    .registry
+                    .start(&channel, typist, origin, *conn, now, ttl)
+                    .into_iter()
+                    .collect(),
+                None => Vec::new(),
             },
             TypingMessage::Stopped {
                 channel,
                 user,
                 device,
-            } => match ChannelName::new(channel.clone()) {
-                Ok(channel) => {
-                    let typist = Typist {
-                        user: user.clone(),
-                        device: device.clone(),
-                    };
-                    self.registry
-                        .stop(&channel, &typist, origin)
-                        .into_iter()
-                        .collect()
-                }
-                Err(_) => Vec::new(),
+            } => match typist_in(channel, user, device) {
+                Some((channel, typist)) => self
+                    .registry
+                    .stop(&channel, &typist, origin)
+                    .into_iter()
+                    .collect(),
+                None => Vec::new(),
             },
             TypingMessage::ConnectionClosed { conn } => self.registry.drop_connection(origin, *conn),
             TypingMessage::Alive => Vec::new(),
@@ -304,6 +294,16 @@ impl TypingTask {
             }
         }
     }
+}
+
+/// The channel and typist a message names (`None` for a channel name that does not parse).
+fn typist_in(channel: &str, user: &str, device: &str) -> Option<(ChannelName, Typist)> {
+    let channel = ChannelName::new(channel.to_string()).ok()?;
+    let typist = Typist {
+        user: user.to_string(),
+        device: device.to_string(),
+    };
+    Some((channel, typist))
 }
 
 /// Sends one peer's messages in order, batching what queued up during a call. Failures drop

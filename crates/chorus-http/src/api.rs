@@ -75,6 +75,24 @@ pub(crate) fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, A
     Ok(state.auth.verify_header(header)?)
 }
 
+/// The caller's claims and `name` as a channel, when the name is valid and `operation` is
+/// allowed on it; publishing also needs a channel clients may write (not `presence.*`).
+pub(crate) fn authorized_channel(
+    state: &HttpState,
+    headers: &HeaderMap,
+    name: String,
+    operation: Operation,
+) -> Result<(Claims, ChannelName), ApiError> {
+    let claims = claims(state, headers)?;
+    let channel = ChannelName::new(name)?;
+    state.auth.authorize(&claims, operation, channel.as_str())?;
+    if operation == Operation::Publish {
+        chorus_core::check_client_writable(&channel)
+            .map_err(|(code, message)| ApiError::new(code, message))?;
+    }
+    Ok((claims, channel))
+}
+
 /// Admin operations accept an admin token or the node-to-node cluster credentials.
 fn require_admin(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
     if let Some(proof) = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()) {
@@ -202,12 +220,7 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(channel)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Publish, channel.as_str())?;
-    chorus_core::check_client_writable(&channel).map_err(|(code, message)| ApiError::new(code, message))?;
+    let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Publish)?;
     let body: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let data = body
@@ -276,11 +289,7 @@ async fn history(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(channel)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    let (_, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
     let since = query_number(&query, "since", 0)?;
     let limit = query_number(&query, "limit", DEFAULT_HISTORY_LIMIT as u64)?;
     if limit == 0 || limit > MAX_HISTORY_LIMIT as u64 {

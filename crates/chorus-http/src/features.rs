@@ -11,7 +11,7 @@
 //!  GET  /api/v1/channels/{channel}/roster  who is subscribed (channels with a roster)
 //! ```
 
-use crate::api::{Shared, claims};
+use crate::api::{Shared, authorized_channel, claims};
 use crate::auth::Operation;
 use crate::error::ApiError;
 use axum::Json;
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use chorus_cluster::ClusterError;
 use chorus_core::collab::{ConflictPolicy, OpError, parse_op};
 use chorus_core::presence::PRESENCE_CHANNEL_PREFIX;
-use chorus_core::{ChannelName, ErrorCode, check_client_writable};
+use chorus_core::{ChannelName, ErrorCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -32,10 +32,6 @@ const MAX_UNREAD_CHANNELS: usize = 256;
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes, shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the body must be {shape}: {e}")))
-}
-
-fn writable(channel: &ChannelName) -> Result<(), ApiError> {
-    check_client_writable(channel).map_err(|(code, message)| ApiError::new(code, message))
 }
 
 fn json_ok(value: Value) -> Response {
@@ -48,11 +44,12 @@ pub(crate) async fn presence(
     Path(user): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(format!("{PRESENCE_CHANNEL_PREFIX}{user}"))?;
-    state
-        .auth
-        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    authorized_channel(
+        &state,
+        &headers,
+        format!("{PRESENCE_CHANNEL_PREFIX}{user}"),
+        Operation::Subscribe,
+    )?;
     let presence = state.cluster.presence(&user).await?;
     Ok(json_ok(presence.to_json(&user)))
 }
@@ -72,12 +69,7 @@ pub(crate) async fn create_session(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(session)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Publish, channel.as_str())?;
-    writable(&channel)?;
+    let (claims, channel) = authorized_channel(&state, &headers, session, Operation::Publish)?;
     let body: CreateBody = body(&bytes, r#"{"policy": "lww" | "reject", "document": {...}}"#)?;
     let policy = ConflictPolicy::parse(&body.policy).map_err(ApiError::bad_request)?;
     let document = body.document.unwrap_or_else(|| json!({}));
@@ -105,11 +97,7 @@ pub(crate) async fn get_session(
     Path(session): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(session)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    let (_, channel) = authorized_channel(&state, &headers, session, Operation::Subscribe)?;
     let (doc, position) = state.cluster.session_snapshot(&channel).await?;
     Ok(json_ok(json!({
         "session": channel.as_str(),
@@ -139,12 +127,7 @@ pub(crate) async fn session_op(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(session)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Publish, channel.as_str())?;
-    writable(&channel)?;
+    let (claims, channel) = authorized_channel(&state, &headers, session, Operation::Publish)?;
     if bytes.len() > state.max_payload_bytes + 4096 {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -206,11 +189,7 @@ pub(crate) async fn mark_read(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(channel)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
     let body: ReadBody = body(&bytes, r#"{"offset": <n>}"#)?;
     let p = state.cluster.mark_read(channel, &claims.sub, body.offset).await?;
     Ok(json_ok(json!({
@@ -228,11 +207,7 @@ pub(crate) async fn roster(
     Path(channel): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
-    let channel = ChannelName::new(channel)?;
-    state
-        .auth
-        .authorize(&claims, Operation::Subscribe, channel.as_str())?;
+    let (_, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
     let members: Vec<Value> = state
         .cluster
         .roster(&channel)
