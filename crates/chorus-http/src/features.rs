@@ -192,12 +192,16 @@ pub(crate) async fn mark_read(
     let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
     let body: ReadBody = body(&bytes, r#"{"offset": <n>}"#)?;
     let p = state.cluster.mark_read(channel, &claims.sub, body.offset).await?;
-    Ok(json_ok(json!({
+    Ok(json_ok(read_json(&p)))
+}
+
+fn read_json(p: &chorus_core::command::ReadPosition) -> Value {
+    json!({
         "channel": p.channel.as_str(),
         "read_offset": p.read_offset,
         "last_offset": p.last_offset,
         "unread": p.unread(),
-    })))
+    })
 }
 
 /// `GET /api/v1/channels/{channel}/roster`: who is subscribed (channels with a roster;
@@ -245,16 +249,6 @@ pub(crate) async fn unread(
         channels.push(channel);
     }
     let positions = state.cluster.unread(&claims.sub, &channels).await?;
-    let list: Vec<Value> = positions
-        .iter()
-        .map(|p| {
-            json!({
-                "channel": p.channel.as_str(),
-                "read_offset": p.read_offset,
-                "last_offset": p.last_offset,
-                "unread": p.unread(),
-            })
-        })
-        .collect();
+    let list: Vec<Value> = positions.iter().map(read_json).collect();
     Ok(json_ok(json!({"user": claims.sub, "channels": list})))
 }
