@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench bench-e2e bench-features bench-core fuzz cluster-up cluster-down clean-data
+.PHONY: run test lint fmt build bench bench-e2e bench-features bench-core chaos fuzz cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -23,17 +23,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: publish load (batching on and off), publish-to-delivery latency through the SDK,
-## typing notice latency and session operations, each against a fresh local 3-node cluster
-## (release build)
+## bench: the standard set (SDK publish, e2e with a subscriber on every node, fanout, 20k idle
+## connections, leader failover, typing, sessions), each against a fresh local 3-node cluster
+## (release build), ROUNDS=3 runs each; writes the table of medians into docs/benchmarks.md
 bench:
 	$(CARGO) build --release --bin chorus
-	scripts/bench.sh
-	benches/e2e_latency.sh
-	SCENARIO=typing scripts/bench.sh
-	SCENARIO=session scripts/bench.sh
+	WRITE_DOCS=1 scripts/bench.sh
 
-## bench-features: only the typing and session scenarios (CHANGES=, WINDOW=, SESSIONS=, ROUNDS=)
+## bench-features: only the typing and session scenarios (CHANGES=, SESSION_WINDOW=, SESSIONS=, ROUNDS=)
 bench-features:
 	$(CARGO) build --release --bin chorus
 	SCENARIO=typing scripts/bench.sh
@@ -47,6 +44,13 @@ bench-e2e:
 ## bench-core: criterion micro-benchmarks of the pure core (apply, placement, patterns)
 bench-core:
 	$(CARGO) bench --bench core
+
+## chaos: the chaos suite (tests/chaos) against a fresh 3-node cluster: SIGKILL, SIGSTOP, partitions
+## and power loss under load, then the checker's classification. CHAOS_SECONDS= (600), SEED= (the time)
+chaos:
+	$(CARGO) build --bin chorus --test chaos
+	CHORUS_CHAOS_SECONDS=$${CHAOS_SECONDS:-600} CHORUS_CHAOS_SEED=$${SEED:-$$(date +%s)} \
+	  $(CARGO) test --test chaos chaos_round -- --exact --nocapture
 
 ## fuzz: the client frame decoder under libFuzzer (needs nightly and cargo-fuzz; FUZZ_SECONDS=)
 fuzz:

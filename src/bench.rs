@@ -1,4 +1,4 @@
-//! `chorus bench publish`: a load generator against a running cluster's HTTP API.
+//! `chorus bench publish-http`: a load generator against a running cluster's HTTP API.
 //!
 //! Workers publish concurrently, spread round-robin over the given nodes and over many
 //! channels, for a fixed duration; every acknowledgement's latency goes into an HDR
@@ -6,7 +6,6 @@
 
 use crate::cli::mint;
 use anyhow::{Context, Result, bail};
-use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -61,8 +60,7 @@ pub async fn publish(args: PublishBenchArgs) -> Result<()> {
         let body = serde_json::json!({ "data": body_data, "type": "bench" }).to_string();
         let channels = args.channels;
         workers.push(tokio::spawn(async move {
-            let mut histogram =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut histogram = crate::bench_load::histogram();
             let mut i = w;
             while Instant::now() < deadline {
                 let node = &nodes[i % nodes.len()];
@@ -90,7 +88,7 @@ pub async fn publish(args: PublishBenchArgs) -> Result<()> {
             histogram
         }));
     }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut total = crate::bench_load::histogram();
     for worker in workers {
         total.add(worker.await.context("bench worker")?)?;
     }

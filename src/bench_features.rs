@@ -11,10 +11,10 @@
 //! All clients live in this process: one monotonic clock times both ends.
 
 use crate::bench_e2e::{BenchAccess, rand_id};
+use crate::bench_load::{default_quic_nodes, histogram, ms};
 use anyhow::{Context, Result, bail};
 use chorus_client::{SessionOp, SessionOpOutcome, SubscribeOptions};
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -25,21 +25,13 @@ pub struct TypingBenchArgs {
     #[arg(long, default_value = "127.0.0.1:7202")]
     pub typist_node: String,
     /// QUIC addresses of the subscribers' nodes (repeatable; one subscriber per entry).
-    #[arg(long = "subscriber-node", default_values_t = ["127.0.0.1:7201".to_string(), "127.0.0.1:7202".to_string(), "127.0.0.1:7203".to_string()])]
+    #[arg(long = "subscriber-node", default_values_t = default_quic_nodes())]
     pub subscriber_nodes: Vec<String>,
     /// Typing changes (started, stopped, started...) to send, one after the other.
     #[arg(long, default_value_t = 1000)]
     pub changes: u32,
     #[command(flatten)]
     pub access: BenchAccess,
-}
-
-fn ms(histogram: &Histogram<u64>, q: f64) -> f64 {
-    histogram.value_at_quantile(q) as f64 / 1000.0
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// Runs the typing scenario: each change is sent once every subscriber saw the previous one.
@@ -118,7 +110,7 @@ pub async fn typing(args: TypingBenchArgs) -> Result<()> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionBenchArgs {
     /// QUIC addresses of the clients' nodes (repeatable; one client per entry).
-    #[arg(long = "node", default_values_t = ["127.0.0.1:7201".to_string(), "127.0.0.1:7202".to_string(), "127.0.0.1:7203".to_string()])]
+    #[arg(long = "node", default_values_t = default_quic_nodes())]
     pub nodes: Vec<String>,
     /// Operations in flight per client.
     #[arg(long, default_value_t = 16)]

@@ -36,10 +36,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Publishers through the SDK with a window in flight each: acked msgs/s, ack latency.
+    Publish(crate::bench_load::PublishArgs),
     /// Concurrent publishes over the HTTP API: acked msgs/s and ack latency percentiles.
-    Publish(crate::bench::PublishBenchArgs),
-    /// Publish-to-delivery latency through the SDK across nodes, at a fixed rate.
+    PublishHttp(crate::bench::PublishBenchArgs),
+    /// Publish-to-delivery latency through the SDK, a subscriber on every node, fixed rate.
     E2e(crate::bench_e2e::E2eBenchArgs),
+    /// One channel, many subscribers over the nodes: deliveries per second and latency.
+    Fanout(crate::bench_e2e::FanoutBenchArgs),
+    /// Idle authenticated QUIC connections to one node: its resident memory per connection.
+    Connections(crate::bench_load::ConnectionsArgs),
+    /// SIGKILL the leader of the written shard under load: time until writes resume, losses.
+    Failover(crate::bench_load::FailoverArgs),
     /// Typing indicator latency: one typist, subscribers on every node.
     Typing(crate::bench_features::TypingBenchArgs),
     /// Collaborative-session operations: throughput and latency.
@@ -186,8 +194,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Client(command) => crate::client_cli::run(command).await,
-        Command::Bench(BenchCommand::Publish(args)) => crate::bench::publish(args).await,
+        Command::Bench(BenchCommand::Publish(args)) => crate::bench_load::publish(args).await,
+        Command::Bench(BenchCommand::PublishHttp(args)) => crate::bench::publish(args).await,
         Command::Bench(BenchCommand::E2e(args)) => crate::bench_e2e::run(args).await,
+        Command::Bench(BenchCommand::Fanout(args)) => crate::bench_e2e::fanout(args).await,
+        Command::Bench(BenchCommand::Connections(args)) => crate::bench_load::connections(args).await,
+        Command::Bench(BenchCommand::Failover(args)) => crate::bench_load::failover(args).await,
         Command::Bench(BenchCommand::Typing(args)) => crate::bench_features::typing(args).await,
         Command::Bench(BenchCommand::Session(args)) => crate::bench_features::session(args).await,
         Command::Token(args) => {

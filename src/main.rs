@@ -5,6 +5,7 @@
 mod bench;
 mod bench_e2e;
 mod bench_features;
+mod bench_load;
 mod cli;
 mod client_cli;
 mod config;

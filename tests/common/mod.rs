@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod lazyfs;
 pub mod wire;
 
 use anyhow::{Context, Result, bail};
@@ -401,9 +402,12 @@ impl TestCluster {
         .with_context(|| format!("log of node {id}:\n{}", tail(&self.log(id), 40)))
     }
 
+    /// Waits until every running node is ready, all within `timeout`.
     pub async fn wait_all_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         for id in self.running() {
-            self.wait_ready(id, timeout).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_ready(id, left.max(Duration::from_secs(1))).await?;
         }
         Ok(())
     }

@@ -247,7 +247,9 @@ impl Driver {
             }
         }
         self.shared.node.store(0, Ordering::Relaxed);
-        self.endpoint.close(0u32.into(), b"client closed");
+        if !self.options.shares_endpoint() {
+            self.endpoint.close(0u32.into(), b"client closed");
+        }
     }
 
     fn fail_all(&mut self, reason: &str) {
@@ -769,9 +771,9 @@ async fn write_frame(
 /// Reads a stream of server frames: events go to their subscription, the rest to the driver.
 async fn read_stream(mut recv: quinn::RecvStream, shared: Arc<Shared>, to_driver: mpsc::Sender<ServerFrame>) {
     let mut reader = FrameReader::new(MAX_FRAME_BYTES);
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(Some(n)) = recv.read(&mut buf).await {
-        reader.extend(&buf[..n]);
+    // quinn's own received bytes: no 64 KiB read buffer per stream.
+    while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+        reader.extend(&chunk.bytes);
         loop {
             let bytes = match reader.next_frame() {
                 Ok(Some(bytes)) => bytes,

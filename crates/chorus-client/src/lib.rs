@@ -44,6 +44,8 @@ pub use features::{
     DevicePresence, Notice, Notices, Presence, ReadPosition, SessionOp, SessionOpOutcome, SessionSnapshot,
     TYPING_REPEAT,
 };
+/// The QUIC library underneath, for [`ClientBuilder::quic_endpoint`].
+pub use quinn;
 pub use types::{Event, HistoryPage, Position, PublishAck, PublishOptions, SubscribeOptions};
 
 use chorus_proto::client::{self as wire, client_frame, server_frame};
@@ -83,6 +85,14 @@ pub struct ClientOptions {
     compression: bool,
     client_name: String,
     token_refresher: Option<TokenRefresher>,
+    quic_endpoint: Option<quinn::Endpoint>,
+}
+
+impl ClientOptions {
+    /// Whether the QUIC endpoint is shared with other clients (so not closed with this one).
+    pub(crate) fn shares_endpoint(&self) -> bool {
+        self.quic_endpoint.is_some()
+    }
 }
 
 /// Builds a [`Client`]. Defaults: 10 reconnect attempts, backoff 100 ms doubling to 5 s with
@@ -109,6 +119,7 @@ impl Default for ClientBuilder {
                 compression: true,
                 client_name: format!("chorus-client-rust/{}", env!("CARGO_PKG_VERSION")),
                 token_refresher: None,
+                quic_endpoint: None,
             },
             problems: Vec::new(),
         }
@@ -193,6 +204,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Open the connection on this QUIC endpoint (one UDP socket) instead of a new one of its
+    /// own, so that many clients in one process share a socket: load generators, gateways
+    /// holding a connection per user. The endpoint must be a client endpoint
+    /// (`quinn::Endpoint::client`).
+    pub fn quic_endpoint(mut self, endpoint: quinn::Endpoint) -> Self {
+        self.options.quic_endpoint = Some(endpoint);
+        self
+    }
+
     /// A name for the nodes' logs.
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.options.client_name = name.into();
@@ -230,8 +250,11 @@ impl ClientBuilder {
         quic.transport_config(Arc::new(transport));
         let ipv6 = options.endpoints[0].starts_with('[');
         let bind = if ipv6 { "[::]:0" } else { "0.0.0.0:0" };
-        let endpoint = quinn::Endpoint::client(bind.parse().expect("a literal address"))
-            .map_err(|e| Error::Config(format!("cannot open a UDP socket: {e}")))?;
+        let endpoint = match &options.quic_endpoint {
+            Some(shared) => shared.clone(),
+            None => quinn::Endpoint::client(bind.parse().expect("a literal address"))
+                .map_err(|e| Error::Config(format!("cannot open a UDP socket: {e}")))?,
+        };
         let (commands, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::default());
         let options = Arc::new(options);

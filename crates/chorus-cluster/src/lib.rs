@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod faults;
 pub mod features;
 pub mod forward;
 pub mod network;

@@ -1,6 +1,7 @@
 //! The gRPC transport: one cached channel per peer, shared by every shard group.
 
 use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
+use crate::faults::Faults;
 use chorus_proto::cluster::cluster_client::ClusterClient;
 use chorus_proto::cluster::{NodeInfoReply, NodeInfoRequest, ShardMessage};
 use chorus_store::{ChorusNode, TypeConfig};
@@ -71,17 +72,31 @@ pub struct PeerPool {
     cluster_id: RwLock<Option<String>>,
     peers: RwLock<HashMap<u64, Peer>>,
     last_refusal_log: Mutex<HashMap<u64, Instant>>,
+    faults: Arc<Faults>,
 }
 
 impl PeerPool {
     /// A pool presenting `proof` (see [`crate::auth::secret_proof`]).
-    pub fn new(proof: String) -> Arc<Self> {
+    pub fn new(proof: String, faults: Arc<Faults>) -> Arc<Self> {
         Arc::new(PeerPool {
             proof,
             cluster_id: RwLock::new(None),
             peers: RwLock::new(HashMap::new()),
             last_refusal_log: Mutex::new(HashMap::new()),
+            faults,
         })
+    }
+
+    /// The node's fault-injection switches (test-only).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    fn check_not_isolated(&self) -> Result<(), CallError> {
+        if self.faults.isolated() {
+            return Err(CallError::Transport("isolated by fault injection".into()));
+        }
+        Ok(())
     }
 
     /// Sets the cluster id sent with every call.
@@ -122,6 +137,7 @@ impl PeerPool {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, CallError> {
+        self.check_not_isolated()?;
         let channel = self.channel(node, addr)?;
         let mut client = ClusterClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -144,6 +160,8 @@ impl PeerPool {
             Rpc::Forward => client.forward(req).await,
             Rpc::Ephemeral => client.ephemeral(req).await,
         };
+        // A reply that arrives after the cut is dropped too, as the network would.
+        self.check_not_isolated()?;
         match reply {
             Ok(reply) => postcard::from_bytes(&reply.into_inner().payload)
                 .map_err(|e| CallError::Decode(e.to_string())),
@@ -158,14 +176,15 @@ impl PeerPool {
         addr: &str,
         timeout: Duration,
     ) -> Result<NodeInfoReply, CallError> {
+        self.check_not_isolated()?;
         let channel = self.channel(node, addr)?;
         let mut req = tonic::Request::new(NodeInfoRequest {});
         req.set_timeout(timeout);
         req.metadata_mut()
             .insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
-        ClusterClient::new(channel)
-            .node_info(req)
-            .await
+        let reply = ClusterClient::new(channel).node_info(req).await;
+        self.check_not_isolated()?;
+        reply
             .map(|r| r.into_inner())
             .map_err(|status| self.classify(node, addr, status))
     }

@@ -90,6 +90,7 @@ pub struct ClusterMetrics {
     last_log: Family<ShardLabel, Gauge>,
     is_leader: Family<ShardLabel, Gauge>,
     commands_per_entry: prometheus_client::metrics::histogram::Histogram,
+    resident_memory: Gauge,
 }
 
 impl Default for ClusterMetrics {
@@ -103,6 +104,7 @@ impl Default for ClusterMetrics {
             applied: Family::default(),
             last_log: Family::default(),
             is_leader: Family::default(),
+            resident_memory: Gauge::default(),
             commands_per_entry: prometheus_client::metrics::histogram::Histogram::new([
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
             ]),
@@ -154,7 +156,20 @@ impl ClusterMetrics {
             "last log index per shard",
             self.last_log.clone(),
         );
+        registry.register(
+            "process_resident_memory_bytes",
+            "resident memory of the node process (Linux: VmRSS of /proc/self/status)",
+            self.resident_memory.clone(),
+        );
     }
+}
+
+/// The process's resident memory in bytes, from /proc (Linux only; `None` elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub(crate) struct Shard {
@@ -253,7 +268,7 @@ impl ClusterNode {
         metrics: ClusterMetrics,
     ) -> Result<ClusterNode, ClusterError> {
         let proof = crate::auth::secret_proof(&config.cluster_secret);
-        let pool = PeerPool::new(proof.clone());
+        let pool = PeerPool::new(proof.clone(), Arc::new(crate::faults::Faults::from_env()));
         let raft_config = openraft::Config {
             cluster_name: "chorus".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -419,6 +434,11 @@ impl ClusterNode {
         &self.inner.proof
     }
 
+    /// The node's fault-injection switches (test-only; see [`crate::faults`]).
+    pub fn faults(&self) -> &crate::faults::Faults {
+        self.inner.pool.faults()
+    }
+
     /// The store's syncer metrics and other storage facilities.
     pub fn store(&self) -> &NodeStore {
         &self.inner.store
@@ -472,6 +492,23 @@ impl ClusterNode {
 
     /// Publishes one event through the channel's shard leader; answers after commit.
     pub async fn publish(&self, command: PublishCommand) -> Result<Published, ClusterError> {
+        if self.faults().ack_before_commit() {
+            // The deliberately broken build of the chaos suite's negative control: answer
+            // now and commit (perhaps) later.
+            let channel = command.channel.clone();
+            let node = self.clone();
+            tokio::spawn(async move { node.publish_committed(command).await });
+            return Ok(Published {
+                channel,
+                offset: 0,
+                epoch: 0,
+                duplicate: false,
+            });
+        }
+        self.publish_committed(command).await
+    }
+
+    async fn publish_committed(&self, command: PublishCommand) -> Result<Published, ClusterError> {
         let shard = shard_for(command.channel.as_str(), self.shard_count());
         let response = self
             .write(shard, ShardRequest(vec![Command::Publish(command)]))
@@ -769,6 +806,9 @@ impl ClusterNode {
     /// Updates the per-shard gauges from Raft's metrics.
     pub fn refresh_metrics(&self) {
         let m = &self.inner.metrics;
+        if let Some(bytes) = resident_memory_bytes() {
+            m.resident_memory.set(bytes as i64);
+        }
         for shard in self.shards() {
             let raft_metrics = self.metrics_of(shard);
             let label = ShardLabel { shard: shard.id.0 };

@@ -37,6 +37,9 @@ impl ClusterService {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.node.faults().isolated() {
+            return Err(Status::unavailable("isolated by fault injection"));
+        }
         let ours = self.node.cluster_id();
         auth::check(request.metadata(), self.node.secret_proof(), ours.as_deref()).map_err(|e| {
             let from = request

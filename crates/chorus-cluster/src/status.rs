@@ -48,6 +48,8 @@ pub struct NodeStatus {
 pub struct ClusterStatus {
     /// The answering node.
     pub node_id: u64,
+    /// The answering node's process id (benchmarks and chaos tools on the same host use it).
+    pub pid: u32,
     /// Its HTTP address.
     pub http_addr: String,
     /// The cluster id (none until recorded).
@@ -115,6 +117,7 @@ impl ClusterNode {
             .collect();
         ClusterStatus {
             node_id: self.node_id(),
+            pid: std::process::id(),
             http_addr: self.config().http_addr.to_string(),
             cluster_id: self.cluster_id(),
             shard_count: self.shard_count(),

@@ -62,6 +62,7 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
             put(features::create_session).get(features::get_session),
         )
         .route("/api/v1/sessions/{session}/ops", post(features::session_op))
+        .route("/test/isolation", put(isolation))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(http_metrics),
@@ -103,6 +104,33 @@ fn require_admin(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError>
     }
     let claims = claims(state, headers)?;
     Ok(state.auth.authorize(&claims, Operation::Admin, "")?)
+}
+
+#[derive(Deserialize)]
+struct IsolationBody {
+    isolated: bool,
+}
+
+/// The chaos suite's partition switch (see `chorus_cluster::faults`): cuts this node off from
+/// its peers or heals it. Exists only when the node runs with fault injection enabled.
+async fn isolation(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let body: IsolationBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body must be {{\"isolated\": true|false}}: {e}")))?;
+    if !state.cluster.faults().set_isolated(body.isolated) {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "fault injection is not enabled on this node (it is a test-only switch: {})",
+                chorus_cluster::faults::FAULT_INJECTION_ENV
+            ),
+        ));
+    }
+    Ok(Json(serde_json::json!({"isolated": body.isolated})).into_response())
 }
 
 fn now_ms() -> u64 {

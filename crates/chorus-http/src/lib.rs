@@ -17,6 +17,7 @@
 //! | `GET /api/v1/channels/{channel}/roster` | who is subscribed to a channel with a roster |
 //! | `PUT`/`GET /api/v1/sessions/{session}` | create / read a collaborative session |
 //! | `POST /api/v1/sessions/{session}/ops` | apply an operation (409 on a rejected conflict) |
+//! | `PUT /test/isolation` | test-only partition switch (404 unless `CHORUS_TEST_FAULT_INJECTION` is set) |
 
 pub mod api;
 pub mod auth;
