@@ -284,6 +284,8 @@ impl Driver {
                             "the connection was lost before the reply; read the session to see whether it was applied".into(),
                         )));
                     }
+                    // Its caller gave up (timed out): do not send it again behind its back.
+                    _ if reply.is_closed() => {}
                     kind => self.retry.push((kind, reply)),
                 }
             }
@@ -406,6 +408,9 @@ impl Driver {
         }
         let mut retries = std::mem::take(&mut self.retry).into_iter();
         while let Some((kind, reply)) = retries.next() {
+            if reply.is_closed() {
+                continue;
+            }
             let id = self.next_id();
             // Registered before writing: if the write fails, `requeue` keeps it (and the ones
             // not sent yet stay queued) for the next connection.
