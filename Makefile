@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench bench-e2e bench-features bench-core chaos fuzz cluster-up cluster-down clean-data
+.PHONY: run test lint fmt build bench bench-e2e bench-features bench-core bench-log chaos fuzz cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -44,6 +44,11 @@ bench-e2e:
 ## bench-core: criterion micro-benchmarks of the pure core (apply, placement, patterns)
 bench-core:
 	$(CARGO) bench --bench core
+
+## bench-log: criterion benchmarks of the Raft log engine (group commits of 1/16/256, a shared log
+## against a log per shard, cached and uncached reads, opening a log of 1M entries)
+bench-log:
+	$(CARGO) bench -p chorus-store --bench log_engine
 
 ## chaos: the chaos suite (tests/chaos) against a fresh 3-node cluster: SIGKILL, SIGSTOP, partitions
 ## and power loss under load, then the checker's classification. CHAOS_SECONDS= (600), SEED= (the time)

@@ -2,7 +2,7 @@
 # Cluster benchmarks on a fresh local 3-node cluster (release build, data on local disk).
 # Each scenario runs ROUNDS times; every run prints its JSON line, then the medians.
 #   scripts/bench.sh                          # SCENARIO=standard: the set `make bench` runs
-#   SCENARIO=publish scripts/bench.sh         # SDK publishers: PUBLISHERS=8 WINDOW=32 PAYLOAD=128
+#   SCENARIO=publish scripts/bench.sh         # SDK publishers: PUBLISHERS=8 WINDOW=32 CHANNELS=100 PAYLOAD=128
 #   SCENARIO=publish-http scripts/bench.sh    # HTTP publish load, batching on and off (CONCURRENCY=256)
 #   SCENARIO=e2e RATE=5000 scripts/bench.sh   # publish-to-delivery latency, a subscriber on every node
 #   SCENARIO=fanout SUBSCRIBERS=300 FANOUT_RATE=100 scripts/bench.sh
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${SCENARIO:-standard}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10s}; PAYLOAD=${PAYLOAD:-128}
-PUBLISHERS=${PUBLISHERS:-8}; WINDOW=${WINDOW:-32}; CONCURRENCY=${CONCURRENCY:-256}
+PUBLISHERS=${PUBLISHERS:-8}; WINDOW=${WINDOW:-32}; CHANNELS=${CHANNELS:-100}; CONCURRENCY=${CONCURRENCY:-256}
 RATE=${RATE:-5000}; SUBSCRIBERS=${SUBSCRIBERS:-300}; FANOUT_RATE=${FANOUT_RATE:-100}
 CONNECTIONS=${CONNECTIONS:-20000}; KILLS=${KILLS:-5}; SHARDS=${SHARDS:-12}
 CHANGES=${CHANGES:-1000}; SESSION_WINDOW=${SESSION_WINDOW:-16}; SESSIONS=${SESSIONS:-1}
@@ -97,7 +97,7 @@ rounds() {  # config, bench args...
 run_publish() {
   start_cluster publish 512
   rounds "publish" publish "${QUIC[@]}" "${CAS[@]}" --publishers "$PUBLISHERS" --window "$WINDOW" \
-    --payload "$PAYLOAD" --duration "$DURATION"
+    --channels "$CHANNELS" --payload "$PAYLOAD" --duration "$DURATION"
   stop_cluster
 }
 

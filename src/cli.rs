@@ -274,7 +274,7 @@ fn print_status(status: &ClusterStatus) {
     );
     for s in &status.shards {
         println!(
-            "{:<6} {:<7} {:<6} {:<10} {:<10} {:<10} {:<10} {:?}{}",
+            "{:<6} {:<7} {:<6} {:<10} {:<10} {:<10} {:<10} {:?}{}{}",
             s.shard,
             s.leader.map_or("-".to_string(), |l| l.to_string()),
             s.term,
@@ -287,6 +287,11 @@ fn print_status(status: &ClusterStatus) {
                 String::new()
             } else {
                 format!(" learners {:?}", s.learners)
+            },
+            if s.recovering {
+                "  (this replica is recovering its log from its peers)"
+            } else {
+                ""
             }
         );
     }

@@ -202,6 +202,38 @@ impl Default for RaftTiming {
     }
 }
 
+/// The `[storage]` table: the Raft log engine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// A log segment file is closed at this size and the next one started (purging deletes
+    /// whole segments).
+    pub segment_bytes: u64,
+    /// Recent Raft entries kept decoded in memory, over all shards, in bytes of their log
+    /// records: replication and apply read them without touching the disk.
+    pub entry_cache_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let defaults = chorus_store::StoreOptions::default();
+        StorageConfig {
+            segment_bytes: defaults.segment_bytes,
+            entry_cache_bytes: defaults.entry_cache_bytes,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The store's options.
+    pub fn options(&self) -> chorus_store::StoreOptions {
+        chorus_store::StoreOptions {
+            segment_bytes: self.segment_bytes,
+            entry_cache_bytes: self.entry_cache_bytes,
+        }
+    }
+}
+
 /// What a role may do: channel patterns per operation.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -231,6 +263,7 @@ struct FileConfig {
     max_payload_bytes: Option<usize>,
     history: Option<HistoryConfig>,
     raft_timing: Option<RaftTiming>,
+    storage: Option<StorageConfig>,
     roles: Option<BTreeMap<String, RoleConfig>>,
     clients: Option<ClientsConfig>,
     presence: Option<PresenceConfig>,
@@ -265,6 +298,8 @@ pub struct NodeConfig {
     pub history: HistoryConfig,
     /// Raft timing.
     pub raft_timing: RaftTiming,
+    /// The `[storage]` table.
+    pub storage: StorageConfig,
     /// Role name to permissions.
     pub roles: BTreeMap<String, RoleConfig>,
     /// Client connections.
@@ -359,6 +394,7 @@ impl NodeConfig {
                 .unwrap_or(64 * 1024),
             history: file.history.unwrap_or_default(),
             raft_timing: file.raft_timing.unwrap_or_default(),
+            storage: file.storage.unwrap_or_default(),
             roles: file.roles.unwrap_or_else(default_roles),
             clients: {
                 let mut clients = file.clients.unwrap_or_default();
@@ -444,6 +480,9 @@ impl NodeConfig {
         }
         if t.max_batch_commands == 0 {
             bail!("`raft_timing.max_batch_commands` must be at least 1 (1 turns batching off)");
+        }
+        if self.storage.segment_bytes < 64 * 1024 {
+            bail!("`storage.segment_bytes` must be at least 65536");
         }
         if t.snapshot_every_entries == 0 {
             bail!("`raft_timing.snapshot_every_entries` must be positive");

@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("CHORUS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -68,13 +68,27 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let gateway_metrics = chorus_gateway::GatewayMetrics::default();
     gateway_metrics.register(&mut registry);
 
-    let store =
-        NodeStore::open(&config.data_dir, config.id, config.shards, store_metrics).with_context(|| {
-            format!(
-                "refusing to start on data directory {}",
-                config.data_dir.display()
-            )
-        })?;
+    let store = NodeStore::open_with(
+        &config.data_dir,
+        config.id,
+        config.shards,
+        config.storage.options(),
+        store_metrics,
+    )
+    .with_context(|| {
+        format!(
+            "refusing to start on data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let recovery = store.recovery_report();
+    tracing::info!(
+        segments = recovery.segments,
+        batches = recovery.batches,
+        torn_tail_bytes = recovery.torn_tail.as_ref().map_or(0, |t| t.2),
+        damaged = recovery.damage.is_some(),
+        "Raft log opened"
+    );
     let cluster = ClusterNode::start(
         ClusterConfig {
             node_id: config.id,

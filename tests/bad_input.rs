@@ -255,4 +255,49 @@ fn invalid_configuration_is_refused_naming_the_field() {
     }
     let err = run(&["--id", "1", "--raft", "127.0.0.1:1", "--peers", "1=127.0.0.1:1"]);
     assert!(err.contains("`data_dir` is required"), "{err}");
+    let file = dir.path().join("small-segments.toml");
+    std::fs::write(&file, "[storage]\nsegment_bytes = 100\n").unwrap();
+    let err = run(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--id",
+        "1",
+        "--data-dir",
+        data,
+        "--raft",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+    ]);
+    assert!(err.contains("`storage.segment_bytes` must be at least"), "{err}");
+}
+
+/// A data directory of the earlier storage layout (the Raft log in sled) is refused with what
+/// to do, and nothing is written into it.
+#[test]
+fn a_data_directory_of_the_old_layout_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sled")).unwrap();
+    std::fs::write(dir.path().join("sled/db"), b"old").unwrap();
+    let out = Command::new(chorus_bin())
+        .args([
+            "node",
+            "--id",
+            "1",
+            "--raft",
+            "127.0.0.1:1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("CHORUS_CLUSTER_SECRET", "cluster-secret")
+        .env("CHORUS_JWT_SECRET", JWT_SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("earlier Chorus release"), "{err}");
+    assert!(err.contains("cluster remove") && err.contains("--join"), "{err}");
+    assert!(!dir.path().join("log").exists() && !dir.path().join("node.json").exists());
 }

@@ -20,7 +20,6 @@ use chorus_core::command::{
 use chorus_core::presence::{PRESENCE_CHANNEL_PREFIX, UserPresence};
 use chorus_core::roster::Member;
 use chorus_core::{ChannelName, Command, CommandResult, ConnRef, PresenceStatus, ShardId, shard_for};
-use chorus_store::ShardRequest;
 use std::time::Duration;
 
 /// The shard holding `user`'s presence.
@@ -44,7 +43,7 @@ pub struct DeviceStatus {
 impl ClusterNode {
     /// Proposes one command to `shard`'s leader and returns its result once applied.
     pub async fn submit(&self, shard: ShardId, command: Command) -> Result<CommandResult, ClusterError> {
-        let response = self.write(shard, ShardRequest(vec![command])).await?;
+        let response = self.write(shard, vec![command]).await?;
         response
             .0
             .into_iter()

@@ -1,15 +1,15 @@
 //! Requests a node sends to a shard's leader, and their answers (postcard in a
 //! `ShardMessage` of the `Forward` call).
 
-use chorus_core::ErrorCode;
-use chorus_store::{ChorusNode, ShardRequest, ShardResponse};
+use chorus_core::{Command, ErrorCode};
+use chorus_store::{ChorusNode, ShardResponse};
 use serde::{Deserialize, Serialize};
 
 /// What a non-leader asks the leader to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    /// Propose commands.
-    Write(ShardRequest),
+    /// Propose commands (in this order, in one entry).
+    Write(Vec<Command>),
     /// Confirm leadership and say up to which index a linearizable read must wait.
     ReadIndex,
     /// Add a learner and wait until it has caught up.

@@ -178,6 +178,9 @@ pub(crate) struct Shard {
     pub(crate) reader: ShardReader,
     /// Batches writes into entries; `None` when batching is off.
     proposer: Option<Proposer>,
+    /// This replica's log was cut at damage found at start: it neither votes nor leads until
+    /// it has caught up with what the shard committed (see [`ClusterNode::recover_shards`]).
+    recovering: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -279,14 +282,25 @@ impl ClusterNode {
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            // A restarted leader stands for election instead of resuming its term. Resuming is
+            // what made replicas diverge after power losses: a leader may lose the tail of its
+            // log that it had not synced yet (legal: not acknowledged) while followers synced
+            // it; resuming the same term, it then writes other entries under the same (term,
+            // index), and a follower that has the old ones keeps them, since Raft takes equal
+            // log ids for equal entries. It also served reads from a stale commit index (the
+            // committed id is not fsynced on its own). tests/power_loss.rs shows both.
+            enable_leader_restore: Some(false),
+            // A replica that found damage in its log keeps only the log before it, so its
+            // leader sees its log go back. openraft panics on that unless allowed; it then
+            // replicates to it again from where its log ends. The replica neither votes nor
+            // leads until caught up (`recover_shards`), which keeps this safe.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
         .map_err(|e| ClusterError::Internal(format!("raft config: {e}")))?;
         let raft_config = Arc::new(raft_config);
-        let recorded_cluster_id = store
-            .cluster_id()
-            .map_err(|e| ClusterError::Internal(e.to_string()))?;
+        let recorded_cluster_id = store.cluster_id();
         pool.set_cluster_id(recorded_cluster_id.clone());
         preflight(
             &pool,
@@ -298,9 +312,7 @@ impl ClusterNode {
         let mut shards = Vec::with_capacity(config.shard_count as usize);
         for s in 0..config.shard_count {
             let id = ShardId(s);
-            let log = store
-                .log_store(id)
-                .map_err(|e| ClusterError::Internal(e.to_string()))?;
+            let log = store.log_store(id);
             let sm = store.state_machine(id);
             let reader = sm.reader();
             let network = ShardNetworkFactory {
@@ -317,11 +329,20 @@ impl ClusterNode {
                     metrics.commands_per_entry.clone(),
                 )
             });
+            let recovering = store.engine().recovering_shards().contains(&s);
+            if recovering {
+                tracing::warn!(
+                    shard = s,
+                    "this replica's log was cut at damage found at start: it does not vote or lead until it has caught up from its peers"
+                );
+                raft.runtime_config().elect(false);
+            }
             shards.push(Shard {
                 id,
                 raft,
                 reader,
                 proposer,
+                recovering: std::sync::atomic::AtomicBool::new(recovering),
             });
         }
         let peer_source = shards[0].raft.clone();
@@ -359,6 +380,10 @@ impl ClusterNode {
         }
         let upkeep = node.clone();
         tokio::spawn(async move { upkeep.upkeep_loop().await });
+        if node.shards().iter().any(|s| node.is_recovering(s.id)) {
+            let recovery = node.clone();
+            tokio::spawn(async move { recovery.recover_shards().await });
+        }
         Ok(node)
     }
 
@@ -458,6 +483,58 @@ impl ClusterNode {
         self.shard(shard.0).map(|s| s.reader.clone())
     }
 
+    /// Whether this node's replica of `shard` is recovering its log from its peers: it then
+    /// refuses to vote or take leadership.
+    pub fn is_recovering(&self, shard: ShardId) -> bool {
+        self.shard(shard.0)
+            .is_some_and(|s| s.recovering.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// The shards this node's replicas of are recovering.
+    pub fn recovering_shards(&self) -> Vec<u32> {
+        self.shards()
+            .iter()
+            .filter(|s| self.is_recovering(s.id))
+            .map(|s| s.id.0)
+            .collect()
+    }
+
+    /// Brings recovering replicas back: once a shard's leader has confirmed its commit index
+    /// after this start and this replica has applied up to it, the replica holds everything it
+    /// could have acknowledged before the damage, so it may vote and lead again.
+    async fn recover_shards(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let pending = self.recovering_shards();
+            if pending.is_empty() {
+                return;
+            }
+            for s in pending {
+                let shard = ShardId(s);
+                let caught_up = tokio::time::timeout(Duration::from_secs(2), self.read_barrier(shard)).await;
+                if !matches!(caught_up, Ok(Ok(()))) {
+                    continue;
+                }
+                if let Err(e) = self.inner.store.engine().set_recovering(s, false).await {
+                    tracing::error!(shard = s, error = %e, "could not record that the shard has recovered");
+                    continue;
+                }
+                if let Some(replica) = self.shard(s) {
+                    replica
+                        .recovering
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    replica.raft.runtime_config().elect(true);
+                }
+                tracing::info!(
+                    shard = s,
+                    "replica recovered from its peers: it votes and may lead again"
+                );
+            }
+        }
+    }
+
     /// The Raft handle of a shard.
     pub fn raft(&self, shard: u32) -> Option<&ShardRaft> {
         self.shard(shard).map(|s| &s.raft)
@@ -510,9 +587,7 @@ impl ClusterNode {
 
     async fn publish_committed(&self, command: PublishCommand) -> Result<Published, ClusterError> {
         let shard = shard_for(command.channel.as_str(), self.shard_count());
-        let response = self
-            .write(shard, ShardRequest(vec![Command::Publish(command)]))
-            .await;
+        let response = self.write(shard, vec![Command::Publish(command)]).await;
         let outcome = if response.is_ok() { "ok" } else { "error" };
         self.inner
             .metrics
@@ -527,9 +602,9 @@ impl ClusterNode {
         }
     }
 
-    /// Proposes `request` to `shard`'s leader, wherever it is.
-    pub async fn write(&self, shard: ShardId, request: ShardRequest) -> Result<ShardResponse, ClusterError> {
-        match self.leader_call(shard, ForwardRequest::Write(request)).await? {
+    /// Proposes `commands` (in this order, in one entry) to `shard`'s leader, wherever it is.
+    pub async fn write(&self, shard: ShardId, commands: Vec<Command>) -> Result<ShardResponse, ClusterError> {
+        match self.leader_call(shard, ForwardRequest::Write(commands)).await? {
             ForwardResponse::Written(response) => Ok(response),
             other => Err(ClusterError::Internal(format!("unexpected reply {other:?}"))),
         }
@@ -705,11 +780,11 @@ impl ClusterNode {
             .ok_or_else(|| failed(ErrorCode::BadRequest, format!("no shard {shard}"), false))?;
         let raft = &s.raft;
         match request {
-            ForwardRequest::Write(mut batch) => {
+            ForwardRequest::Write(mut commands) => {
                 // The leader stamps publish times: one clock per shard orders retention and
                 // the dedupe window, whatever the clocks of the nodes that accepted them.
                 let now = now_ms();
-                for command in &mut batch.0 {
+                for command in &mut commands {
                     command.stamp_time(now);
                 }
                 if !raft.is_leader() {
@@ -717,9 +792,12 @@ impl ClusterNode {
                     return Err(ForwardError::NotLeader { leader });
                 }
                 match &s.proposer {
-                    Some(proposer) => proposer.propose(batch.0).await,
+                    Some(proposer) => proposer.propose(commands).await,
                     None => {
-                        let response = raft.client_write(batch).await.map_err(write_error)?;
+                        let response = raft
+                            .client_write(ShardRequest::new(commands))
+                            .await
+                            .map_err(write_error)?;
                         Ok(ForwardResponse::Written(response.data))
                     }
                 }
@@ -853,12 +931,12 @@ impl ClusterNode {
             }
             if shard.id.0 == 0 && shard.reader.cluster_id().is_none() {
                 let id = format!("{:016x}", rand::random::<u64>());
-                let request = ShardRequest(vec![Command::SetClusterId(id)]);
+                let request = ShardRequest::new(vec![Command::SetClusterId(id)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
             }
             self.expire_leases(shard.id, now_ms()).await;
             if shard.reader.limits() != self.inner.config.limits {
-                let request = ShardRequest(vec![Command::SetLimits(self.inner.config.limits)]);
+                let request = ShardRequest::new(vec![Command::SetLimits(self.inner.config.limits)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
             }
         }
@@ -871,14 +949,34 @@ impl ClusterNode {
                 to = target,
                 "transferring shard leadership to its preferred node"
             );
-            if let Some(s) = self.shard(shard.0) {
+            // A leader that asks a recovering replica to take over stops proposing until the
+            // next election: ask the target first.
+            if let Some(s) = self.shard(shard.0)
+                && self.accepts_leadership(shard, target).await
+            {
                 let _ = s.raft.trigger().transfer_leader(target).await;
             }
         }
         Ok(())
     }
 
-    /// Stops every shard group and the storage syncer.
+    /// Whether node `target` says its replica of `shard` can lead (it is not recovering).
+    async fn accepts_leadership(&self, shard: ShardId, target: u64) -> bool {
+        let Some(addr) = self.shard(shard.0).and_then(|s| self.raft_addr_of(s, target)) else {
+            return false;
+        };
+        match self
+            .inner
+            .pool
+            .node_info(target, &addr, Duration::from_secs(1))
+            .await
+        {
+            Ok(info) => !info.recovering_shards.contains(&shard.0),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops every shard group and the log writer.
     pub async fn shutdown(&self) {
         for shard in self.shards() {
             let _ = shard.raft.shutdown().await;

@@ -124,7 +124,7 @@ async fn run(
                 replies.push(pending.reply);
                 commands.extend(pending.commands);
             }
-            let result = raft.client_write(ShardRequest(commands)).await;
+            let result = raft.client_write(ShardRequest::new(commands)).await;
             drop(slot);
             match result {
                 Ok(response) => {

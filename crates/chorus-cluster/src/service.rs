@@ -77,6 +77,17 @@ impl ClusterService {
         Ok(Response::new(ShardMessage { shard, payload }))
     }
 
+    /// Refuses what a recovering replica must not do (vote, take leadership).
+    fn refuse_if_recovering(&self, shard: u32, what: &str) -> Result<(), Status> {
+        if self.node.is_recovering(ShardId(shard)) {
+            return Err(Status::unavailable(format!(
+                "shard {shard} on node {} is recovering its log from its peers and does not {what} until it has caught up",
+                self.node.node_id()
+            )));
+        }
+        Ok(())
+    }
+
     fn raft(&self, shard: u32) -> Result<&crate::ShardRaft, Status> {
         self.node.raft(shard).ok_or_else(|| {
             Status::not_found(format!(
@@ -101,6 +112,7 @@ impl Cluster for ClusterService {
     async fn vote(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
         self.authorize(&request)?;
         let message = request.into_inner();
+        self.refuse_if_recovering(message.shard, "vote")?;
         let rpc: VoteRequest<TypeConfig> = Self::decode(&message)?;
         let result = self.raft(message.shard)?.vote(rpc).await;
         Self::reply(message.shard, &result)
@@ -128,6 +140,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<ShardMessage>, Status> {
         self.authorize(&request)?;
         let message = request.into_inner();
+        self.refuse_if_recovering(message.shard, "take leadership")?;
         let rpc: TransferLeaderRequest<TypeConfig> = Self::decode(&message)?;
         let result = self.raft(message.shard)?.handle_transfer_leader(rpc).await;
         Self::reply(message.shard, &result)
@@ -157,6 +170,7 @@ impl Cluster for ClusterService {
             cluster_id: self.node.cluster_id().unwrap_or_default(),
             shard_count: self.node.shard_count(),
             http_addr: self.node.config().http_addr.to_string(),
+            recovering_shards: self.node.recovering_shards(),
         }))
     }
 }

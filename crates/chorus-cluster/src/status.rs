@@ -30,6 +30,10 @@ pub struct ShardStatus {
     pub snapshot_index: u64,
     /// Last purged log index (0: none).
     pub purged_index: u64,
+    /// This node's replica is recovering its log from its peers (damage was found in the
+    /// log at start): it does not vote or lead until it has caught up.
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 /// A member node.
@@ -105,6 +109,7 @@ impl ClusterNode {
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 snapshot_index: m.snapshot.map_or(0, |l| l.index),
                 purged_index: m.purged.map_or(0, |l| l.index),
+                recovering: self.is_recovering(shard.id),
             });
         }
         let nodes = members

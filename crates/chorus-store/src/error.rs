@@ -5,9 +5,6 @@ use std::path::PathBuf;
 /// What can go wrong opening or using a node's storage.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled reported an error.
-    #[error("sled database error: {0}")]
-    Sled(#[from] sled::Error),
     /// A file operation failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -52,9 +49,47 @@ pub enum StoreError {
         /// Format this build understands.
         supported: u32,
     },
-    /// The background syncer stopped.
-    #[error("the storage syncer has stopped")]
-    SyncerStopped,
+    /// The log's writer thread has stopped.
+    #[error("the log writer has stopped")]
+    LogWriterStopped,
+    /// A log segment was written in another log format.
+    #[error("log segment {path} has log format {stored}; this build reads format {supported}")]
+    LogFormatMismatch {
+        /// The segment.
+        path: PathBuf,
+        /// Its format.
+        stored: u32,
+        /// The format this build reads.
+        supported: u32,
+    },
+    /// Intact log records that do not follow from the ones before them.
+    #[error("log segment {path}, batch at byte {offset}: {source}")]
+    LogReplay {
+        /// The segment.
+        path: PathBuf,
+        /// Where the batch starts.
+        offset: u64,
+        /// What did not fit.
+        source: crate::engine::ReplayError,
+    },
+    /// The data directory has the layout of an earlier release.
+    #[error(
+        "{path} holds the storage of an earlier Chorus release (format 1: the Raft log in sled); this build reads format {supported}. To upgrade this node: stop it, remove it from the cluster (`chorus cluster remove --node <member URL> <id>`), move its data directory aside, and start it with an empty one and `--join <member URL>`; it copies everything from its peers"
+    )]
+    OldLayout {
+        /// The directory found.
+        path: PathBuf,
+        /// The format this build reads.
+        supported: u32,
+    },
+    /// The node metadata file did not parse.
+    #[error("node metadata file {path}: {reason}")]
+    BadNodeMeta {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<StoreError> for std::io::Error {

@@ -1,9 +1,7 @@
-//! The Raft log and vote of one shard, in two sled trees of the node's database.
+//! openraft's log storage of one shard: a thin adapter over the node's [`LogEngine`].
 
-use crate::error::{StoreError, decode, encode};
-use crate::syncer::Syncer;
+use crate::engine::LogEngine;
 use crate::types::TypeConfig;
-use chorus_core::ShardId;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
@@ -11,86 +9,37 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const LAST_PURGED: &str = "last_purged";
-
 type Entry = <TypeConfig as RaftTypeConfig>::Entry;
 
-/// Reads a shard's log; shares the trees with the [`LogStore`], so it sees every append.
-#[derive(Clone)]
-pub struct LogReader {
-    log: sled::Tree,
-    meta: sled::Tree,
-}
-
-/// The log storage of one shard.
+/// The log of one shard, in the node's shared log engine. Cloning shares it; it is its own
+/// reader (reads never block appends for long: see [`LogEngine::entries`]).
 #[derive(Clone)]
 pub struct LogStore {
-    reader: LogReader,
-    syncer: Syncer,
+    engine: LogEngine,
+    shard: u32,
 }
 
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
-}
-
-fn io_err(err: impl Into<StoreError>) -> io::Error {
-    err.into().into()
-}
+/// The reader handed to openraft's replication tasks.
+pub type LogReader = LogStore;
 
 impl LogStore {
-    pub(crate) fn open(db: &sled::Db, shard: ShardId, syncer: Syncer) -> Result<LogStore, StoreError> {
-        Ok(LogStore {
-            reader: LogReader {
-                log: db.open_tree(format!("shard-{}-log", shard.0))?,
-                meta: db.open_tree(format!("shard-{}-meta", shard.0))?,
-            },
-            syncer,
-        })
-    }
-
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
-        self.reader.read_meta(key)
+    pub(crate) fn new(engine: LogEngine, shard: u32) -> LogStore {
+        LogStore { engine, shard }
     }
 }
 
-impl LogReader {
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, io::Error> {
-        match self.meta.get(key).map_err(io_err)? {
-            Some(bytes) => Ok(Some(decode("raft metadata", &bytes).map_err(io_err)?)),
-            None => Ok(None),
-        }
-    }
-}
-
-impl RaftLogReader<TypeConfig> for LogReader {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => Bound::Included(index_key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => Bound::Included(index_key(i)),
-            Bound::Excluded(&i) => Bound::Excluded(index_key(i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        self.log
-            .range::<[u8; 8], _>((start, end))
-            .map(|item| {
-                let (_, value) = item.map_err(io_err)?;
-                decode::<Entry>("raft log entry", &value).map_err(io_err)
-            })
-            .collect()
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.read_meta(VOTE)
-    }
+fn range_of(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => i.saturating_add(1),
+        Bound::Excluded(&i) => i,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -98,94 +47,59 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        self.reader.try_get_log_entries(range).await
+        let (start, end) = range_of(&range);
+        self.engine.entries(self.shard, start, end)
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
-        self.reader.read_vote().await
+        Ok(self.engine.vote(self.shard))
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
-    type LogReader = LogReader;
+    type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged_log_id: Option<LogIdOf<TypeConfig>> = self.read_meta(LAST_PURGED)?;
-        let last = match self.reader.log.last().map_err(io_err)? {
-            Some((_, value)) => Some(
-                decode::<EntryOf<TypeConfig>>("raft log entry", &value)
-                    .map_err(io_err)?
-                    .log_id,
-            ),
-            None => None,
-        };
+        let (last_purged_log_id, last_log_id) = self.engine.log_state(self.shard);
         Ok(LogState {
-            last_log_id: last.or(last_purged_log_id),
             last_purged_log_id,
+            last_log_id,
         })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.reader.clone()
+        self.clone()
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
-        self.reader.meta.insert(VOTE, encode(vote)).map_err(io_err)?;
-        self.syncer.flush().await
+        self.engine.save_vote(self.shard, vote).await
     }
 
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        // Not synced on its own: a committed id older than the truth after a crash is safe,
-        // openraft only uses it to re-apply sooner on restart.
-        self.reader
-            .meta
-            .insert(COMMITTED, encode(&committed))
-            .map_err(io_err)?;
-        Ok(())
+        // Durable with the next batch: a committed id older than the truth after a crash only
+        // means re-applying less at start; one newer than the log can never be read back,
+        // because the log replays in order.
+        self.engine.save_committed(self.shard, committed)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self
-            .read_meta::<Option<LogIdOf<TypeConfig>>>(COMMITTED)?
-            .flatten())
+        Ok(self.engine.committed(self.shard))
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&index_key(entry.log_id.index), encode(&entry));
-        }
-        self.reader.log.apply_batch(batch).map_err(io_err)?;
-        self.syncer.flush_then(callback);
-        Ok(())
+        self.engine
+            .append(self.shard, entries.into_iter().collect(), callback)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        let from = last_log_id.map_or(0, |id| id.index + 1);
-        let mut batch = sled::Batch::default();
-        for item in self.reader.log.range(index_key(from)..) {
-            let (key, _) = item.map_err(io_err)?;
-            batch.remove(key);
-        }
-        self.reader.log.apply_batch(batch).map_err(io_err)?;
-        Ok(())
+        self.engine.truncate_after(self.shard, last_log_id)
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        self.reader
-            .meta
-            .insert(LAST_PURGED, encode(&log_id))
-            .map_err(io_err)?;
-        let mut batch = sled::Batch::default();
-        for item in self.reader.log.range(..=index_key(log_id.index)) {
-            let (key, _) = item.map_err(io_err)?;
-            batch.remove(key);
-        }
-        self.reader.log.apply_batch(batch).map_err(io_err)?;
-        Ok(())
+        self.engine.purge(self.shard, log_id)
     }
 }

@@ -5,6 +5,7 @@
 //! through a [`ShardReader`], which shares the state behind a lock that is never held
 //! across an `.await`.
 
+use crate::engine::LogEngine;
 use crate::error::{StoreError, decode, encode};
 use crate::feed::{AppliedEvent, AppliedNotice, EventFeed, FeedItem};
 use crate::types::{ShardResponse, TypeConfig};
@@ -44,6 +45,8 @@ struct Shared {
     snapshot_write: std::sync::Mutex<Option<Option<u64>>>,
     /// Where applied events are reported.
     feed: EventFeed,
+    /// The node's log, purged up to an installed snapshot at once (see `install_snapshot`).
+    log: LogEngine,
 }
 
 /// The openraft state machine of one shard. Cloning shares it.
@@ -103,7 +106,13 @@ impl ShardReader {
 }
 
 impl ShardStateMachine {
-    pub(crate) fn new(shard: ShardId, limits: HistoryLimits, snapshot_dir: PathBuf, feed: EventFeed) -> Self {
+    pub(crate) fn new(
+        shard: ShardId,
+        limits: HistoryLimits,
+        snapshot_dir: PathBuf,
+        feed: EventFeed,
+        log: LogEngine,
+    ) -> Self {
         ShardStateMachine {
             shared: Arc::new(Shared {
                 shard,
@@ -114,6 +123,7 @@ impl ShardStateMachine {
                 snapshot_path: snapshot_dir.join(format!("shard-{}.snap", shard.0)),
                 snapshot_write: std::sync::Mutex::new(None),
                 feed,
+                log,
             }),
         }
     }
@@ -137,8 +147,9 @@ impl ShardStateMachine {
         }
     }
 
-    /// Writes the snapshot durably: temp file, fsync, rename, fsync of the directory.
-    fn write_snapshot_file(&self, file: &SnapshotFile) -> Result<(), StoreError> {
+    /// Writes the snapshot durably: temp file, fsync, rename, fsync of the directory. Says
+    /// whether it did: a snapshot not newer than the file on disk is not written.
+    fn write_snapshot_file(&self, file: &SnapshotFile) -> Result<bool, StoreError> {
         let mut on_disk = self.shared.snapshot_write.lock().expect("snapshot lock poisoned");
         if on_disk.is_none() {
             let existing = self.read_snapshot_file()?;
@@ -151,7 +162,7 @@ impl ShardStateMachine {
             // A build that started before a newer snapshot was installed: keep the newer one,
             // the log behind it may already be purged.
             tracing::debug!(?new_index, existing, "not replacing a newer snapshot file");
-            return Ok(());
+            return Ok(false);
         }
         let path = &self.shared.snapshot_path;
         let tmp = path.with_extension("snap.tmp");
@@ -172,7 +183,7 @@ impl ShardStateMachine {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io("fsyncing snapshot directory", e))?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -302,9 +313,18 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             data: snapshot,
         };
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.write_snapshot_file(&file))
+        let received = tokio::task::spawn_blocking(move || this.write_snapshot_file(&file))
             .await
             .map_err(io::Error::other)??;
+        // openraft purges the log up to a received snapshot too, but may do it after appending
+        // the entries that follow the snapshot: the log would then have a hole between its old
+        // entries and the new ones. Purging here, once the snapshot is on disk and before this
+        // install is answered (the leader sends what follows only after the answer), keeps
+        // the log consecutive. Not at start, when openraft restores the snapshot already on
+        // disk: the log after it is then still to be re-applied.
+        if received && let Some(last) = meta.last_log_id {
+            self.shared.log.purge(self.shared.shard.0, last)?;
+        }
         let mut applied = self.shared.applied.write().expect("state lock poisoned");
         applied.state = state;
         applied.last_applied = meta.last_log_id;

@@ -3,11 +3,25 @@
 use chorus_core::{Command, CommandResult};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// The payload of a normal Raft entry: commands applied in order (proposal batching puts
-/// many client writes in one entry).
+/// many client writes in one entry). Shared, not copied: the log engine keeps recent entries
+/// decoded, and replication and apply take them by cloning the `Arc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShardRequest(pub Vec<Command>);
+pub struct ShardRequest(pub Arc<[Command]>);
+
+impl ShardRequest {
+    /// An entry payload of `commands`.
+    pub fn new(commands: Vec<Command>) -> ShardRequest {
+        ShardRequest(commands.into())
+    }
+
+    /// The commands, in order.
+    pub fn commands(&self) -> &[Command] {
+        &self.0
+    }
+}
 
 impl fmt::Display for ShardRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
