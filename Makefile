@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench bench-e2e bench-features bench-core bench-log chaos fuzz cluster-up cluster-down clean-data
+.PHONY: run test lint fmt build bench bench-nats bench-e2e bench-features bench-core bench-log chaos fuzz cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -29,6 +29,12 @@ lint:
 bench:
 	$(CARGO) build --release --bin chorus
 	WRITE_DOCS=1 scripts/bench.sh
+
+## bench-nats: Chorus publish (8 x 32 in flight, and one at a time) next to NATS JetStream R3 with
+## fsync before every ack (../shared/tools/nats-compare), rounds alternating; prints the ratio
+bench-nats:
+	$(CARGO) build --release --bin chorus
+	scripts/vs-nats.sh
 
 ## bench-features: only the typing and session scenarios (CHANGES=, SESSION_WINDOW=, SESSIONS=, ROUNDS=)
 bench-features:

@@ -50,6 +50,9 @@ pub enum ForwardError {
         /// The leader the receiver knows of.
         leader: Option<u64>,
     },
+    /// The receiver leads the shard but has heard from no quorum lately: it asked its peers and
+    /// the request may be tried again at once.
+    LeaseExpired,
     /// Any other failure.
     Failed {
         /// Stable code.

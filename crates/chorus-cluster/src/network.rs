@@ -1,9 +1,12 @@
-//! The gRPC transport: one cached channel per peer, shared by every shard group.
+//! The gRPC transport: one cached channel per peer, shared by every shard group. Raft
+//! requests and forwards travel on the peer's link (`crate::link`: one stream, batched
+//! frames); snapshots, node info and typing news are unary calls.
 
 use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
 use crate::faults::Faults;
+use crate::link::{LinkClient, LinkError, LinkTarget};
 use chorus_proto::cluster::cluster_client::ClusterClient;
-use chorus_proto::cluster::{NodeInfoReply, NodeInfoRequest, ShardMessage};
+use chorus_proto::cluster::{LinkKind, NodeInfoReply, NodeInfoRequest, ShardMessage};
 use chorus_store::{ChorusNode, TypeConfig};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -47,6 +50,9 @@ pub enum Rpc {
 /// Why a call to a peer failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    /// The request never left this node: no link to the peer could be opened.
+    #[error("not sent: {0}")]
+    NotDelivered(String),
     /// No connection could be made, or the transport failed.
     #[error("transport: {0}")]
     Transport(String),
@@ -64,12 +70,16 @@ pub enum CallError {
 struct Peer {
     addr: String,
     channel: Channel,
+    /// Raft requests (quick answers).
+    raft_lane: LinkClient,
+    /// Forwarded requests (answered after a commit).
+    forward_lane: LinkClient,
 }
 
-/// Cached channels to peers plus the credentials every call carries.
+/// Cached channels and links to peers plus the credentials every call carries.
 pub struct PeerPool {
     proof: String,
-    cluster_id: RwLock<Option<String>>,
+    cluster_id: Arc<RwLock<Option<String>>>,
     peers: RwLock<HashMap<u64, Peer>>,
     last_refusal_log: Mutex<HashMap<u64, Instant>>,
     faults: Arc<Faults>,
@@ -80,7 +90,7 @@ impl PeerPool {
     pub fn new(proof: String, faults: Arc<Faults>) -> Arc<Self> {
         Arc::new(PeerPool {
             proof,
-            cluster_id: RwLock::new(None),
+            cluster_id: Arc::new(RwLock::new(None)),
             peers: RwLock::new(HashMap::new()),
             last_refusal_log: Mutex::new(HashMap::new()),
             faults,
@@ -105,10 +115,24 @@ impl PeerPool {
     }
 
     fn channel(&self, node: u64, addr: &str) -> Result<Channel, CallError> {
+        self.peer(node, addr, false).map(|(channel, _)| channel)
+    }
+
+    /// The channel to `node` at `addr` and its Raft or forward lane (made on first use, remade
+    /// when the address changes).
+    fn peer(&self, node: u64, addr: &str, forward: bool) -> Result<(Channel, LinkClient), CallError> {
+        let pick = |peer: &Peer| {
+            let lane = if forward {
+                &peer.forward_lane
+            } else {
+                &peer.raft_lane
+            };
+            (peer.channel.clone(), lane.clone())
+        };
         if let Some(peer) = self.peers.read().expect("lock").get(&node)
             && peer.addr == addr
         {
-            return Ok(peer.channel.clone());
+            return Ok(pick(peer));
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| CallError::Transport(format!("bad address {addr}: {e}")))?
@@ -117,14 +141,20 @@ impl PeerPool {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
-        self.peers.write().expect("lock").insert(
-            node,
-            Peer {
-                addr: addr.to_string(),
-                channel: channel.clone(),
-            },
-        );
-        Ok(channel)
+        let target = LinkTarget {
+            channel: channel.clone(),
+            proof: self.proof.clone(),
+            cluster_id: self.cluster_id.clone(),
+        };
+        let peer = Peer {
+            addr: addr.to_string(),
+            channel,
+            raft_lane: LinkClient::start(target.clone()),
+            forward_lane: LinkClient::start(target),
+        };
+        let picked = pick(&peer);
+        self.peers.write().expect("lock").insert(node, peer);
+        Ok(picked)
     }
 
     /// Calls `rpc` on `node` at `addr` for `shard` with a postcard-encoded payload.
@@ -138,35 +168,68 @@ impl PeerPool {
         timeout: Duration,
     ) -> Result<Resp, CallError> {
         self.check_not_isolated()?;
-        let channel = self.channel(node, addr)?;
-        let mut client = ClusterClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let payload = postcard::to_stdvec(request).map_err(|e| CallError::Decode(e.to_string()))?;
-        let mut req = tonic::Request::new(ShardMessage { shard, payload });
-        req.set_timeout(timeout);
-        let meta = req.metadata_mut();
-        meta.insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
-        if let Some(id) = self.cluster_id.read().expect("lock").as_deref()
-            && let Ok(value) = id.parse()
-        {
-            meta.insert(CLUSTER_ID_HEADER, value);
-        }
-        let reply = match rpc {
-            Rpc::AppendEntries => client.append_entries(req).await,
-            Rpc::Vote => client.vote(req).await,
-            Rpc::InstallSnapshot => client.install_snapshot(req).await,
-            Rpc::TransferLeader => client.transfer_leader(req).await,
-            Rpc::Forward => client.forward(req).await,
-            Rpc::Ephemeral => client.ephemeral(req).await,
+        let (channel, link) = self.peer(node, addr, matches!(rpc, Rpc::Forward))?;
+        let link_kind = match rpc {
+            Rpc::AppendEntries => Some(LinkKind::AppendEntries),
+            Rpc::Vote => Some(LinkKind::Vote),
+            Rpc::TransferLeader => Some(LinkKind::TransferLeader),
+            Rpc::Forward => Some(LinkKind::Forward),
+            Rpc::InstallSnapshot | Rpc::Ephemeral => None,
+        };
+        let reply: Result<Vec<u8>, tonic::Status> = match link_kind {
+            Some(kind) => match tokio::time::timeout(timeout, link.call(shard, kind, payload)).await {
+                Ok(Ok(payload)) => Ok(payload),
+                Ok(Err(LinkError::NotSent(status))) => {
+                    return Err(CallError::NotDelivered(status.message().to_string()));
+                }
+                Ok(Err(LinkError::Failed(status))) => Err(status),
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer from node {node} within {timeout:?}"
+                ))),
+            },
+            None => {
+                let mut client = ClusterClient::new(channel)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                let mut req = tonic::Request::new(ShardMessage { shard, payload });
+                req.set_timeout(timeout);
+                let meta = req.metadata_mut();
+                meta.insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+                if let Some(id) = self.cluster_id.read().expect("lock").as_deref()
+                    && let Ok(value) = id.parse()
+                {
+                    meta.insert(CLUSTER_ID_HEADER, value);
+                }
+                let reply = match rpc {
+                    Rpc::InstallSnapshot => client.install_snapshot(req).await,
+                    _ => client.ephemeral(req).await,
+                };
+                reply.map(|r| r.into_inner().payload)
+            }
         };
         // A reply that arrives after the cut is dropped too, as the network would.
         self.check_not_isolated()?;
         match reply {
-            Ok(reply) => postcard::from_bytes(&reply.into_inner().payload)
-                .map_err(|e| CallError::Decode(e.to_string())),
+            Ok(payload) => postcard::from_bytes(&payload).map_err(|e| CallError::Decode(e.to_string())),
             Err(status) => Err(self.classify(node, addr, status)),
         }
+    }
+
+    /// Sends `notice` to `node` on its Raft lane without waiting for (or getting) an answer.
+    pub fn notify<Req: Serialize>(
+        &self,
+        node: u64,
+        addr: &str,
+        kind: LinkKind,
+        shard: u32,
+        notice: &Req,
+    ) -> Result<(), CallError> {
+        self.check_not_isolated()?;
+        let payload = postcard::to_stdvec(notice).map_err(|e| CallError::Decode(e.to_string()))?;
+        let (_, link) = self.peer(node, addr, false)?;
+        link.notify(shard, kind, payload);
+        Ok(())
     }
 
     /// Asks `node` who it is.
@@ -190,27 +253,35 @@ impl PeerPool {
     }
 
     fn classify(&self, node: u64, addr: &str, status: tonic::Status) -> CallError {
-        match status.code() {
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                let mut last = self.last_refusal_log.lock().expect("lock");
-                let now = Instant::now();
-                if last
-                    .get(&node)
-                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
-                {
-                    last.insert(node, now);
-                    tracing::error!(peer = node, %addr, reason = %status.message(), "peer refused this node's cluster credentials: check that every node has the same cluster secret and belongs to the same cluster");
-                }
-                CallError::Refused(status.message().to_string())
+        let error = classify_status(&status);
+        if matches!(error, CallError::Refused(_)) {
+            let mut last = self.last_refusal_log.lock().expect("lock");
+            let now = Instant::now();
+            if last
+                .get(&node)
+                .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
+            {
+                last.insert(node, now);
+                tracing::error!(peer = node, %addr, reason = %status.message(), "peer refused this node's cluster credentials: check that every node has the same cluster secret and belongs to the same cluster");
             }
-            tonic::Code::Unavailable
-            | tonic::Code::Unknown
-            | tonic::Code::Cancelled
-            | tonic::Code::DeadlineExceeded => {
-                CallError::Transport(format!("{}: {}", status.code(), status.message()))
-            }
-            _ => CallError::Status(format!("{}: {}", status.code(), status.message())),
         }
+        error
+    }
+}
+
+/// What a status a peer answered with (or the transport failed with) means for the caller.
+pub fn classify_status(status: &tonic::Status) -> CallError {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            CallError::Refused(status.message().to_string())
+        }
+        tonic::Code::Unavailable
+        | tonic::Code::Unknown
+        | tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded => {
+            CallError::Transport(format!("{}: {}", status.code(), status.message()))
+        }
+        _ => CallError::Status(format!("{}: {}", status.code(), status.message())),
     }
 }
 
@@ -246,7 +317,7 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
 
 fn rpc_error(err: CallError) -> RPCError<TypeConfig> {
     match err {
-        CallError::Transport(_) | CallError::Refused(_) => {
+        CallError::NotDelivered(_) | CallError::Transport(_) | CallError::Refused(_) => {
             RPCError::Unreachable(Unreachable::<TypeConfig>::from_string(err.to_string()))
         }
         CallError::Status(_) | CallError::Decode(_) => {

@@ -12,7 +12,7 @@ use chorus_core::{
 };
 use chorus_store::{ChorusNode, NodeStore, ShardReader, ShardRequest, ShardResponse, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, ForwardReason, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -195,6 +195,11 @@ struct Inner {
     typing: crate::typing::Typing,
     /// The process start time in ms: tells this run's connections from an earlier run's.
     incarnation: u64,
+    /// What peers said they lead, and when they last said it (`crate::liveness`).
+    liveness: crate::liveness::Liveness,
+    /// Shards whose leadership this node handed over, and when: it no longer claims them
+    /// meanwhile, so that if the hand-over fails the others elect (`crate::quiet`).
+    handing_over: std::sync::Mutex<std::collections::HashMap<u32, Instant>>,
 }
 
 /// The cluster core of a node. Cloning is cheap and shares it.
@@ -213,6 +218,11 @@ pub(crate) fn failed(code: ErrorCode, message: impl ToString, indeterminate: boo
 
 pub(crate) fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
     match &err {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f))
+            if f.reason == ForwardReason::LeaseExpired =>
+        {
+            ForwardError::LeaseExpired
+        }
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             ForwardError::NotLeader { leader: f.leader_id }
         }
@@ -295,6 +305,11 @@ impl ClusterNode {
             // replicates to it again from where its log ends. The replica neither votes nor
             // leads until caught up (`recover_shards`), which keeps this safe.
             allow_log_reversion: Some(true),
+            // No ticks, no periodic heartbeats, and no election timer until the quiet loop has
+            // heard whether a peer leads the shard (`crate::liveness`).
+            enable_tick: false,
+            enable_heartbeat: false,
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -335,7 +350,6 @@ impl ClusterNode {
                     shard = s,
                     "this replica's log was cut at damage found at start: it does not vote or lead until it has caught up from its peers"
                 );
-                raft.runtime_config().elect(false);
             }
             shards.push(Shard {
                 id,
@@ -372,6 +386,8 @@ impl ClusterNode {
                 metrics,
                 cluster_id: RwLock::new(recorded_cluster_id),
                 started: Instant::now(),
+                liveness: crate::liveness::Liveness::default(),
+                handing_over: Default::default(),
             }),
         };
         node.refresh_cluster_id();
@@ -380,6 +396,7 @@ impl ClusterNode {
         }
         let upkeep = node.clone();
         tokio::spawn(async move { upkeep.upkeep_loop().await });
+        tokio::spawn(node.clone().quiet_loop());
         if node.shards().iter().any(|s| node.is_recovering(s.id)) {
             let recovery = node.clone();
             tokio::spawn(async move { recovery.recover_shards().await });
@@ -522,10 +539,10 @@ impl ClusterNode {
                     continue;
                 }
                 if let Some(replica) = self.shard(s) {
+                    // The quiet loop turns its election timer on when no peer leads it.
                     replica
                         .recovering
                         .store(false, std::sync::atomic::Ordering::Release);
-                    replica.raft.runtime_config().elect(true);
                 }
                 tracing::info!(
                     shard = s,
@@ -533,6 +550,46 @@ impl ClusterNode {
                 );
             }
         }
+    }
+
+    /// What peers said they lead.
+    pub(crate) fn liveness(&self) -> &crate::liveness::Liveness {
+        &self.inner.liveness
+    }
+
+    /// Whether this node handed `shard`'s leadership over within `within`.
+    pub(crate) fn handing_over(&self, shard: ShardId, within: Duration) -> bool {
+        let mut handing_over = self.inner.handing_over.lock().expect("lock");
+        handing_over.retain(|_, at| at.elapsed() <= within);
+        handing_over.contains_key(&shard.0)
+    }
+
+    /// The connections to peers.
+    pub(crate) fn pool(&self) -> &Arc<PeerPool> {
+        &self.inner.pool
+    }
+
+    /// Whether `peer` was heard from within `within`.
+    pub fn heard_from(&self, peer: u64, within: Duration) -> bool {
+        self.inner.liveness.heard_from(peer, within, Instant::now())
+    }
+
+    /// The leader of `shard` as this node knows it: from Raft, else from a live peer that says
+    /// it leads the shard at this node's term or later (a follower that has seen no append
+    /// since it started learns its leader this way while the shard is quiet).
+    pub fn leader_of(&self, shard: ShardId) -> Option<u64> {
+        let s = self.shard(shard.0)?;
+        let (leader, term) = {
+            let metrics = s.raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.current_leader, m.current_term)
+        };
+        leader.or_else(|| {
+            self.inner
+                .liveness
+                .claimed_leader(shard.0, term, Instant::now())
+                .map(|(peer, _)| peer)
+        })
     }
 
     /// The Raft handle of a shard.
@@ -660,9 +717,7 @@ impl ClusterNode {
         let deadline = Instant::now() + allowed;
         let mut hint: Option<u64> = None;
         loop {
-            let leader = hint
-                .take()
-                .or_else(|| s.raft.metrics().borrow_watched().current_leader);
+            let leader = hint.take().or_else(|| self.leader_of(shard));
             let result = match leader {
                 Some(leader) if leader == self.node_id() => self.handle_forward(shard, request.clone()).await,
                 Some(leader) => match self.raft_addr_of(s, leader) {
@@ -685,8 +740,8 @@ impl ClusterNode {
                             .await
                         {
                             Ok(result) => result,
-                            Err(CallError::Transport(message)) if message.contains("tcp connect error") => {
-                                // Never delivered: safe to try again once a leader is known.
+                            Err(CallError::NotDelivered(_)) => {
+                                // Never sent: safe to try again once a leader is known.
                                 Err(ForwardError::NotLeader { leader: None })
                             }
                             Err(CallError::Refused(_)) => {
@@ -710,6 +765,13 @@ impl ClusterNode {
             };
             match result {
                 Ok(response) => return Ok(response),
+                Err(ForwardError::LeaseExpired) => {
+                    // The leader was refreshing its lease: at once again, same leader.
+                    if Instant::now() >= deadline {
+                        return Err(ClusterError::NoLeader { shard });
+                    }
+                    hint = leader;
+                }
                 Err(ForwardError::NotLeader { leader }) => {
                     if Instant::now() >= deadline {
                         return Err(ClusterError::NoLeader { shard });
@@ -791,15 +853,24 @@ impl ClusterNode {
                     let leader = s.raft.metrics().borrow_watched().current_leader;
                     return Err(ForwardError::NotLeader { leader });
                 }
-                match &s.proposer {
-                    Some(proposer) => proposer.propose(commands).await,
-                    None => {
-                        let response = raft
-                            .client_write(ShardRequest::new(commands))
+                let lease = Duration::from_millis(self.inner.config.election_timeout_ms.1);
+                let mut attempts = 0;
+                loop {
+                    crate::liveness::fresh_lease(raft, lease).await;
+                    let result = match &s.proposer {
+                        Some(proposer) => proposer.propose(commands.clone()).await,
+                        None => raft
+                            .client_write(ShardRequest::new(commands.clone()))
                             .await
-                            .map_err(write_error)?;
-                        Ok(ForwardResponse::Written(response.data))
+                            .map(|response| ForwardResponse::Written(response.data))
+                            .map_err(write_error),
+                    };
+                    attempts += 1;
+                    // Refused before anything was proposed: once the lease is fresh again, retry.
+                    if matches!(result, Err(ForwardError::LeaseExpired)) && attempts < 3 {
+                        continue;
                     }
+                    return result;
                 }
             }
             ForwardRequest::ReadIndex => {
@@ -954,6 +1025,11 @@ impl ClusterNode {
             if let Some(s) = self.shard(shard.0)
                 && self.accepts_leadership(shard, target).await
             {
+                self.inner
+                    .handing_over
+                    .lock()
+                    .expect("lock")
+                    .insert(shard.0, Instant::now());
                 let _ = s.raft.trigger().transfer_leader(target).await;
             }
         }

@@ -8,7 +8,6 @@
 use crate::node::ClusterNode;
 use chorus_core::ShardId;
 use openraft::ServerState;
-use openraft::async_runtime::Instant as _;
 use std::time::Duration;
 
 /// The preferred leader of `shard` among `voters` (sorted ascending).
@@ -39,12 +38,8 @@ pub(crate) fn next_transfer(node: &ClusterNode) -> Option<(ShardId, u64)> {
             .as_ref()
             .and_then(|r| r.get(&preferred).cloned().flatten())
             .is_some_and(|matched| Some(matched.index) == last);
-        // A recent heartbeat answer: the node is up and accepts our calls.
-        let answering = metrics
-            .heartbeat
-            .as_ref()
-            .and_then(|h| h.get(&preferred).cloned().flatten())
-            .is_some_and(|acked| acked.elapsed() < Duration::from_secs(1));
+        // Heard from within a second: the node is up and reaches us.
+        let answering = node.heard_from(preferred, Duration::from_secs(1));
         if caught_up && answering {
             return Some((shard.id, preferred));
         }

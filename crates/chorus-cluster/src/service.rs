@@ -1,4 +1,8 @@
 //! The gRPC server: a thin adapter from the `Cluster` service to the shard groups.
+//!
+//! Shard-addressed requests (AppendEntries, Vote, TransferLeader, Forward) arrive either as
+//! single calls or on a peer's link stream (`crate::link`); both go through
+//! [`handle_shard_call`].
 
 use crate::auth;
 use crate::forward::ForwardRequest;
@@ -6,7 +10,7 @@ use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::ClusterNode;
 use chorus_core::ShardId;
 use chorus_proto::cluster::cluster_server::{Cluster, ClusterServer};
-use chorus_proto::cluster::{NodeInfoReply, NodeInfoRequest, ShardMessage};
+use chorus_proto::cluster::{LinkFrame, NodeInfoReply, NodeInfoRequest, ShardMessage};
 use chorus_store::TypeConfig;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -16,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// Serves the `Cluster` gRPC service for a node.
 pub struct ClusterService {
@@ -67,55 +71,112 @@ impl ClusterService {
         })
     }
 
-    fn decode<T: DeserializeOwned>(message: &ShardMessage) -> Result<T, Status> {
-        postcard::from_bytes(&message.payload)
-            .map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
-    }
-
-    fn reply<T: Serialize>(shard: u32, value: &T) -> Result<Response<ShardMessage>, Status> {
-        let payload = postcard::to_stdvec(value).map_err(|e| Status::internal(e.to_string()))?;
+    fn reply(shard: u32, payload: Vec<u8>) -> Result<Response<ShardMessage>, Status> {
         Ok(Response::new(ShardMessage { shard, payload }))
     }
 
-    /// Refuses what a recovering replica must not do (vote, take leadership).
-    fn refuse_if_recovering(&self, shard: u32, what: &str) -> Result<(), Status> {
-        if self.node.is_recovering(ShardId(shard)) {
-            return Err(Status::unavailable(format!(
-                "shard {shard} on node {} is recovering its log from its peers and does not {what} until it has caught up",
-                self.node.node_id()
-            )));
-        }
-        Ok(())
+    async fn shard_call(
+        &self,
+        request: Request<ShardMessage>,
+        call: ShardCall,
+    ) -> Result<Response<ShardMessage>, Status> {
+        self.authorize(&request)?;
+        let message = request.into_inner();
+        let payload = handle_shard_call(&self.node, call, message.shard, &message.payload).await?;
+        Self::reply(message.shard, payload)
     }
+}
 
-    fn raft(&self, shard: u32) -> Result<&crate::ShardRaft, Status> {
-        self.node.raft(shard).ok_or_else(|| {
-            Status::not_found(format!(
-                "no shard {shard} on node {} (shard count {})",
-                self.node.node_id(),
-                self.node.shard_count()
-            ))
-        })
+/// What a shard-addressed request asks of this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardCall {
+    /// Raft AppendEntries.
+    AppendEntries,
+    /// Raft RequestVote.
+    Vote,
+    /// Take over the shard's leadership.
+    TransferLeader,
+    /// A request for the shard's leader.
+    Forward,
+    /// Which shards the sender leads (`crate::liveness`).
+    Leading,
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    postcard::from_bytes(payload).map_err(|e| Status::invalid_argument(format!("undecodable payload: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    postcard::to_stdvec(value).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn raft(node: &ClusterNode, shard: u32) -> Result<&crate::ShardRaft, Status> {
+    node.raft(shard).ok_or_else(|| {
+        Status::not_found(format!(
+            "no shard {shard} on node {} (shard count {})",
+            node.node_id(),
+            node.shard_count()
+        ))
+    })
+}
+
+/// Refuses what a recovering replica must not do (vote, take leadership).
+fn refuse_if_recovering(node: &ClusterNode, shard: u32, what: &str) -> Result<(), Status> {
+    if node.is_recovering(ShardId(shard)) {
+        return Err(Status::unavailable(format!(
+            "shard {shard} on node {} is recovering its log from its peers and does not {what} until it has caught up",
+            node.node_id()
+        )));
+    }
+    Ok(())
+}
+
+/// Does what a shard-addressed request asks and encodes the answer: the one place the unary
+/// calls and the link messages go through.
+pub async fn handle_shard_call(
+    node: &ClusterNode,
+    call: ShardCall,
+    shard: u32,
+    payload: &[u8],
+) -> Result<Vec<u8>, Status> {
+    if node.faults().isolated() {
+        return Err(Status::unavailable("isolated by fault injection"));
+    }
+    match call {
+        ShardCall::AppendEntries => {
+            let rpc: AppendEntriesRequest<TypeConfig> = decode(payload)?;
+            encode(&raft(node, shard)?.append_entries(rpc).await)
+        }
+        ShardCall::Vote => {
+            refuse_if_recovering(node, shard, "vote")?;
+            let rpc: VoteRequest<TypeConfig> = decode(payload)?;
+            encode(&raft(node, shard)?.vote(rpc).await)
+        }
+        ShardCall::TransferLeader => {
+            refuse_if_recovering(node, shard, "take leadership")?;
+            let rpc: TransferLeaderRequest<TypeConfig> = decode(payload)?;
+            encode(&raft(node, shard)?.handle_transfer_leader(rpc).await)
+        }
+        ShardCall::Forward => {
+            raft(node, shard)?;
+            let forward: ForwardRequest = decode(payload)?;
+            encode(&node.handle_forward(ShardId(shard), forward).await)
+        }
+        ShardCall::Leading => {
+            node.leading_notice(decode(payload)?);
+            encode(&())
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn append_entries(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
-        let message = request.into_inner();
-        let rpc: AppendEntriesRequest<TypeConfig> = Self::decode(&message)?;
-        let result = self.raft(message.shard)?.append_entries(rpc).await;
-        Self::reply(message.shard, &result)
+        self.shard_call(request, ShardCall::AppendEntries).await
     }
 
     async fn vote(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
-        let message = request.into_inner();
-        self.refuse_if_recovering(message.shard, "vote")?;
-        let rpc: VoteRequest<TypeConfig> = Self::decode(&message)?;
-        let result = self.raft(message.shard)?.vote(rpc).await;
-        Self::reply(message.shard, &result)
+        self.shard_call(request, ShardCall::Vote).await
     }
 
     async fn install_snapshot(
@@ -125,42 +186,31 @@ impl Cluster for ClusterService {
         self.authorize(&request)?;
         let message = request.into_inner();
         let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) =
-            Self::decode(&message)?;
+            decode(&message.payload)?;
         let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-        let result = self
-            .raft(message.shard)?
+        let result = raft(&self.node, message.shard)?
             .install_full_snapshot(vote, snapshot)
             .await;
-        Self::reply(message.shard, &result)
+        Self::reply(message.shard, encode(&result)?)
     }
 
     async fn transfer_leader(
         &self,
         request: Request<ShardMessage>,
     ) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
-        let message = request.into_inner();
-        self.refuse_if_recovering(message.shard, "take leadership")?;
-        let rpc: TransferLeaderRequest<TypeConfig> = Self::decode(&message)?;
-        let result = self.raft(message.shard)?.handle_transfer_leader(rpc).await;
-        Self::reply(message.shard, &result)
+        self.shard_call(request, ShardCall::TransferLeader).await
     }
 
     async fn forward(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
-        let message = request.into_inner();
-        self.raft(message.shard)?;
-        let forward: ForwardRequest = Self::decode(&message)?;
-        let result = self.node.handle_forward(ShardId(message.shard), forward).await;
-        Self::reply(message.shard, &result)
+        self.shard_call(request, ShardCall::Forward).await
     }
 
     async fn ephemeral(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
         self.authorize(&request)?;
         let message = request.into_inner();
-        let batch: crate::typing::EphemeralBatch = Self::decode(&message)?;
+        let batch: crate::typing::EphemeralBatch = decode(&message.payload)?;
         self.node.typing().received(batch);
-        Self::reply(0, &())
+        Self::reply(0, encode(&())?)
     }
 
     async fn node_info(&self, request: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
@@ -172,5 +222,18 @@ impl Cluster for ClusterService {
             http_addr: self.node.config().http_addr.to_string(),
             recovering_shards: self.node.recovering_shards(),
         }))
+    }
+
+    type LinkStream = crate::link::AnswerFrames;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<LinkFrame>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        self.authorize(&request)?;
+        Ok(Response::new(crate::link::serve(
+            self.node.clone(),
+            request.into_inner(),
+        )))
     }
 }

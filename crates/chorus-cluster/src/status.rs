@@ -100,7 +100,7 @@ impl ClusterNode {
             shards.push(ShardStatus {
                 shard: shard.id.0,
                 role: role.to_string(),
-                leader: m.current_leader,
+                leader: self.leader_of(shard.id),
                 term: m.current_term,
                 voters: membership.voter_ids().collect(),
                 learners: membership.learner_ids().collect(),
