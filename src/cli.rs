@@ -31,27 +31,7 @@ enum Command {
     Client(crate::client_cli::ClientCommand),
     /// Load benchmarks against a running cluster.
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// Publishers through the SDK with a window in flight each: acked msgs/s, ack latency.
-    Publish(crate::bench_load::PublishArgs),
-    /// Concurrent publishes over the HTTP API: acked msgs/s and ack latency percentiles.
-    PublishHttp(crate::bench::PublishBenchArgs),
-    /// Publish-to-delivery latency through the SDK, a subscriber on every node, fixed rate.
-    E2e(crate::bench_e2e::E2eBenchArgs),
-    /// One channel, many subscribers over the nodes: deliveries per second and latency.
-    Fanout(crate::bench_e2e::FanoutBenchArgs),
-    /// Idle authenticated QUIC connections to one node: its resident memory per connection.
-    Connections(crate::bench_load::ConnectionsArgs),
-    /// SIGKILL the leader of the written shard under load: time until writes resume, losses.
-    Failover(crate::bench_load::FailoverArgs),
-    /// Typing indicator latency: one typist, subscribers on every node.
-    Typing(crate::bench_features::TypingBenchArgs),
-    /// Collaborative-session operations: throughput and latency.
-    Session(crate::bench_features::SessionBenchArgs),
+    Bench(chorus_bench::Scenario),
 }
 
 /// Flags of `chorus dev`.
@@ -193,15 +173,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::node::run(config).await
         }
         Command::Dev(args) => crate::dev::run(args).await,
+        Command::Bench(scenario) => chorus_bench::run(scenario).await,
         Command::Client(command) => crate::client_cli::run(command).await,
-        Command::Bench(BenchCommand::Publish(args)) => crate::bench_load::publish(args).await,
-        Command::Bench(BenchCommand::PublishHttp(args)) => crate::bench::publish(args).await,
-        Command::Bench(BenchCommand::E2e(args)) => crate::bench_e2e::run(args).await,
-        Command::Bench(BenchCommand::Fanout(args)) => crate::bench_e2e::fanout(args).await,
-        Command::Bench(BenchCommand::Connections(args)) => crate::bench_load::connections(args).await,
-        Command::Bench(BenchCommand::Failover(args)) => crate::bench_load::failover(args).await,
-        Command::Bench(BenchCommand::Typing(args)) => crate::bench_features::typing(args).await,
-        Command::Bench(BenchCommand::Session(args)) => crate::bench_features::session(args).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;
             println!(

@@ -2,10 +2,6 @@
 //! 3-node cluster; `chorus token` mints a client token; `chorus cluster` administers;
 //! `chorus client` subscribes, publishes and reads history over QUIC.
 
-mod bench;
-mod bench_e2e;
-mod bench_features;
-mod bench_load;
 mod cli;
 mod client_cli;
 mod config;

@@ -115,14 +115,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     .context("refusing to start")?;
 
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(ClusterService::server(cluster.clone()))
-        // Without TCP_NODELAY on the accepted sockets, a node's small answers waited for the
-        // ACK of the previous segment (Nagle), milliseconds each (`tcp_nodelay` above only
-        // applies to listeners tonic binds itself).
-        .serve_with_incoming(
-            tonic::transport::server::TcpIncoming::from(raft_listener).with_nodelay(Some(true)),
-        );
+        .serve_with_incoming(chorus_cluster::transport::tcp_incoming(raft_listener));
     let grpc_task = tokio::spawn(grpc);
 
     let state = Arc::new(HttpState {

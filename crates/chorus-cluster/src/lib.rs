@@ -11,6 +11,7 @@
 //! ```
 
 pub mod auth;
+pub mod clock;
 pub mod error;
 pub mod faults;
 pub mod features;
@@ -24,6 +25,7 @@ pub mod proposer;
 mod quiet;
 pub mod service;
 pub mod status;
+pub mod transport;
 pub mod typing;
 
 pub use error::ClusterError;

@@ -5,6 +5,7 @@
 use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
 use crate::faults::Faults;
 use crate::link::{LinkClient, LinkError, LinkTarget};
+use crate::transport::Connector;
 use chorus_proto::cluster::cluster_client::ClusterClient;
 use chorus_proto::cluster::{LinkKind, NodeInfoReply, NodeInfoRequest, ShardMessage};
 use chorus_store::{ChorusNode, TypeConfig};
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The shortest deadline given to a Raft RPC.
 pub const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -83,17 +84,20 @@ pub struct PeerPool {
     peers: RwLock<HashMap<u64, Peer>>,
     last_refusal_log: Mutex<HashMap<u64, Instant>>,
     faults: Arc<Faults>,
+    connector: Arc<dyn Connector>,
 }
 
 impl PeerPool {
-    /// A pool presenting `proof` (see [`crate::auth::secret_proof`]).
-    pub fn new(proof: String, faults: Arc<Faults>) -> Arc<Self> {
+    /// A pool presenting `proof` (see [`crate::auth::secret_proof`]), reaching peers through
+    /// `connector`.
+    pub fn new(proof: String, faults: Arc<Faults>, connector: Arc<dyn Connector>) -> Arc<Self> {
         Arc::new(PeerPool {
             proof,
             cluster_id: Arc::new(RwLock::new(None)),
             peers: RwLock::new(HashMap::new()),
             last_refusal_log: Mutex::new(HashMap::new()),
             faults,
+            connector,
         })
     }
 
@@ -134,13 +138,8 @@ impl PeerPool {
         {
             return Ok(pick(peer));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| CallError::Transport(format!("bad address {addr}: {e}")))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint.connect_lazy();
+        let channel = crate::transport::channel(self.connector.clone(), addr)
+            .map_err(|e| CallError::Transport(format!("bad address {addr}: {e}")))?;
         let target = LinkTarget {
             channel: channel.clone(),
             proof: self.proof.clone(),
@@ -256,7 +255,7 @@ impl PeerPool {
         let error = classify_status(&status);
         if matches!(error, CallError::Refused(_)) {
             let mut last = self.last_refusal_log.lock().expect("lock");
-            let now = Instant::now();
+            let now = crate::clock::now();
             if last
                 .get(&node)
                 .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))

@@ -7,9 +7,8 @@ use crate::node::ClusterNode;
 use chorus_proto::cluster::LinkKind;
 use openraft::ServerState;
 use openraft::async_runtime::WatchReceiver;
-use rand::Rng;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 impl ClusterNode {
     /// The shards this node leads now, with their terms; not those it is handing over (a
@@ -56,7 +55,7 @@ impl ClusterNode {
 
     /// A peer's notice arrived.
     pub(crate) fn leading_notice(&self, notice: LeadingNotice) {
-        if self.liveness().record(notice, Instant::now()) {
+        if self.liveness().record(notice, crate::clock::now()) {
             // A peer (re)appeared: let it learn at once who leads what here, and the commit
             // index, as a heartbeat round would.
             for s in self.shards() {
@@ -75,10 +74,10 @@ impl ClusterNode {
         let (min, max) = self.config().election_timeout_ms;
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_notice = Instant::now() - PING_INTERVAL;
+        let mut last_notice = crate::clock::now() - PING_INTERVAL;
         loop {
             tick.tick().await;
-            let now = Instant::now();
+            let now = crate::clock::now();
             if now.duration_since(last_notice) >= PING_INTERVAL {
                 last_notice = now;
                 self.send_leading_notices();
@@ -101,7 +100,7 @@ impl ClusterNode {
                 }
                 let claimed =
                     self.is_recovering(s.id) || self.liveness().claimed_leader(s.id.0, term, now).is_some();
-                let jitter = || Duration::from_millis(rand::rng().random_range(0..=max.saturating_sub(min)));
+                let jitter = || crate::clock::random_delay(Duration::from_millis(max.saturating_sub(min)));
                 if let Some(enabled) = switch.decide(claimed, now, jitter) {
                     ElectionSwitch::apply(&s.raft, enabled);
                 }

@@ -55,7 +55,7 @@ impl ClusterService {
                 auth::PeerAuthError::OtherCluster { .. } => "cluster",
             };
             let mut logged = self.refusals_logged.lock().expect("lock");
-            let now = Instant::now();
+            let now = crate::clock::now();
             let key = (from.clone(), kind);
             if logged
                 .get(&key)

@@ -116,7 +116,7 @@ impl Typing {
             senders: HashMap::new(),
             last_heard: HashMap::new(),
             changes: changes.clone(),
-            started: Instant::now(),
+            started: crate::clock::now(),
         };
         tokio::spawn(task.run(receiver));
         Typing { input, changes }
@@ -182,7 +182,7 @@ impl TypingTask {
     async fn run(mut self, mut input: mpsc::UnboundedReceiver<Input>) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_alive = Instant::now();
+        let mut last_alive = crate::clock::now();
         loop {
             tokio::select! {
                 message = input.recv() => match message {
@@ -195,7 +195,7 @@ impl TypingTask {
                         if batch.from == self.node_id {
                             continue;
                         }
-                        self.last_heard.insert(batch.from, Instant::now());
+                        self.last_heard.insert(batch.from, crate::clock::now());
                         for message in &batch.messages {
                             self.apply(batch.from, message);
                         }
@@ -224,7 +224,7 @@ impl TypingTask {
                         self.last_heard.remove(&node);
                     }
                     if self.registry.has_origin(self.node_id) && last_alive.elapsed() >= Duration::from_secs(1) {
-                        last_alive = Instant::now();
+                        last_alive = crate::clock::now();
                         self.broadcast(TypingMessage::Alive);
                     }
                 }

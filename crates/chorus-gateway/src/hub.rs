@@ -252,9 +252,7 @@ fn typing_notice(change: &TypingChange) -> AppliedNotice {
         event_type: event_type.to_string(),
         data: serde_json::json!({"user": change.typist.user, "device": change.typist.device}).to_string(),
         publisher: change.typist.user.clone(),
-        time_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        time_ms: chorus_cluster::clock::unix_ms(),
     }
 }
 

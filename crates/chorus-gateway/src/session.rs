@@ -11,13 +11,14 @@ use crate::hub::{SubscribeRequest, Subscriber, Target, error_kind, event_frame};
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::outbox::{Outbox, Priority};
 use crate::{Gateway, PROTOCOL_VERSION};
+use chorus_cluster::clock;
 use chorus_core::{ChannelName, ChannelPattern, ErrorCode, PublishCommand, check_publish_input};
 use chorus_http::Claims;
 use chorus_http::auth::Operation;
 use chorus_proto::client::{self, ClientFrame, ServerFrame, client_frame, server_frame::Kind};
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -34,16 +35,10 @@ pub(crate) struct Ending {
     pub(crate) reason: String,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// When a token expiring at `exp` (Unix seconds) stops being honoured.
 fn token_deadline(exp: u64, grace: Duration) -> Instant {
-    let left_ms = (exp.saturating_mul(1000)).saturating_sub(now_ms());
-    Instant::now() + Duration::from_millis(left_ms) + grace
+    let left_ms = (exp.saturating_mul(1000)).saturating_sub(clock::unix_ms());
+    Instant::from(clock::now()) + Duration::from_millis(left_ms) + grace
 }
 
 pub(crate) struct Session {
@@ -193,18 +188,18 @@ impl Gateway {
         tracing::debug!(conn, user = %session.claims.sub, client = %connect.client_name, "client connected");
 
         let mut pings = tokio::time::interval_at(
-            Instant::now() + config.heartbeat_interval,
+            Instant::from(clock::now()) + config.heartbeat_interval,
             config.heartbeat_interval,
         );
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_seen = Instant::now();
+        let mut last_seen = Instant::from(clock::now());
         loop {
             tokio::select! {
                 frame = inbound.next() => match frame {
                     None => return Ending { code: None, reason: "closed by the client".into() },
                     Some(Err(e)) => return disconnect(outbox, ErrorCode::Protocol, e.to_string(), false),
                     Some(Ok(frame)) => {
-                        last_seen = Instant::now();
+                        last_seen = Instant::from(clock::now());
                         if let Err((code, reason)) = session.handle(frame).await {
                             return disconnect(outbox, code, reason, false);
                         }
@@ -501,7 +496,7 @@ impl Session {
             data: publish.data,
             publisher: self.claims.sub.clone(),
             idempotency_key: key,
-            time_ms: now_ms(),
+            time_ms: clock::unix_ms(),
         };
         let Some(permit) = self.permit(id) else { return };
         let cluster = inner.cluster.clone();

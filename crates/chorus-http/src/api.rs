@@ -133,12 +133,6 @@ async fn isolation(
     Ok(Json(serde_json::json!({"isolated": body.isolated})).into_response())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn health(State(state): State<Shared>) -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok", "node_id": state.cluster.node_id()}))
 }
@@ -269,7 +263,7 @@ async fn publish(
             data: data.get().to_string(),
             publisher: claims.sub,
             idempotency_key: body.idempotency_key,
-            time_ms: now_ms(),
+            time_ms: chorus_cluster::clock::unix_ms(),
         })
         .await?;
     Ok(Json(PublishReply {

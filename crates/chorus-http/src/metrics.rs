@@ -8,7 +8,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -48,7 +47,7 @@ impl HttpMetrics {
 
 /// Middleware recording each request's latency.
 pub async fn record(State(metrics): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
+    let started = chorus_cluster::clock::now();
     let method = request.method().to_string();
     let route = request
         .extensions()

@@ -4,11 +4,11 @@
 //! channels, for a fixed duration; every acknowledgement's latency goes into an HDR
 //! histogram. It prints a summary and, last, one JSON line with the figures.
 
-use crate::cli::mint;
+use crate::{bench_token, parse_duration};
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Flags of `chorus bench publish`.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,7 +38,7 @@ pub struct PublishBenchArgs {
 
 /// Runs the publish scenario.
 pub async fn publish(args: PublishBenchArgs) -> Result<()> {
-    let duration = crate::cli::parse_ttl(&args.duration)?;
+    let duration = parse_duration(&args.duration)?;
     let token = bench_token(args.token.as_deref(), args.jwt_secret.as_deref(), duration)?;
     if args.nodes.is_empty() || args.concurrency == 0 || args.channels == 0 {
         bail!("--node, --concurrency and --channels must be non-empty / positive");
@@ -60,7 +60,7 @@ pub async fn publish(args: PublishBenchArgs) -> Result<()> {
         let body = serde_json::json!({ "data": body_data, "type": "bench" }).to_string();
         let channels = args.channels;
         workers.push(tokio::spawn(async move {
-            let mut histogram = crate::bench_load::histogram();
+            let mut histogram = crate::load::histogram();
             let mut i = w;
             while Instant::now() < deadline {
                 let node = &nodes[i % nodes.len()];
@@ -88,7 +88,7 @@ pub async fn publish(args: PublishBenchArgs) -> Result<()> {
             histogram
         }));
     }
-    let mut total = crate::bench_load::histogram();
+    let mut total = crate::load::histogram();
     for worker in workers {
         total.add(worker.await.context("bench worker")?)?;
     }
@@ -121,21 +121,6 @@ pub async fn publish(args: PublishBenchArgs) -> Result<()> {
         })
     );
     Ok(())
-}
-
-/// The given token, or one minted with the JWT secret that outlives the run.
-pub fn bench_token(token: Option<&str>, jwt_secret: Option<&str>, duration: Duration) -> Result<String> {
-    match (token, jwt_secret) {
-        (Some(token), _) => Ok(token.to_string()),
-        (None, Some(secret)) => mint(
-            secret,
-            "bench",
-            &["admin".to_string()],
-            duration * 2 + Duration::from_secs(60),
-            None,
-        ),
-        (None, None) => bail!("give --token (CHORUS_TOKEN) or CHORUS_JWT_SECRET"),
-    }
 }
 
 /// Workers step through channels and nodes with a stride coprime to most counts, so that

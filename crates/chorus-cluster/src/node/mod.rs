@@ -2,36 +2,29 @@
 
 use crate::ShardRaft;
 use crate::error::ClusterError;
-use crate::forward::{ForwardError, ForwardRequest, ForwardResponse, ForwardResult};
-use crate::network::{CallError, PeerPool, Rpc, ShardNetworkFactory};
+use crate::forward::ForwardRequest;
+use crate::network::{PeerPool, ShardNetworkFactory};
 use crate::placement;
 use crate::proposer::Proposer;
-use chorus_core::{
-    ChannelName, Command, CommandResult, ErrorCode, HistoryLimits, HistoryPage, PublishCommand, Published,
-    ShardId, shard_for,
-};
-use chorus_store::{ChorusNode, NodeStore, ShardReader, ShardRequest, ShardResponse, TypeConfig};
+use chorus_core::{Command, HistoryLimits, ShardId};
+use chorus_store::{ChorusNode, NodeStore, ShardReader, ShardRequest, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, ForwardReason, RaftError};
-use openraft::{ChangeMembers, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-use std::collections::{BTreeMap, BTreeSet};
+use openraft::errors::RaftError;
+use openraft::{RaftMetrics, ServerState, SnapshotPolicy};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+mod metrics;
+mod routing;
+
+use metrics::ShardLabel;
+pub use metrics::{ClusterMetrics, resident_memory_bytes};
+pub(crate) use routing::{failed, write_error};
+
 /// How long a routed request keeps retrying leader changes before giving up.
 const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// How long a membership change may take (a learner may need a whole snapshot).
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(120);
 /// Pause between attempts while no leader is known.
@@ -68,110 +61,6 @@ pub struct ClusterConfig {
     pub typing: crate::typing::TypingConfig,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ShardLabel {
-    shard: u32,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
-}
-
-/// Prometheus metrics of the cluster layer.
-#[derive(Clone)]
-pub struct ClusterMetrics {
-    writes: Family<OutcomeLabel, Counter>,
-    forwards: Counter,
-    term: Family<ShardLabel, Gauge>,
-    leader: Family<ShardLabel, Gauge>,
-    committed: Family<ShardLabel, Gauge>,
-    applied: Family<ShardLabel, Gauge>,
-    last_log: Family<ShardLabel, Gauge>,
-    is_leader: Family<ShardLabel, Gauge>,
-    commands_per_entry: prometheus_client::metrics::histogram::Histogram,
-    resident_memory: Gauge,
-}
-
-impl Default for ClusterMetrics {
-    fn default() -> Self {
-        ClusterMetrics {
-            writes: Family::default(),
-            forwards: Counter::default(),
-            term: Family::default(),
-            leader: Family::default(),
-            committed: Family::default(),
-            applied: Family::default(),
-            last_log: Family::default(),
-            is_leader: Family::default(),
-            resident_memory: Gauge::default(),
-            commands_per_entry: prometheus_client::metrics::histogram::Histogram::new([
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
-        }
-    }
-}
-
-impl ClusterMetrics {
-    /// Registers under `chorus_*`.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register("chorus_writes", "client writes by outcome", self.writes.clone());
-        registry.register(
-            "chorus_forwards",
-            "requests forwarded to another node's shard leader",
-            self.forwards.clone(),
-        );
-        registry.register(
-            "chorus_shard_term",
-            "current Raft term per shard",
-            self.term.clone(),
-        );
-        registry.register(
-            "chorus_shard_leader",
-            "id of the shard's leader (0: none known)",
-            self.leader.clone(),
-        );
-        registry.register(
-            "chorus_shard_is_leader",
-            "1 when this node leads the shard",
-            self.is_leader.clone(),
-        );
-        registry.register(
-            "chorus_shard_commit_index",
-            "committed log index per shard",
-            self.committed.clone(),
-        );
-        registry.register(
-            "chorus_shard_applied_index",
-            "applied log index per shard",
-            self.applied.clone(),
-        );
-        registry.register(
-            "chorus_commands_per_entry",
-            "client commands proposed in one Raft entry (proposal batching)",
-            self.commands_per_entry.clone(),
-        );
-        registry.register(
-            "chorus_shard_last_log_index",
-            "last log index per shard",
-            self.last_log.clone(),
-        );
-        registry.register(
-            "process_resident_memory_bytes",
-            "resident memory of the node process (Linux: VmRSS of /proc/self/status)",
-            self.resident_memory.clone(),
-        );
-    }
-}
-
-/// The process's resident memory in bytes, from /proc (Linux only; `None` elsewhere).
-pub fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
     pub(crate) raft: ShardRaft,
@@ -206,32 +95,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct ClusterNode {
     inner: Arc<Inner>,
-}
-
-pub(crate) fn failed(code: ErrorCode, message: impl ToString, indeterminate: bool) -> ForwardError {
-    ForwardError::Failed {
-        code,
-        message: message.to_string(),
-        indeterminate,
-    }
-}
-
-pub(crate) fn write_error(err: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ForwardError {
-    match &err {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f))
-            if f.reason == ForwardReason::LeaseExpired =>
-        {
-            ForwardError::LeaseExpired
-        }
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            ForwardError::NotLeader { leader: f.leader_id }
-        }
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => failed(ErrorCode::Timeout, &err, true),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            failed(ErrorCode::BadRequest, e, false)
-        }
-        _ => failed(ErrorCode::Unavailable, &err, true),
-    }
 }
 
 /// Before any shard group starts: asks the configured peers who they are, and fails if one
@@ -280,8 +143,25 @@ impl ClusterNode {
         store: NodeStore,
         metrics: ClusterMetrics,
     ) -> Result<ClusterNode, ClusterError> {
+        let tcp = crate::transport::TcpConnector {
+            timeout: Duration::from_millis(500),
+        };
+        Self::start_with(config, store, metrics, Arc::new(tcp)).await
+    }
+
+    /// [`ClusterNode::start`], reaching peers through `connector` (see `crate::transport`).
+    pub async fn start_with(
+        config: ClusterConfig,
+        store: NodeStore,
+        metrics: ClusterMetrics,
+        connector: Arc<dyn crate::transport::Connector>,
+    ) -> Result<ClusterNode, ClusterError> {
         let proof = crate::auth::secret_proof(&config.cluster_secret);
-        let pool = PeerPool::new(proof.clone(), Arc::new(crate::faults::Faults::from_env()));
+        let pool = PeerPool::new(
+            proof.clone(),
+            Arc::new(crate::faults::Faults::from_env()),
+            connector,
+        );
         let raft_config = openraft::Config {
             cluster_name: "chorus".into(),
             heartbeat_interval: config.heartbeat_ms,
@@ -377,7 +257,7 @@ impl ClusterNode {
                 typing,
                 // The start time: a later process of this node has a higher incarnation, so
                 // late writes of an earlier one are recognized and ignored.
-                incarnation: now_ms().max(1),
+                incarnation: crate::clock::unix_ms().max(1),
                 config,
                 shards,
                 pool,
@@ -385,7 +265,7 @@ impl ClusterNode {
                 store,
                 metrics,
                 cluster_id: RwLock::new(recorded_cluster_id),
-                started: Instant::now(),
+                started: crate::clock::now(),
                 liveness: crate::liveness::Liveness::default(),
                 handing_over: Default::default(),
             }),
@@ -571,7 +451,7 @@ impl ClusterNode {
 
     /// Whether `peer` was heard from within `within`.
     pub fn heard_from(&self, peer: u64, within: Duration) -> bool {
-        self.inner.liveness.heard_from(peer, within, Instant::now())
+        self.inner.liveness.heard_from(peer, within, crate::clock::now())
     }
 
     /// The leader of `shard` as this node knows it: from Raft, else from a live peer that says
@@ -587,7 +467,7 @@ impl ClusterNode {
         leader.or_else(|| {
             self.inner
                 .liveness
-                .claimed_leader(shard.0, term, Instant::now())
+                .claimed_leader(shard.0, term, crate::clock::now())
                 .map(|(peer, _)| peer)
         })
     }
@@ -622,293 +502,6 @@ impl ClusterNode {
             .membership()
             .get_node(&node)
             .map(|n| n.raft_addr.clone())
-    }
-
-    /// Publishes one event through the channel's shard leader; answers after commit.
-    pub async fn publish(&self, command: PublishCommand) -> Result<Published, ClusterError> {
-        if self.faults().ack_before_commit() {
-            // The deliberately broken build of the chaos suite's negative control: answer
-            // now and commit (perhaps) later.
-            let channel = command.channel.clone();
-            let node = self.clone();
-            tokio::spawn(async move { node.publish_committed(command).await });
-            return Ok(Published {
-                channel,
-                offset: 0,
-                epoch: 0,
-                duplicate: false,
-            });
-        }
-        self.publish_committed(command).await
-    }
-
-    async fn publish_committed(&self, command: PublishCommand) -> Result<Published, ClusterError> {
-        let shard = shard_for(command.channel.as_str(), self.shard_count());
-        let response = self.write(shard, vec![Command::Publish(command)]).await;
-        let outcome = if response.is_ok() { "ok" } else { "error" };
-        self.inner
-            .metrics
-            .writes
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
-        match response?.0.into_iter().next() {
-            Some(CommandResult::Published(published)) => Ok(published),
-            other => Err(ClusterError::Internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
-        }
-    }
-
-    /// Proposes `commands` (in this order, in one entry) to `shard`'s leader, wherever it is.
-    pub async fn write(&self, shard: ShardId, commands: Vec<Command>) -> Result<ShardResponse, ClusterError> {
-        match self.leader_call(shard, ForwardRequest::Write(commands)).await? {
-            ForwardResponse::Written(response) => Ok(response),
-            other => Err(ClusterError::Internal(format!("unexpected reply {other:?}"))),
-        }
-    }
-
-    /// Reads a channel's history, linearizably: it includes every write acknowledged before
-    /// the read began, whichever node acknowledged it.
-    pub async fn history(
-        &self,
-        channel: &ChannelName,
-        since: u64,
-        limit: usize,
-    ) -> Result<HistoryPage, ClusterError> {
-        let shard = shard_for(channel.as_str(), self.shard_count());
-        self.read_barrier(shard).await?;
-        Ok(self.inner.shards[shard.0 as usize]
-            .reader
-            .history(channel, since, limit))
-    }
-
-    /// Waits until this node has applied everything the shard had committed when called.
-    pub async fn read_barrier(&self, shard: ShardId) -> Result<(), ClusterError> {
-        let index = match self.leader_call(shard, ForwardRequest::ReadIndex).await? {
-            ForwardResponse::ReadIndex(index) => index,
-            other => return Err(ClusterError::Internal(format!("unexpected reply {other:?}"))),
-        };
-        let raft = &self.inner.shards[shard.0 as usize].raft;
-        raft.wait(Some(ROUTE_DEADLINE))
-            .applied_index_at_least(Some(index), "read barrier")
-            .await
-            .map_err(|_| ClusterError::Timeout {
-                shard,
-                millis: ROUTE_DEADLINE.as_millis() as u64,
-            })?;
-        Ok(())
-    }
-
-    /// Runs `request` on the shard's leader: here if this node leads, else over gRPC.
-    /// Retries while leadership moves, until [`ROUTE_DEADLINE`].
-    pub async fn leader_call(
-        &self,
-        shard: ShardId,
-        request: ForwardRequest,
-    ) -> Result<ForwardResponse, ClusterError> {
-        let s = self
-            .shard(shard.0)
-            .ok_or_else(|| ClusterError::BadRequest(format!("no shard {shard}")))?;
-        // Membership changes wait for a learner to catch up, possibly through a snapshot.
-        let allowed = match request {
-            ForwardRequest::Write(_) | ForwardRequest::ReadIndex => ROUTE_DEADLINE,
-            _ => MEMBERSHIP_DEADLINE,
-        };
-        let deadline = Instant::now() + allowed;
-        let mut hint: Option<u64> = None;
-        loop {
-            let leader = hint.take().or_else(|| self.leader_of(shard));
-            let result = match leader {
-                Some(leader) if leader == self.node_id() => self.handle_forward(shard, request.clone()).await,
-                Some(leader) => match self.raft_addr_of(s, leader) {
-                    Some(addr) => {
-                        self.inner.metrics.forwards.inc();
-                        let remaining = deadline
-                            .saturating_duration_since(Instant::now())
-                            .max(Duration::from_millis(100));
-                        match self
-                            .inner
-                            .pool
-                            .call::<_, ForwardResult>(
-                                leader,
-                                &addr,
-                                Rpc::Forward,
-                                shard.0,
-                                &request,
-                                remaining,
-                            )
-                            .await
-                        {
-                            Ok(result) => result,
-                            Err(CallError::NotDelivered(_)) => {
-                                // Never sent: safe to try again once a leader is known.
-                                Err(ForwardError::NotLeader { leader: None })
-                            }
-                            Err(CallError::Refused(_)) => {
-                                // Refused before handling (a stale leader hint pointing at a
-                                // process that is not one of ours): try again.
-                                Err(ForwardError::NotLeader { leader: None })
-                            }
-                            Err(e) => {
-                                let indeterminate = matches!(request, ForwardRequest::Write(_));
-                                Err(failed(
-                                    ErrorCode::Unavailable,
-                                    format!("forwarding to node {leader}: {e}"),
-                                    indeterminate,
-                                ))
-                            }
-                        }
-                    }
-                    None => Err(ForwardError::NotLeader { leader: None }),
-                },
-                None => Err(ForwardError::NotLeader { leader: None }),
-            };
-            match result {
-                Ok(response) => return Ok(response),
-                Err(ForwardError::LeaseExpired) => {
-                    // The leader was refreshing its lease: at once again, same leader.
-                    if Instant::now() >= deadline {
-                        return Err(ClusterError::NoLeader { shard });
-                    }
-                    hint = leader;
-                }
-                Err(ForwardError::NotLeader { leader }) => {
-                    if Instant::now() >= deadline {
-                        return Err(ClusterError::NoLeader { shard });
-                    }
-                    if leader.is_some() && leader != Some(self.node_id()) {
-                        hint = leader;
-                    }
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Err(ForwardError::Failed {
-                    code,
-                    message,
-                    indeterminate,
-                }) => {
-                    return Err(if indeterminate {
-                        ClusterError::Indeterminate {
-                            shard,
-                            reason: message,
-                        }
-                    } else {
-                        match code {
-                            ErrorCode::BadRequest => ClusterError::Membership(message),
-                            ErrorCode::Unavailable => ClusterError::Unreachable {
-                                node: leader.unwrap_or(0),
-                                reason: message,
-                            },
-                            _ => ClusterError::Internal(message),
-                        }
-                    });
-                }
-            }
-        }
-    }
-
-    /// Does what a forwarded request asks, if this node leads the shard.
-    /// Bounded in time: a leader that lost its quorum answers with an error, not never.
-    pub async fn handle_forward(&self, shard: ShardId, request: ForwardRequest) -> ForwardResult {
-        let (allowed, on_timeout) = match request {
-            ForwardRequest::Write(_) => (
-                ROUTE_DEADLINE,
-                failed(ErrorCode::Timeout, "no commit in time", true),
-            ),
-            ForwardRequest::ReadIndex => (
-                ROUTE_DEADLINE,
-                failed(
-                    ErrorCode::Unavailable,
-                    "no quorum confirmed leadership in time",
-                    false,
-                ),
-            ),
-            _ => (
-                MEMBERSHIP_DEADLINE,
-                failed(
-                    ErrorCode::Timeout,
-                    "membership change not committed in time",
-                    true,
-                ),
-            ),
-        };
-        tokio::time::timeout(allowed, self.handle_forward_unbounded(shard, request))
-            .await
-            .unwrap_or(Err(on_timeout))
-    }
-
-    async fn handle_forward_unbounded(&self, shard: ShardId, request: ForwardRequest) -> ForwardResult {
-        let s = self
-            .shard(shard.0)
-            .ok_or_else(|| failed(ErrorCode::BadRequest, format!("no shard {shard}"), false))?;
-        let raft = &s.raft;
-        match request {
-            ForwardRequest::Write(mut commands) => {
-                // The leader stamps publish times: one clock per shard orders retention and
-                // the dedupe window, whatever the clocks of the nodes that accepted them.
-                let now = now_ms();
-                for command in &mut commands {
-                    command.stamp_time(now);
-                }
-                if !raft.is_leader() {
-                    let leader = s.raft.metrics().borrow_watched().current_leader;
-                    return Err(ForwardError::NotLeader { leader });
-                }
-                let lease = Duration::from_millis(self.inner.config.election_timeout_ms.1);
-                let mut attempts = 0;
-                loop {
-                    crate::liveness::fresh_lease(raft, lease).await;
-                    let result = match &s.proposer {
-                        Some(proposer) => proposer.propose(commands.clone()).await,
-                        None => raft
-                            .client_write(ShardRequest::new(commands.clone()))
-                            .await
-                            .map(|response| ForwardResponse::Written(response.data))
-                            .map_err(write_error),
-                    };
-                    attempts += 1;
-                    // Refused before anything was proposed: once the lease is fresh again, retry.
-                    if matches!(result, Err(ForwardError::LeaseExpired)) && attempts < 3 {
-                        continue;
-                    }
-                    return result;
-                }
-            }
-            ForwardRequest::ReadIndex => {
-                let read = raft
-                    .ensure_linearizable(ReadPolicy::ReadIndex)
-                    .await
-                    .map_err(|e| match e {
-                        RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(f)) => {
-                            ForwardError::NotLeader { leader: f.leader_id }
-                        }
-                        other => failed(ErrorCode::Unavailable, other, false),
-                    })?;
-                Ok(ForwardResponse::ReadIndex(read.index()))
-            }
-            ForwardRequest::AddLearner { id, node } => {
-                raft.add_learner(id, node, true).await.map_err(write_error)?;
-                Ok(ForwardResponse::Done)
-            }
-            ForwardRequest::AddVoter { id } => {
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_error)?;
-                Ok(ForwardResponse::Done)
-            }
-            ForwardRequest::RemoveNode { id } => {
-                let membership = self.metrics_of(s).membership_config.membership().clone();
-                let is_voter = membership.voter_ids().any(|v| v == id);
-                let change = if is_voter {
-                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-                } else if membership.get_node(&id).is_some() {
-                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-                } else {
-                    return Ok(ForwardResponse::Done);
-                };
-                raft.change_membership(change, false).await.map_err(write_error)?;
-                Ok(ForwardResponse::Done)
-            }
-        }
     }
 
     /// Adds node `id` at `raft_addr` to every shard: as a learner that catches up (from a
@@ -1001,11 +594,11 @@ impl ClusterNode {
                 continue;
             }
             if shard.id.0 == 0 && shard.reader.cluster_id().is_none() {
-                let id = format!("{:016x}", rand::random::<u64>());
+                let id = format!("{:016x}", crate::clock::random_u64());
                 let request = ShardRequest::new(vec![Command::SetClusterId(id)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
             }
-            self.expire_leases(shard.id, now_ms()).await;
+            self.expire_leases(shard.id, crate::clock::unix_ms()).await;
             if shard.reader.limits() != self.inner.config.limits {
                 let request = ShardRequest::new(vec![Command::SetLimits(self.inner.config.limits)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
@@ -1029,7 +622,7 @@ impl ClusterNode {
                     .handing_over
                     .lock()
                     .expect("lock")
-                    .insert(shard.0, Instant::now());
+                    .insert(shard.0, crate::clock::now());
                 let _ = s.raft.trigger().transfer_leader(target).await;
             }
         }

@@ -9,7 +9,8 @@
 //!  failover:    load on one shard; SIGKILL its leader K times ──► kill-to-first-ack, acked writes lost
 //! ```
 
-use crate::bench_e2e::{BenchAccess, rand_id};
+use crate::e2e::{BenchAccess, rand_id};
+use crate::parse_duration;
 use anyhow::{Context, Result, bail};
 use chorus_client::{Client, PublishOptions};
 use futures::StreamExt;
@@ -65,7 +66,7 @@ pub struct PublishArgs {
 
 /// Runs the publish scenario: every publisher keeps `window` publishes in flight.
 pub async fn publish(args: PublishArgs) -> Result<()> {
-    let duration = crate::cli::parse_ttl(&args.duration)?;
+    let duration = parse_duration(&args.duration)?;
     if args.nodes.is_empty() || args.publishers == 0 || args.window == 0 || args.channels == 0 {
         bail!("--node, --publishers, --window and --channels must be non-empty / positive");
     }

@@ -10,8 +10,9 @@
 //! ```
 //! All clients live in this process: one monotonic clock times both ends.
 
-use crate::bench_e2e::{BenchAccess, rand_id};
-use crate::bench_load::{default_quic_nodes, histogram, ms};
+use crate::e2e::{BenchAccess, rand_id};
+use crate::load::{default_quic_nodes, histogram, ms};
+use crate::parse_duration;
 use anyhow::{Context, Result, bail};
 use chorus_client::{SessionOp, SessionOpOutcome, SubscribeOptions};
 use futures::StreamExt;
@@ -131,7 +132,7 @@ pub struct SessionBenchArgs {
 /// Runs the session scenario: increments (they commute: none is refused under either policy)
 /// and sets of per-client paths.
 pub async fn session(args: SessionBenchArgs) -> Result<()> {
-    let duration = crate::cli::parse_ttl(&args.duration)?;
+    let duration = parse_duration(&args.duration)?;
     if args.nodes.is_empty() || args.window == 0 || args.sessions == 0 {
         bail!("--node, --window and --sessions must be given and positive");
     }

@@ -11,8 +11,8 @@
 //! All clients live in this process, so one monotonic clock times both ends. Publishes are
 //! open-loop (one task per tick), so a slow acknowledgement does not lower the rate.
 
-use crate::bench::bench_token;
-use crate::bench_load::{default_quic_nodes, histogram, ms, udp_endpoints};
+use crate::load::{default_quic_nodes, histogram, ms, udp_endpoints};
+use crate::{bench_token, parse_duration};
 use anyhow::{Context, Result, bail};
 use chorus_client::{Client, ClientBuilder, SubscribeOptions, Subscription};
 use hdrhistogram::Histogram;
@@ -91,11 +91,17 @@ impl BenchAccess {
 
     /// An SDK client builder for `endpoints` (tried in order) with `token`.
     pub fn builder(&self, endpoints: &[String], token: &str) -> ClientBuilder {
-        let builder = Client::builder()
+        let mut builder = Client::builder()
             .endpoints(endpoints)
             .token(token)
             .subscription_buffer(65_536);
-        crate::client_cli::trusting(builder, &self.cas, &self.fingerprints)
+        for ca in &self.cas {
+            builder = builder.trust_certificate_pem_file(ca);
+        }
+        for fingerprint in &self.fingerprints {
+            builder = builder.trust_fingerprint(fingerprint);
+        }
+        builder
     }
 
     /// An SDK client of `endpoint`.
@@ -186,7 +192,7 @@ async fn measure(
 
 /// Runs the e2e scenario and prints a summary and one JSON line.
 pub async fn run(args: E2eBenchArgs) -> Result<()> {
-    let duration = crate::cli::parse_ttl(&args.duration)?;
+    let duration = parse_duration(&args.duration)?;
     if args.rate == 0 || args.channels == 0 || args.subscribe_nodes.is_empty() {
         bail!("--rate, --channels and --subscribe-node must be positive / given");
     }
@@ -258,7 +264,7 @@ pub async fn run(args: E2eBenchArgs) -> Result<()> {
 
 /// Runs the fanout scenario and prints a summary and one JSON line.
 pub async fn fanout(args: FanoutBenchArgs) -> Result<()> {
-    let duration = crate::cli::parse_ttl(&args.duration)?;
+    let duration = parse_duration(&args.duration)?;
     if args.rate == 0 || args.subscribers == 0 || args.nodes.is_empty() {
         bail!("--rate, --subscribers and --node must be positive / given");
     }
