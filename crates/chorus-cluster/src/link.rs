@@ -11,8 +11,9 @@
 //! One unary call per shard and entry cost an HTTP/2 stream, its headers both ways and a task
 //! on each side; here a frame carries whatever was ready when the previous one left, so under
 //! load many shards' messages share one write, and at rest a message costs one small frame.
-//! Requests are answered by id, in whatever order the answers are ready. Two lanes per peer
-//! (`crate::network`) keep Raft traffic apart from forwarded writes.
+//! Requests are answered by id, in whatever order the answers are ready; notices (id 0) get
+//! no answer and are handled in arrival order. Three lanes per peer (`crate::network`) keep
+//! appends, control messages (votes, notices) and forwarded writes apart.
 //!
 //! Measured with `chorus bench publish` (docs/benchmarks.md): the stream carried 1.2x the
 //! writes of batches sent as unary calls (4 in flight per lane), which in turn did no better
@@ -83,13 +84,16 @@ pub fn serve(node: ClusterNode, mut inbound: Streaming<LinkFrame>) -> AnswerFram
     tokio::spawn(async move {
         while let Ok(Some(frame)) = inbound.message().await {
             for message in frame.messages {
+                if message.id == NOTICE_ID {
+                    // Handled here, in arrival order: a later notice must not be overtaken by
+                    // an earlier one (each replaces what its sender said before), and
+                    // handling one is quick.
+                    let _ = handle(&node, &message).await;
+                    continue;
+                }
                 let (node, answers) = (node.clone(), answers.clone());
                 tokio::spawn(async move {
-                    if message.id == NOTICE_ID {
-                        let _ = handle(&node, &message).await;
-                    } else {
-                        let _ = answers.send(answer(&node, message).await);
-                    }
+                    let _ = answers.send(answer(&node, message).await);
                 });
             }
         }
@@ -330,9 +334,28 @@ async fn run(target: LinkTarget, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
                 });
             }
         }
-        if open.frames.send(LinkFrame { messages }).await.is_err() {
-            open.alive.store(false, Ordering::Release);
-            fail_all(&open.pending, &Status::unavailable("the link closed"));
+        match open.frames.send(LinkFrame { messages }).await {
+            Ok(()) => {
+                // The reader may have ended (and failed what was pending) after the check
+                // above and before these entered `pending`: nobody would answer them.
+                if !open.alive.load(Ordering::Acquire) {
+                    fail_all(&open.pending, &Status::unavailable("the link closed"));
+                }
+            }
+            Err(unsent) => {
+                // This frame never left: its requests may be sent again elsewhere.
+                open.alive.store(false, Ordering::Release);
+                let status = Status::unavailable("the link closed before the request was sent");
+                {
+                    let mut pending = open.pending.lock().expect("link lock");
+                    for message in unsent.0.messages {
+                        if let Some(reply) = pending.remove(&message.id) {
+                            let _ = reply.send(Err(LinkError::NotSent(status.clone())));
+                        }
+                    }
+                }
+                fail_all(&open.pending, &Status::unavailable("the link closed"));
+            }
         }
     }
 }

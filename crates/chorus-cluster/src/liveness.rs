@@ -95,6 +95,27 @@ impl Liveness {
     }
 }
 
+/// The shards whose leadership this node began to hand over (leader placement), each with
+/// the term it led them at. openraft's leader proposes nothing more in that term once a
+/// transfer began, so the node must not claim such a shard for the rest of the term (however
+/// long it lasts): if the target never takes over, the others elect.
+#[derive(Debug, Default)]
+pub struct HandOvers {
+    begun: Mutex<HashMap<u32, u64>>,
+}
+
+impl HandOvers {
+    /// A transfer of `shard`, led at `term`, begins.
+    pub fn begin(&self, shard: u32, term: u64) {
+        self.begun.lock().expect("hand-over lock").insert(shard, term);
+    }
+
+    /// Whether this node, leading `shard` at `term`, may tell peers so.
+    pub fn may_claim(&self, shard: u32, term: u64) -> bool {
+        self.begun.lock().expect("hand-over lock").get(&shard) != Some(&term)
+    }
+}
+
 /// The election timer of one shard on a node that does not lead it.
 #[derive(Debug, Default)]
 pub struct ElectionSwitch {
@@ -169,6 +190,16 @@ pub async fn fresh_lease(raft: &ShardRaft, lease: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_being_handed_over_is_not_claimed_for_the_rest_of_its_term() {
+        let hand_overs = HandOvers::default();
+        assert!(hand_overs.may_claim(3, 7));
+        hand_overs.begin(3, 7);
+        assert!(!hand_overs.may_claim(3, 7), "the transfer began in term 7");
+        assert!(hand_overs.may_claim(4, 7), "another shard");
+        assert!(hand_overs.may_claim(3, 8), "led again after an election");
+    }
 
     #[test]
     fn claims_count_while_fresh_and_at_a_current_term() {

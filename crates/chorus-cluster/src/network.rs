@@ -68,12 +68,23 @@ pub enum CallError {
     Decode(String),
 }
 
+/// The streams to one peer, so that one kind of traffic never waits behind another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Appends (up to megabytes while a follower catches up).
+    Raft,
+    /// Small and urgent: votes, leadership transfers, liveness notices. Behind a large
+    /// append, a notice arriving late would start an election nobody needs.
+    Control,
+    /// Forwarded requests (answered after a commit).
+    Forward,
+}
+
 struct Peer {
     addr: String,
     channel: Channel,
-    /// Raft requests (quick answers).
     raft_lane: LinkClient,
-    /// Forwarded requests (answered after a commit).
+    control_lane: LinkClient,
     forward_lane: LinkClient,
 }
 
@@ -119,17 +130,17 @@ impl PeerPool {
     }
 
     fn channel(&self, node: u64, addr: &str) -> Result<Channel, CallError> {
-        self.peer(node, addr, false).map(|(channel, _)| channel)
+        self.peer(node, addr, Lane::Raft).map(|(channel, _)| channel)
     }
 
-    /// The channel to `node` at `addr` and its Raft or forward lane (made on first use, remade
-    /// when the address changes).
-    fn peer(&self, node: u64, addr: &str, forward: bool) -> Result<(Channel, LinkClient), CallError> {
+    /// The channel to `node` at `addr` and one of its lanes (made on first use, remade when
+    /// the address changes).
+    fn peer(&self, node: u64, addr: &str, lane: Lane) -> Result<(Channel, LinkClient), CallError> {
         let pick = |peer: &Peer| {
-            let lane = if forward {
-                &peer.forward_lane
-            } else {
-                &peer.raft_lane
+            let lane = match lane {
+                Lane::Raft => &peer.raft_lane,
+                Lane::Control => &peer.control_lane,
+                Lane::Forward => &peer.forward_lane,
             };
             (peer.channel.clone(), lane.clone())
         };
@@ -149,6 +160,7 @@ impl PeerPool {
             addr: addr.to_string(),
             channel,
             raft_lane: LinkClient::start(target.clone()),
+            control_lane: LinkClient::start(target.clone()),
             forward_lane: LinkClient::start(target),
         };
         let picked = pick(&peer);
@@ -168,7 +180,12 @@ impl PeerPool {
     ) -> Result<Resp, CallError> {
         self.check_not_isolated()?;
         let payload = postcard::to_stdvec(request).map_err(|e| CallError::Decode(e.to_string()))?;
-        let (channel, link) = self.peer(node, addr, matches!(rpc, Rpc::Forward))?;
+        let lane = match rpc {
+            Rpc::Forward => Lane::Forward,
+            Rpc::Vote | Rpc::TransferLeader => Lane::Control,
+            Rpc::AppendEntries | Rpc::InstallSnapshot | Rpc::Ephemeral => Lane::Raft,
+        };
+        let (channel, link) = self.peer(node, addr, lane)?;
         let link_kind = match rpc {
             Rpc::AppendEntries => Some(LinkKind::AppendEntries),
             Rpc::Vote => Some(LinkKind::Vote),
@@ -180,7 +197,12 @@ impl PeerPool {
             Some(kind) => match tokio::time::timeout(timeout, link.call(shard, kind, payload)).await {
                 Ok(Ok(payload)) => Ok(payload),
                 Ok(Err(LinkError::NotSent(status))) => {
-                    return Err(CallError::NotDelivered(status.message().to_string()));
+                    // Refused at the link's opening (wrong secret, another cluster): said and
+                    // logged as such, not as a peer that is merely unreachable.
+                    return Err(match classify_status(&status) {
+                        CallError::Refused(_) => self.classify(node, addr, status),
+                        _ => CallError::NotDelivered(status.message().to_string()),
+                    });
                 }
                 Ok(Err(LinkError::Failed(status))) => Err(status),
                 Err(_) => Err(tonic::Status::deadline_exceeded(format!(
@@ -215,7 +237,7 @@ impl PeerPool {
         }
     }
 
-    /// Sends `notice` to `node` on its Raft lane without waiting for (or getting) an answer.
+    /// Sends `notice` to `node` on its control lane without waiting for (or getting) an answer.
     pub fn notify<Req: Serialize>(
         &self,
         node: u64,
@@ -226,7 +248,7 @@ impl PeerPool {
     ) -> Result<(), CallError> {
         self.check_not_isolated()?;
         let payload = postcard::to_stdvec(notice).map_err(|e| CallError::Decode(e.to_string()))?;
-        let (_, link) = self.peer(node, addr, false)?;
+        let (_, link) = self.peer(node, addr, Lane::Control)?;
         link.notify(shard, kind, payload);
         Ok(())
     }

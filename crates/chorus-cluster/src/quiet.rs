@@ -11,18 +11,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 impl ClusterNode {
-    /// The shards this node leads now, with their terms; not those it is handing over (a
-    /// leader handing over proposes nothing: if the hand-over fails, the others must elect).
+    /// The shards this node leads now, with their terms; not those it began to hand over in
+    /// this term (such a leader proposes nothing more: if the hand-over fails, the others
+    /// must elect).
     fn leading(&self) -> Vec<(u32, u64)> {
-        let (_, max) = self.config().election_timeout_ms;
-        let hand_over_window = Duration::from_millis(2 * max);
         self.shards()
             .iter()
-            .filter(|s| !self.handing_over(s.id, hand_over_window))
             .filter_map(|s| {
                 let metrics = s.raft.metrics();
                 let m = metrics.borrow_watched();
-                (m.state == ServerState::Leader).then_some((s.id.0, m.current_term))
+                (m.state == ServerState::Leader && self.hand_overs().may_claim(s.id.0, m.current_term))
+                    .then_some((s.id.0, m.current_term))
             })
             .collect()
     }

@@ -212,7 +212,7 @@ impl TypingTask {
                     let silent: Vec<u64> = self
                         .last_heard
                         .iter()
-                        .filter(|(_, heard)| heard.elapsed() > silence)
+                        .filter(|(_, heard)| crate::clock::now().duration_since(**heard) > silence)
                         .map(|(node, _)| *node)
                         .collect();
                     for node in silent {
@@ -223,7 +223,7 @@ impl TypingTask {
                         }
                         self.last_heard.remove(&node);
                     }
-                    if self.registry.has_origin(self.node_id) && last_alive.elapsed() >= Duration::from_secs(1) {
+                    if self.registry.has_origin(self.node_id) && crate::clock::now().duration_since(last_alive) >= Duration::from_secs(1) {
                         last_alive = crate::clock::now();
                         self.broadcast(TypingMessage::Alive);
                     }
@@ -233,7 +233,7 @@ impl TypingTask {
     }
 
     fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        crate::clock::now().duration_since(self.started).as_millis() as u64
     }
 
     fn apply(&mut self, origin: u64, message: &TypingMessage) {

@@ -61,6 +61,6 @@ pub async fn record(State(metrics): State<Arc<HttpMetrics>>, request: Request, n
             route,
             status: response.status().as_u16(),
         })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(chorus_cluster::clock::now().duration_since(started).as_secs_f64());
     response
 }

@@ -86,9 +86,8 @@ struct Inner {
     incarnation: u64,
     /// What peers said they lead, and when they last said it (`crate::liveness`).
     liveness: crate::liveness::Liveness,
-    /// Shards whose leadership this node handed over, and when: it no longer claims them
-    /// meanwhile, so that if the hand-over fails the others elect (`crate::quiet`).
-    handing_over: std::sync::Mutex<std::collections::HashMap<u32, Instant>>,
+    /// Shards whose leadership this node began to hand over (`crate::quiet`).
+    hand_overs: crate::liveness::HandOvers,
 }
 
 /// The cluster core of a node. Cloning is cheap and shares it.
@@ -267,7 +266,7 @@ impl ClusterNode {
                 cluster_id: RwLock::new(recorded_cluster_id),
                 started: crate::clock::now(),
                 liveness: crate::liveness::Liveness::default(),
-                handing_over: Default::default(),
+                hand_overs: Default::default(),
             }),
         };
         node.refresh_cluster_id();
@@ -437,11 +436,9 @@ impl ClusterNode {
         &self.inner.liveness
     }
 
-    /// Whether this node handed `shard`'s leadership over within `within`.
-    pub(crate) fn handing_over(&self, shard: ShardId, within: Duration) -> bool {
-        let mut handing_over = self.inner.handing_over.lock().expect("lock");
-        handing_over.retain(|_, at| at.elapsed() <= within);
-        handing_over.contains_key(&shard.0)
+    /// The shards whose leadership this node began to hand over.
+    pub(crate) fn hand_overs(&self) -> &crate::liveness::HandOvers {
+        &self.inner.hand_overs
     }
 
     /// The connections to peers.
@@ -605,7 +602,7 @@ impl ClusterNode {
             }
         }
         // Give nodes time to start before moving leaders around.
-        if self.inner.started.elapsed() > Duration::from_secs(2)
+        if crate::clock::now().duration_since(self.inner.started) > Duration::from_secs(2)
             && let Some((shard, target)) = placement::next_transfer(self)
         {
             tracing::info!(
@@ -618,11 +615,8 @@ impl ClusterNode {
             if let Some(s) = self.shard(shard.0)
                 && self.accepts_leadership(shard, target).await
             {
-                self.inner
-                    .handing_over
-                    .lock()
-                    .expect("lock")
-                    .insert(shard.0, crate::clock::now());
+                let term = self.metrics_of(s).current_term;
+                self.inner.hand_overs.begin(shard.0, term);
                 let _ = s.raft.trigger().transfer_leader(target).await;
             }
         }
