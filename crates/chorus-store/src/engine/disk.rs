@@ -218,6 +218,16 @@ impl SimDisk {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The process dies (SIGKILL) but the machine stays up: the operating system keeps its
+    /// page cache, so unsynced writes stay readable to the next process, and are lost only if
+    /// the power fails before something syncs them. Syncs work again.
+    pub fn process_crash(&self) {
+        self.counters
+            .power_cut
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.release_syncs();
+    }
+
     /// A power loss. Without a seed every unsynced write is lost. With one, as with lazyfs's
     /// `crash-torn`: about half of each file's unsynced pages reach the disk, a quarter of
     /// those only their first 512-byte sector, and the rest is lost.

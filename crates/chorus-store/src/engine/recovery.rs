@@ -188,6 +188,17 @@ pub(super) fn recover(disk: &dyn Disk, config: &EngineConfig) -> Result<Recovere
             disk.remove(&path).map_err(io_err("removing", &path))?;
         }
     }
+    // A process killed between a write and its sync leaves that batch in the page cache,
+    // readable as if durable: it was just replayed, so it is synced before anything is built
+    // on it. Otherwise a later power loss takes it away from under batches acknowledged since
+    // (a hole in the log; or a purge lost after the segments it made obsolete were deleted).
+    if !config.skip_fsync {
+        for (id, file) in &files {
+            let path = dir.join(segment_name(*id));
+            file.sync().map_err(io_err("syncing", &path))?;
+        }
+        disk.sync_dir(dir).map_err(io_err("syncing", dir))?;
+    }
     // Entries that followed a deleted segment must have been made consecutive by a purge.
     catalog
         .check_consecutive()
