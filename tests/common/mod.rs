@@ -26,13 +26,32 @@ use std::time::{Duration, Instant};
 pub const CLUSTER_SECRET: &str = "test-cluster-secret";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
 
-/// A port free on loopback at the time of asking.
+/// Ports handed to test nodes: below Linux's ephemeral range (32768-60999), where a port
+/// the kernel picked for one of the many outgoing connections of concurrently running tests
+/// could take a node's port between asking and binding ("Address already in use").
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+/// Ports per test process; nextest runs each test in a process of its own, and processes
+/// started close together get blocks of their own.
+const PORTS_PER_PROCESS: u16 = 40;
+
+/// A port free on loopback (TCP and UDP) at the time of asking, from this process's block.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let blocks = (TEST_PORTS.end - TEST_PORTS.start) / PORTS_PER_PROCESS;
+    let own = (std::process::id() % u32::from(blocks)) as u16;
+    loop {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(i < PORTS_PER_PROCESS * blocks, "no free test port left");
+        // Past this process's block (a test that asked for many), go on in the next ones.
+        let block = (own + i / PORTS_PER_PROCESS) % blocks;
+        let port = TEST_PORTS.start + block * PORTS_PER_PROCESS + i % PORTS_PER_PROCESS;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Taken by a node of another test (or anything else): try the next one.
+        if TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Mints a token for `sub` with `roles`.
