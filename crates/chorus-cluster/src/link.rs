@@ -58,21 +58,27 @@ fn call_of(kind: LinkKind) -> Option<ShardCall> {
     })
 }
 
+/// `first` and whatever else is ready in `rx`, up to one frame's worth (`payload_len` of each).
+fn take_ready<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>, payload_len: impl Fn(&T) -> usize) -> Vec<T> {
+    let mut bytes = payload_len(&first);
+    let mut batch = vec![first];
+    while batch.len() < MAX_FRAME_MESSAGES && bytes < MAX_FRAME_BYTES {
+        match rx.try_recv() {
+            Ok(next) => {
+                bytes += payload_len(&next);
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// Frames from a queue of messages: waits for one, then takes what else is ready.
 fn frames(rx: mpsc::UnboundedReceiver<LinkMessage>) -> impl Stream<Item = Result<LinkFrame, Status>> + Send {
     futures::stream::unfold(rx, |mut rx| async move {
         let first = rx.recv().await?;
-        let mut bytes = first.payload.len();
-        let mut messages = vec![first];
-        while messages.len() < MAX_FRAME_MESSAGES && bytes < MAX_FRAME_BYTES {
-            match rx.try_recv() {
-                Ok(message) => {
-                    bytes += message.payload.len();
-                    messages.push(message);
-                }
-                Err(_) => break,
-            }
-        }
+        let messages = take_ready(first, &mut rx, |m| m.payload.len());
         Some((Ok(LinkFrame { messages }), rx))
     })
 }
@@ -273,17 +279,7 @@ async fn run(target: LinkTarget, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let mut link: Option<Open> = None;
     let mut next_id = 0u64;
     while let Some(first) = queue.recv().await {
-        let mut bytes = first.payload.len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_FRAME_MESSAGES && bytes < MAX_FRAME_BYTES {
-            match queue.try_recv() {
-                Ok(next) => {
-                    bytes += next.payload.len();
-                    batch.push(next);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut batch = take_ready(first, &mut queue, |o| o.payload.len());
         // Their callers gave up (timed out): not worth sending.
         batch.retain(|outgoing| outgoing.reply.as_ref().is_none_or(|reply| !reply.is_closed()));
         if batch.is_empty() {
