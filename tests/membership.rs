@@ -44,6 +44,26 @@ async fn removed_node_leaves_and_joined_node_catches_up_from_a_snapshot() -> Res
     }
     cluster.stop(3)?;
 
+    // Quiet shards: with no writes, no leader hears from a quorum, so every lease runs out
+    // (600 ms). A membership change must renew the lease, not be refused for it.
+    wait_for(
+        "every shard leader's lease to lapse",
+        Duration::from_secs(20),
+        || async {
+            let mut lapsed = 0;
+            for node in [1, 2] {
+                let status = cluster.status(node).await.ok()?;
+                lapsed += status["shards"]
+                    .as_array()?
+                    .iter()
+                    .filter(|s| s["role"] == "leader" && s["quorum_acked_ms_ago"].as_u64().unwrap_or(0) > 600)
+                    .count();
+            }
+            (lapsed == cluster.shards as usize).then_some(())
+        },
+    )
+    .await?;
+
     // Node 4 joins through node 1 and catches up.
     cluster.add_joining_node(4, 1);
     cluster.start_node(4)?;

@@ -306,7 +306,11 @@ impl TestCluster {
             .args(["--shards", &self.shards.to_string()])
             .env("CHORUS_CLUSTER_SECRET", &node.cluster_secret)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
-            .env("CHORUS_LOG", "info,openraft=warn")
+            // CHORUS_TEST_LOG sets the nodes' log filter when a failure needs more detail.
+            .env(
+                "CHORUS_LOG",
+                std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .envs(node.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
         if node.extra_args.iter().any(|a| a == "--join") {
@@ -418,7 +422,17 @@ impl TestCluster {
             self.is_ready(id).await.then_some(())
         })
         .await
-        .with_context(|| format!("log of node {id}:\n{}", tail(&self.log(id), 40)))
+        .with_context(|| self.logs_of_all_nodes(40))
+    }
+
+    /// The last `lines` of every node's log, for a failure message: why a node is not
+    /// ready is often told by its peers (a refused join, a snapshot that did not arrive).
+    pub fn logs_of_all_nodes(&self, lines: usize) -> String {
+        self.nodes
+            .keys()
+            .map(|id| format!("---- log of node {id} ----\n{}", tail(&self.log(*id), lines)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until every running node is ready, all within `timeout`.
@@ -598,6 +612,13 @@ pub fn tail(text: &str, lines: usize) -> String {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
+        if let Some(dir) = std::env::var_os("CHORUS_TEST_KEEP_LOGS") {
+            for node in self.nodes.values() {
+                let to =
+                    std::path::Path::new(&dir).join(format!("{}-node{}.log", std::process::id(), node.id));
+                let _ = std::fs::copy(&node.log, to);
+            }
+        }
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();

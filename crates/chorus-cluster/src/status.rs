@@ -2,6 +2,7 @@
 
 use crate::node::ClusterNode;
 use openraft::ServerState;
+use openraft::async_runtime::Instant as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -34,6 +35,10 @@ pub struct ShardStatus {
     /// log at start): it does not vote or lead until it has caught up.
     #[serde(default)]
     pub recovering: bool,
+    /// On a leader: milliseconds since a quorum last acknowledged it. A quiet shard hears
+    /// nothing between writes, so this grows past the lease; the next write renews it.
+    #[serde(default)]
+    pub quorum_acked_ms_ago: Option<u64>,
 }
 
 /// A member node.
@@ -110,6 +115,10 @@ impl ClusterNode {
                 snapshot_index: m.snapshot.map_or(0, |l| l.index),
                 purged_index: m.purged.map_or(0, |l| l.index),
                 recovering: self.is_recovering(shard.id),
+                quorum_acked_ms_ago: m
+                    .last_quorum_acked
+                    .as_ref()
+                    .map(|acked| acked.elapsed().as_millis() as u64),
             });
         }
         let nodes = members

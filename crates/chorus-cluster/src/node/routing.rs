@@ -187,11 +187,13 @@ impl ClusterNode {
             match result {
                 Ok(response) => return Ok(response),
                 Err(ForwardError::LeaseExpired) => {
-                    // The leader was refreshing its lease: at once again, same leader.
+                    // The leader could not refresh its lease in three tries (it is probably
+                    // losing its quorum): same leader again after a pause, never in a tight loop.
                     if crate::clock::now() >= deadline {
                         return Err(ClusterError::NoLeader { shard });
                     }
                     hint = leader;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(ForwardError::NotLeader { leader }) => {
                     if crate::clock::now() >= deadline {
@@ -274,25 +276,17 @@ impl ClusterNode {
                     let leader = s.raft.metrics().borrow_watched().current_leader;
                     return Err(ForwardError::NotLeader { leader });
                 }
-                let lease = Duration::from_millis(self.inner.config.election_timeout_ms.1);
-                let mut attempts = 0;
-                loop {
-                    crate::liveness::fresh_lease(raft, lease).await;
-                    let result = match &s.proposer {
+                self.with_fresh_lease(raft, || async {
+                    match &s.proposer {
                         Some(proposer) => proposer.propose(commands.clone()).await,
                         None => raft
                             .client_write(ShardRequest::new(commands.clone()))
                             .await
                             .map(|response| ForwardResponse::Written(response.data))
                             .map_err(write_error),
-                    };
-                    attempts += 1;
-                    // Refused before anything was proposed: once the lease is fresh again, retry.
-                    if matches!(result, Err(ForwardError::LeaseExpired)) && attempts < 3 {
-                        continue;
                     }
-                    return result;
-                }
+                })
+                .await
             }
             ForwardRequest::ReadIndex => {
                 let read = raft
@@ -307,14 +301,22 @@ impl ClusterNode {
                 Ok(ForwardResponse::ReadIndex(read.index()))
             }
             ForwardRequest::AddLearner { id, node } => {
-                raft.add_learner(id, node, true).await.map_err(write_error)?;
-                Ok(ForwardResponse::Done)
+                self.with_fresh_lease(raft, || async {
+                    raft.add_learner(id, node.clone(), true)
+                        .await
+                        .map_err(write_error)?;
+                    Ok(ForwardResponse::Done)
+                })
+                .await
             }
             ForwardRequest::AddVoter { id } => {
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_error)?;
-                Ok(ForwardResponse::Done)
+                self.with_fresh_lease(raft, || async {
+                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(write_error)?;
+                    Ok(ForwardResponse::Done)
+                })
+                .await
             }
             ForwardRequest::RemoveNode { id } => {
                 let membership = self.metrics_of(s).membership_config.membership().clone();
@@ -326,9 +328,36 @@ impl ClusterNode {
                 } else {
                     return Ok(ForwardResponse::Done);
                 };
-                raft.change_membership(change, false).await.map_err(write_error)?;
-                Ok(ForwardResponse::Done)
+                self.with_fresh_lease(raft, || async {
+                    raft.change_membership(change.clone(), false)
+                        .await
+                        .map_err(write_error)?;
+                    Ok(ForwardResponse::Done)
+                })
+                .await
             }
+        }
+    }
+
+    /// Proposes through `propose` once this leader has a fresh lease, and again (up to three
+    /// times) when openraft refused it for an expired lease: a quiet shard's leader hears from
+    /// nobody between writes, so its lease has usually run out when a write or a membership
+    /// change arrives after a pause. A refusal for the lease means nothing was proposed.
+    async fn with_fresh_lease<F, Fut>(&self, raft: &crate::ShardRaft, mut propose: F) -> ForwardResult
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ForwardResult>,
+    {
+        let lease = Duration::from_millis(self.inner.config.election_timeout_ms.1);
+        let mut attempts = 0;
+        loop {
+            crate::liveness::fresh_lease(raft, lease).await;
+            let result = propose().await;
+            attempts += 1;
+            if matches!(result, Err(ForwardError::LeaseExpired)) && attempts < 3 {
+                continue;
+            }
+            return result;
         }
     }
 }
