@@ -48,7 +48,9 @@ async fn flipped_bytes_in_a_stopped_nodes_log_are_named_and_recovered_from_peers
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .expect("node 3 has a log segment");
     let mut bytes = std::fs::read(&segment)?;
-    let middle = bytes.len() / 2;
+    // The middle of what was written, not of the zeros the writer prepared after it.
+    let written = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
+    let middle = written / 2;
     for b in &mut bytes[middle..middle + 16] {
         *b ^= 0xff;
     }

@@ -164,15 +164,20 @@ pub(super) fn recover(disk: &dyn Disk, config: &EngineConfig) -> Result<Recovere
                 reason,
             });
         } else {
-            if at < bytes.len() {
+            // Zeros past the last batch are space the writer prepared, not a torn write.
+            let dropped = bytes[at..]
+                .iter()
+                .rposition(|b| *b != 0)
+                .map_or(0, |last| last + 1);
+            if dropped > 0 {
                 tracing::warn!(
                     path = %path.display(),
                     offset = at,
-                    dropped = bytes.len() - at,
+                    dropped,
                     "cutting off the torn last batch of the Raft log (written but never synced before a crash)"
                 );
             }
-            report.torn_tail = Some((path.clone(), at as u64, (bytes.len() - at) as u64));
+            report.torn_tail = Some((path.clone(), at as u64, dropped as u64));
             for &later in &ids[i + 1..] {
                 let later_path = dir.join(segment_name(later));
                 files.remove(&later);

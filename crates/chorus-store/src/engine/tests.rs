@@ -116,6 +116,45 @@ fn what_a_killed_process_left_in_the_page_cache_is_made_durable_at_open() {
     assert_eq!(indexes(&engine, 0), (1..=9).collect::<Vec<_>>());
 }
 
+/// Zeros written ahead of the tail (so that syncs flush data, not the file's length) are
+/// read back as prepared space: nothing torn, nothing damaged, and later batches fill them.
+#[test]
+fn space_prepared_ahead_of_the_tail_is_not_a_torn_write() {
+    let disk = SimDisk::new();
+    let mut cfg = config(1 << 20);
+    cfg.prepare_bytes = 16 * 1024;
+    let segment = Path::new("/sim/log").join(segment_name(1));
+    let engine = open(&disk, cfg.clone());
+    append_durably(&engine, 0, (1..=3).map(|i| entry(0, 1, i)).collect());
+    let size = disk.open(&segment, false).unwrap().size().unwrap();
+    assert!(
+        size >= 16 * 1024,
+        "the next 16 KiB are prepared: the file has {size} bytes"
+    );
+    engine.stop();
+    drop(engine);
+    disk.crash(None);
+    for round in 0..2u64 {
+        let engine = open(&disk, cfg.clone());
+        let report = engine.recovery_report();
+        assert_eq!(report.damage, None);
+        assert_eq!(report.torn_tail.as_ref().map(|t| t.2), Some(0), "{report:?}");
+        let last = 3 + round * 3;
+        assert_eq!(indexes(&engine, 0), (1..=last).collect::<Vec<_>>());
+        // The next batches go where the zeros were, after the recovered ones.
+        append_durably(
+            &engine,
+            0,
+            (last + 1..=last + 3).map(|i| entry(0, 1, i)).collect(),
+        );
+        engine.stop();
+        drop(engine);
+        disk.crash(None);
+    }
+    let engine = open(&disk, cfg);
+    assert_eq!(indexes(&engine, 0), (1..=9).collect::<Vec<_>>());
+}
+
 #[test]
 fn entries_votes_and_metadata_survive_a_reopen() {
     let disk = SimDisk::new();
@@ -323,8 +362,11 @@ fn damage_in_the_middle_is_named_set_aside_and_marks_every_shard_recovering() {
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "seg"))
         .unwrap();
-    // A byte in the middle of the segment's records.
-    let len = disk.open(&segment, false).unwrap().size().unwrap() as usize;
+    // A byte in the middle of the segment's records (not of the zeros prepared after them).
+    let file = disk.open(&segment, false).unwrap();
+    let mut bytes = vec![0; file.size().unwrap() as usize];
+    file.read_at(&mut bytes, 0).unwrap();
+    let len = bytes.iter().rposition(|b| *b != 0).unwrap() + 1;
     disk.corrupt(&segment, len / 2);
     let engine = open(&disk, config(1 << 20));
     let damage = engine.recovery_report().damage.clone().expect("damage reported");

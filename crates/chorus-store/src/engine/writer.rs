@@ -1,5 +1,9 @@
 //! The writer thread: takes the pending batch, writes it with one `write` and one
 //! `fdatasync`, completes its waiters, then deletes segments the batch made obsolete.
+//!
+//! Ahead of the tail it keeps zeros written (`prepare_bytes` at a time), so that most syncs
+//! flush data alone and not the file's length too. Recovery reads zeros past the last batch
+//! as prepared space, not as a torn write.
 
 use super::{Shared, State, Tail, Waiter, segment_name};
 use crate::engine::format;
@@ -75,8 +79,15 @@ fn take(state: &mut State) -> Taken {
     }
 }
 
+/// How far the current segment's file already has space (data or prepared zeros).
+#[derive(Default)]
+struct Prepared {
+    segment: u64,
+    until: u64,
+}
+
 /// Writes and syncs one batch (creating its segment when it opens one).
-fn write(shared: &Shared, batch: &mut Taken) -> Result<(), io::Error> {
+fn write(shared: &Shared, batch: &mut Taken, prepared: &mut Prepared) -> Result<(), io::Error> {
     let config = &shared.config;
     let header_at = batch.header_len - format::BATCH_HEADER_LEN;
     format::seal_batch(&mut batch.buf[header_at..], batch.seq, batch.segment);
@@ -98,7 +109,22 @@ fn write(shared: &Shared, batch: &mut Taken) -> Result<(), io::Error> {
             .cloned()
             .ok_or_else(|| io::Error::other(format!("segment {} is not open", batch.segment)))?
     };
+    if batch.start == 0 || prepared.segment != batch.segment {
+        // A new segment has no space yet; one opened at start has what its file holds.
+        let until = if batch.start == 0 { 0 } else { file.size()? };
+        *prepared = Prepared {
+            segment: batch.segment,
+            until,
+        };
+    }
     file.write_at(&batch.buf, batch.start)?;
+    let end = batch.start + batch.buf.len() as u64;
+    if end > prepared.until && config.prepare_bytes > 0 && end < config.segment_bytes {
+        // This batch grew the file; the same sync makes the next stretch ready.
+        let until = (end + config.prepare_bytes).min(config.segment_bytes);
+        file.write_at(&vec![0; (until - end) as usize], end)?;
+        prepared.until = until;
+    }
     if !config.skip_fsync {
         file.sync()?;
         if batch.start == 0 {
@@ -110,6 +136,7 @@ fn write(shared: &Shared, batch: &mut Taken) -> Result<(), io::Error> {
 
 /// The writer thread's loop.
 pub(super) fn run(shared: Arc<Shared>) {
+    let mut prepared = Prepared::default();
     while let Some(mut batch) = next_batch(&shared) {
         let started = Instant::now();
         let failed_before = shared
@@ -122,7 +149,7 @@ pub(super) fn run(shared: Arc<Shared>) {
         // the kernel dropped the earlier data.
         let result = match failed_before {
             Some(message) => Err(message),
-            None => write(&shared, &mut batch).map_err(|e| {
+            None => write(&shared, &mut batch, &mut prepared).map_err(|e| {
                 format!(
                     "writing segment {} at byte {}: {e}",
                     shared.config.dir.join(segment_name(batch.segment)).display(),
