@@ -17,7 +17,7 @@ fn publish(channel: &ChannelName, i: u64, key: bool) -> Command {
     Command::Publish(PublishCommand {
         channel: channel.clone(),
         event_type: Some("message".into()),
-        data: format!("{{\"text\":\"message number {i} with some payload\"}}"),
+        data: format!("{{\"text\":\"message number {i} with some payload\"}}").into(),
         publisher: "user-42".into(),
         idempotency_key: key.then(|| format!("key-{i}")),
         time_ms: 1_800_000_000_000 + i,

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// The longest channel name accepted, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
@@ -47,9 +48,18 @@ pub enum ChannelNameError {
 }
 
 /// A validated channel name. Construct with [`ChannelName::new`] or `parse()`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ChannelName(String);
+///
+/// Shared, not copied: a publish's name is held by its command, the channel's log, the
+/// applied event and every answer, so a clone is a reference count, not an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ChannelName(Arc<str>);
+
+impl Serialize for ChannelName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '@' | '=' | '+')
@@ -60,7 +70,7 @@ impl ChannelName {
     pub fn new(name: impl Into<String>) -> Result<Self, ChannelNameError> {
         let name = name.into();
         Self::validate(&name)?;
-        Ok(ChannelName(name))
+        Ok(ChannelName(name.into()))
     }
 
     /// Checks `name` against the rules without allocating.
@@ -98,7 +108,7 @@ impl TryFrom<String> for ChannelName {
 
 impl From<ChannelName> for String {
     fn from(value: ChannelName) -> Self {
-        value.0
+        value.0.to_string()
     }
 }
 

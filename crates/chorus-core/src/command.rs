@@ -10,6 +10,7 @@ use crate::error::ErrorCode;
 use crate::presence::{ConnRef, PresenceStatus};
 use crate::state::HistoryLimits;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The payload of one Raft entry: commands applied in order.
 pub type CommandBatch = Vec<Command>;
@@ -203,11 +204,12 @@ pub struct PublishCommand {
     /// The channel written to.
     pub channel: ChannelName,
     /// An optional application-defined event type (`"message"`, `"order.created"`...).
-    pub event_type: Option<String>,
-    /// The event's data: JSON text, validated at the edge.
-    pub data: String,
+    pub event_type: Option<Arc<str>>,
+    /// The event's data: JSON text, validated at the edge. Shared (`Arc`) from the decoded
+    /// command to the channel's history and the subscribers' frames, never copied.
+    pub data: Arc<str>,
     /// Who published it (the token's subject).
-    pub publisher: String,
+    pub publisher: Arc<str>,
     /// Retries with the same key within the dedupe window are applied once.
     pub idempotency_key: Option<String>,
     /// Wall-clock time in milliseconds since the Unix epoch, stamped by the shard leader

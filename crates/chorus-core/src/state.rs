@@ -24,6 +24,7 @@ use crate::presence::{
 use crate::roster::{Member, Rosters};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Retention and dedupe limits. Replicated (see [`Command::SetLimits`]) so that every replica
 /// retains and deduplicates identically.
@@ -60,11 +61,11 @@ pub struct StoredMessage {
     /// Gapless offset within the channel, from 1.
     pub offset: u64,
     /// Optional application event type.
-    pub event_type: Option<String>,
-    /// JSON text.
-    pub data: String,
+    pub event_type: Option<Arc<str>>,
+    /// JSON text, shared with the command it came from.
+    pub data: Arc<str>,
     /// The publisher's subject.
-    pub publisher: String,
+    pub publisher: Arc<str>,
     /// Milliseconds since the Unix epoch, as stamped at the accepting node.
     pub time_ms: u64,
 }
@@ -79,7 +80,8 @@ struct DedupeEntry {
 struct ChannelLog {
     epoch: u64,
     last_offset: u64,
-    messages: VecDeque<StoredMessage>,
+    /// Shared with the applied output (and from there with every subscriber's frame).
+    messages: VecDeque<Arc<StoredMessage>>,
     dedupe: HashMap<String, DedupeEntry>,
     /// Keys in the order they were recorded, for expiry.
     dedupe_order: VecDeque<(u64, String)>,
@@ -95,7 +97,7 @@ pub struct HistoryPage {
     /// The oldest offset still retained (`last_offset + 1` when nothing is retained).
     pub first_retained: u64,
     /// Events with offsets greater than `since`, oldest first, at most `limit`.
-    pub messages: Vec<StoredMessage>,
+    pub messages: Vec<Arc<StoredMessage>>,
 }
 
 /// What applying a command produced for subscribers, besides its result.
@@ -108,8 +110,8 @@ pub enum AppliedOutput {
         channel: ChannelName,
         /// Its epoch.
         epoch: u64,
-        /// The event.
-        message: StoredMessage,
+        /// The event, shared with the channel's history.
+        message: Arc<StoredMessage>,
     },
     /// A notice for the channel's live subscribers, not kept in its history (read receipts).
     Notice {
@@ -281,13 +283,13 @@ impl ShardState {
         let limits = self.limits;
         let log = self.channel_log(ctx, channel);
         log.last_offset += 1;
-        let message = StoredMessage {
+        let message = Arc::new(StoredMessage {
             offset: log.last_offset,
-            event_type: Some(event_type.to_string()),
-            data,
-            publisher: publisher.to_string(),
+            event_type: Some(event_type.into()),
+            data: data.into(),
+            publisher: publisher.into(),
             time_ms,
-        };
+        });
         log.messages.push_back(message.clone());
         log.enforce(&limits, now);
         let (epoch, offset) = (log.epoch, log.last_offset);
@@ -321,13 +323,13 @@ impl ShardState {
         }
         log.last_offset += 1;
         let offset = log.last_offset;
-        let message = StoredMessage {
+        let message = Arc::new(StoredMessage {
             offset,
             event_type: cmd.event_type.clone(),
             data: cmd.data.clone(),
             publisher: cmd.publisher.clone(),
             time_ms: cmd.time_ms,
-        };
+        });
         log.messages.push_back(message.clone());
         if let Some(key) = &cmd.idempotency_key {
             // Recorded at the shard's clock (not the command's own time), so that the expiry
@@ -971,7 +973,7 @@ mod tests {
     fn event_types(out: &[AppliedOutput]) -> Vec<String> {
         out.iter()
             .filter_map(|o| match o {
-                AppliedOutput::Event { message, .. } => message.event_type.clone(),
+                AppliedOutput::Event { message, .. } => message.event_type.as_deref().map(String::from),
                 AppliedOutput::Notice { event_type, .. } => Some(event_type.clone()),
             })
             .collect()

@@ -201,9 +201,9 @@ impl<'a> EventEncoder<'a> {
             channel: self.channel.to_string(),
             epoch: self.epoch,
             offset: message.offset,
-            event_type: message.event_type.clone().unwrap_or_default(),
+            event_type: message.event_type.as_deref().unwrap_or_default().to_string(),
             data: String::new(),
-            publisher: message.publisher.clone(),
+            publisher: message.publisher.to_string(),
             time_ms: message.time_ms,
             data_deflate: Vec::new(),
         };
@@ -220,7 +220,7 @@ impl<'a> EventEncoder<'a> {
                 })
                 .clone();
         } else {
-            event.data = message.data.clone();
+            event.data = message.data.to_string();
         }
         ServerFrame {
             id: 0,

@@ -492,9 +492,9 @@ impl Session {
         }
         let command = PublishCommand {
             channel,
-            event_type,
-            data: publish.data,
-            publisher: self.claims.sub.clone(),
+            event_type: event_type.map(Into::into),
+            data: publish.data.into(),
+            publisher: self.claims.sub.as_str().into(),
             idempotency_key: key,
             time_ms: clock::unix_ms(),
         };

@@ -259,9 +259,9 @@ async fn publish(
         .cluster
         .publish(PublishCommand {
             channel,
-            event_type: body.event_type,
-            data: data.get().to_string(),
-            publisher: claims.sub,
+            event_type: body.event_type.map(Into::into),
+            data: data.get().into(),
+            publisher: claims.sub.into(),
             idempotency_key: body.idempotency_key,
             time_ms: chorus_cluster::clock::unix_ms(),
         })

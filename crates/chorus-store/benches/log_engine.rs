@@ -30,7 +30,7 @@ fn entry(index: u64) -> EntryOf<TypeConfig> {
     let command = Command::Publish(PublishCommand {
         channel: ChannelName::new("bench.channel").unwrap(),
         event_type: None,
-        data: format!("\"{}\"", "x".repeat(126)),
+        data: format!("\"{}\"", "x".repeat(126)).into(),
         publisher: "bench".into(),
         idempotency_key: None,
         time_ms: index,

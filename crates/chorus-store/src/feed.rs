@@ -24,8 +24,8 @@ pub struct AppliedEvent {
     pub channel: ChannelName,
     /// The channel's epoch.
     pub epoch: u64,
-    /// The event, with its offset.
-    pub message: StoredMessage,
+    /// The event, with its offset (shared with the channel's history).
+    pub message: std::sync::Arc<StoredMessage>,
 }
 
 /// A live-only notice a shard applied (read receipts): delivered to the channel's current

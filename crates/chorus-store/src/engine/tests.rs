@@ -26,7 +26,8 @@ fn entry(shard: u32, term: u64, index: u64) -> Entry {
         data: format!(
             "{{\"shard\":{shard},\"index\":{index},\"pad\":\"{}\"}}",
             "x".repeat(100)
-        ),
+        )
+        .into(),
         publisher: "test".into(),
         idempotency_key: None,
         time_ms: index,
