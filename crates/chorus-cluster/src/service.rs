@@ -18,29 +18,59 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Serves the `Cluster` gRPC service for a node.
 pub struct ClusterService {
     node: ClusterNode,
-    /// When each (caller address, reason) refusal was last logged, to keep logs readable.
-    refusals_logged: Mutex<HashMap<(String, &'static str), Instant>>,
 }
 
+/// The `Cluster` service behind its gate.
+pub type GatedClusterServer = InterceptedService<ClusterServer<ClusterService>, PeerGate>;
+
 impl ClusterService {
-    /// The tonic server for `node`.
-    pub fn server(node: ClusterNode) -> ClusterServer<ClusterService> {
-        ClusterServer::new(ClusterService {
-            node,
-            refusals_logged: Mutex::new(HashMap::new()),
-        })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The tonic server for `node`, behind a [`PeerGate`].
+    pub fn server(node: ClusterNode) -> GatedClusterServer {
+        let gate = PeerGate {
+            node: node.clone(),
+            refusals_logged: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let server = ClusterServer::new(ClusterService { node })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        InterceptedService::new(server, gate)
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    fn reply(shard: u32, payload: Vec<u8>) -> Result<Response<ShardMessage>, Status> {
+        Ok(Response::new(ShardMessage { shard, payload }))
+    }
+
+    async fn shard_call(
+        &self,
+        request: Request<ShardMessage>,
+        call: ShardCall,
+    ) -> Result<Response<ShardMessage>, Status> {
+        let message = request.into_inner();
+        let payload = handle_shard_call(&self.node, call, message.shard, &message.payload).await?;
+        Self::reply(message.shard, payload)
+    }
+}
+
+/// Checks a caller's cluster credentials from the call's headers, before its body is read:
+/// a refused caller cannot make this node buffer or decode anything (a 400 MB message from
+/// anyone who could reach the port used to be read whole before it was refused).
+#[derive(Clone)]
+pub struct PeerGate {
+    node: ClusterNode,
+    /// When each (caller address, reason) refusal was last logged, to keep logs readable.
+    refusals_logged: Arc<Mutex<HashMap<(String, &'static str), Instant>>>,
+}
+
+impl Interceptor for PeerGate {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         if self.node.faults().isolated() {
             return Err(Status::unavailable("isolated by fault injection"));
         }
@@ -68,22 +98,8 @@ impl ClusterService {
                 auth::PeerAuthError::OtherCluster { .. } => Status::failed_precondition(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),
             }
-        })
-    }
-
-    fn reply(shard: u32, payload: Vec<u8>) -> Result<Response<ShardMessage>, Status> {
-        Ok(Response::new(ShardMessage { shard, payload }))
-    }
-
-    async fn shard_call(
-        &self,
-        request: Request<ShardMessage>,
-        call: ShardCall,
-    ) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
-        let message = request.into_inner();
-        let payload = handle_shard_call(&self.node, call, message.shard, &message.payload).await?;
-        Self::reply(message.shard, payload)
+        })?;
+        Ok(request)
     }
 }
 
@@ -183,7 +199,6 @@ impl Cluster for ClusterService {
         &self,
         request: Request<ShardMessage>,
     ) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
         let message = request.into_inner();
         let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) =
             decode(&message.payload)?;
@@ -206,15 +221,13 @@ impl Cluster for ClusterService {
     }
 
     async fn ephemeral(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
-        self.authorize(&request)?;
         let message = request.into_inner();
         let batch: crate::typing::EphemeralBatch = decode(&message.payload)?;
         self.node.typing().received(batch);
         Self::reply(0, encode(&())?)
     }
 
-    async fn node_info(&self, request: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
-        self.authorize(&request)?;
+    async fn node_info(&self, _request: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
         Ok(Response::new(NodeInfoReply {
             node_id: self.node.node_id(),
             cluster_id: self.node.cluster_id().unwrap_or_default(),
@@ -230,7 +243,6 @@ impl Cluster for ClusterService {
         &self,
         request: Request<Streaming<LinkFrame>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        self.authorize(&request)?;
         Ok(Response::new(crate::link::serve(
             self.node.clone(),
             request.into_inner(),
