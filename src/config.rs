@@ -127,6 +127,9 @@ pub struct ClientsConfig {
     pub max_requests_in_flight: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// Tokens whose `exp` is further away than this are refused, seconds (a stolen token
+    /// must not work for years; `exp` = 2^64-1 used to be accepted).
+    pub max_token_lifetime_s: u64,
 }
 
 impl Default for ClientsConfig {
@@ -144,6 +147,7 @@ impl Default for ClientsConfig {
             outbox_max_critical_bytes: d.outbox.max_critical_bytes,
             max_requests_in_flight: d.max_requests_in_flight,
             max_subscriptions_per_connection: d.max_subscriptions_per_connection,
+            max_token_lifetime_s: chorus_http::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
         }
     }
 }
@@ -430,6 +434,9 @@ impl NodeConfig {
         }
         if self.jwt_secret.len() < 16 {
             bail!("`jwt_secret` must be at least 16 characters long (it signs HS256 tokens)");
+        }
+        if self.clients.max_token_lifetime_s == 0 {
+            bail!("`clients.max_token_lifetime_s` must be positive (seconds a token may still be valid for)");
         }
         match (&self.join, self.peers.is_empty()) {
             (Some(_), false) => bail!(

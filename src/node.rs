@@ -121,7 +121,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
 
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),
-        auth: Authenticator::new(&config.jwt_secret, compile_roles(&config)?),
+        auth: Authenticator::new(&config.jwt_secret, compile_roles(&config)?)
+            .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s)),
         registry,
         max_payload_bytes: config.max_payload_bytes,
     });

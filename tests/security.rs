@@ -80,3 +80,88 @@ async fn an_unauthenticated_400_mb_message_is_refused_before_it_is_read() -> Res
     assert_eq!(reply["offset"], json!(1));
     Ok(())
 }
+
+/// Found by probing: snapshots were world-readable (0644). Snapshots and log segments hold
+/// every retained message; the TLS key is secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_logs_and_keys_are_readable_by_their_owner_only() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = builder()
+        .config("[raft_timing]\nsnapshot_every_entries = 10\n")
+        .start()
+        .await?;
+    for i in 0..40u64 {
+        cluster.publish(1, "private.notes", json!({"i": i}), None).await?;
+    }
+    let data_dir = cluster.node(1).data_dir.clone();
+    let files = common::wait_for("a snapshot on node 1", std::time::Duration::from_secs(20), || {
+        let data_dir = data_dir.clone();
+        async move {
+            let files: Vec<std::path::PathBuf> = walk(&data_dir);
+            files
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "snap"))
+                .then_some(files)
+        }
+    })
+    .await?;
+    let mut checked = 0;
+    for path in &files {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.ends_with(".snap") || name.ends_with(".seg") || name == "key.pem" {
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "snapshot, log segment and key checked: {files:?}");
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Found by probing: 300 made-up HTTP methods on `/health` created 300 metric series that
+/// were never dropped. Labels come from known values only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_http_methods_do_not_create_metric_series() -> Result<()> {
+    let cluster = builder().nodes(1).start().await?;
+    for i in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("PROBE{i}").as_bytes())?;
+        cluster
+            .client
+            .request(method, format!("{}/health", cluster.url(1)))
+            .send()
+            .await?;
+    }
+    let metrics = cluster
+        .client
+        .get(format!("{}/metrics", cluster.url(1)))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("chorus_http_request_seconds_count"))
+        .collect();
+    assert!(
+        !series.iter().any(|l| l.contains("PROBE")),
+        "made-up methods became labels: {series:?}"
+    );
+    assert!(
+        series.iter().any(|l| l.contains("method=\"other\"")),
+        "the probes are counted as other: {series:?}"
+    );
+    Ok(())
+}

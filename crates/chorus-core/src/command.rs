@@ -332,18 +332,60 @@ pub const RESERVED_EVENT_TYPES: [&str; 4] = ["session.", "presence.", "typing.",
 /// Longest accepted event type, bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
 
+/// Deepest nesting of arrays and objects accepted in event data. Common JSON parsers give up
+/// (or overflow their stack) on deep nesting: serde_json at 128, several JavaScript and Python
+/// setups in the low thousands; data nested 30,000 deep used to be stored and delivered to
+/// every subscriber, a poison message.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// How deeply `json`'s arrays and objects nest (brackets inside strings do not count). A
+/// scan, not a parse: it is meant for text that is (or is about to be checked to be) JSON.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Checks the client-supplied parts of a publish (the same rules on every face: HTTP, QUIC,
-/// WebSocket). `data_len` is the JSON text's length. The message names the bad field.
+/// WebSocket). `data` is the JSON text. The message names the bad field.
 pub fn check_publish_input(
-    data_len: usize,
+    data: &str,
     max_payload_bytes: usize,
     event_type: Option<&str>,
     idempotency_key: Option<&str>,
 ) -> Result<(), (ErrorCode, String)> {
+    let data_len = data.len();
     if data_len > max_payload_bytes {
         return Err((
             ErrorCode::PayloadTooLarge,
             format!("data is {data_len} bytes; the limit is {max_payload_bytes}"),
+        ));
+    }
+    let depth = json_depth(data);
+    if depth > MAX_JSON_DEPTH {
+        return Err((
+            ErrorCode::BadRequest,
+            format!("data nests {depth} levels of arrays and objects; the limit is {MAX_JSON_DEPTH}"),
         ));
     }
     if let Some(key) = idempotency_key
@@ -379,22 +421,40 @@ mod tests {
 
     #[test]
     fn publish_input_rules_name_the_field() {
-        assert!(check_publish_input(10, 10, Some("t"), Some("k")).is_ok());
+        let ten = "\"12345678\"";
+        assert!(check_publish_input(ten, 10, Some("t"), Some("k")).is_ok());
         assert_eq!(
-            check_publish_input(11, 10, None, None).unwrap_err().0,
+            check_publish_input("\"123456789\"", 10, None, None)
+                .unwrap_err()
+                .0,
             ErrorCode::PayloadTooLarge
         );
-        let (code, message) = check_publish_input(1, 10, None, Some("")).unwrap_err();
+        let (code, message) = check_publish_input("1", 10, None, Some("")).unwrap_err();
         assert_eq!(code, ErrorCode::BadRequest);
         assert!(message.contains("idempotency_key"));
         let long = "x".repeat(MAX_EVENT_TYPE_LEN + 1);
-        let forged = check_publish_input(1, 10, Some("session.operation_applied"), None);
+        let forged = check_publish_input("1", 10, Some("session.operation_applied"), None);
         assert!(forged.unwrap_err().1.contains("cluster only"));
         assert!(
-            check_publish_input(1, 10, Some(&long), None)
+            check_publish_input("1", 10, Some(&long), None)
                 .unwrap_err()
                 .1
                 .contains("type")
         );
+    }
+
+    /// Found by probing: data nested 30,000 deep was stored and delivered.
+    #[test]
+    fn deeply_nested_data_is_refused() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(check_publish_input(&nested(MAX_JSON_DEPTH), 1 << 20, None, None).is_ok());
+        let (code, message) = check_publish_input(&nested(30_000), 1 << 20, None, None).unwrap_err();
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(message.contains("nests 30000 levels"), "{message}");
+        let objects = format!("{}1{}", "{\"a\":".repeat(65), "}".repeat(65));
+        assert_eq!(json_depth(&objects), 65);
+        // Brackets in strings, escaped quotes included, are text.
+        assert_eq!(json_depth(r#"{"a":"[[[{{\"]]]","b":[1,[2]]}"#), 3);
+        assert_eq!(json_depth("\"plain\""), 0);
     }
 }

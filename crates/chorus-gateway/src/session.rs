@@ -480,7 +480,7 @@ impl Session {
         let event_type = Some(publish.event_type).filter(|t| !t.is_empty());
         let key = Some(publish.idempotency_key).filter(|k| !k.is_empty());
         if let Err((code, message)) = check_publish_input(
-            publish.data.len(),
+            &publish.data,
             inner.config.max_payload_bytes,
             event_type.as_deref(),
             key.as_deref(),

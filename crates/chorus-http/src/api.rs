@@ -249,7 +249,7 @@ async fn publish(
         .data
         .ok_or_else(|| ApiError::bad_request("the body needs a \"data\" field (any JSON value)"))?;
     check_publish_input(
-        data.get().len(),
+        data.get(),
         state.max_payload_bytes,
         body.event_type.as_deref(),
         body.idempotency_key.as_deref(),

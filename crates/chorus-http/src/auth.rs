@@ -8,6 +8,7 @@ use chorus_core::{ChannelPattern, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// The claims Chorus reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -52,9 +53,26 @@ pub enum AuthError {
     /// No `Authorization: Bearer` header.
     #[error("missing bearer token (send 'Authorization: Bearer <jwt>')")]
     Missing,
-    /// The token does not verify or has expired.
+    /// The token does not verify.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token's `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// The token's `nbf` (not before) is still in the future.
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// The token is valid for longer than this node accepts (a stolen token must not work
+    /// for years).
+    #[error(
+        "token valid for {remaining_s} s more; this node accepts at most {max_s} s (max_token_lifetime_s)"
+    )]
+    LifetimeTooLong {
+        /// Seconds from now to the token's `exp`.
+        remaining_s: u64,
+        /// The configured maximum.
+        max_s: u64,
+    },
     /// The token verifies but its roles do not allow the operation.
     #[error("user {user:?} with roles {roles:?} may not {operation} {target}")]
     Forbidden {
@@ -73,7 +91,11 @@ impl AuthError {
     /// The stable error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AuthError::Missing | AuthError::Invalid(_) => ErrorCode::Unauthorized,
+            AuthError::Missing
+            | AuthError::Invalid(_)
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::LifetimeTooLong { .. } => ErrorCode::Unauthorized,
             AuthError::Forbidden { .. } => ErrorCode::Forbidden,
         }
     }
@@ -85,19 +107,32 @@ pub struct Authenticator {
     decoding: DecodingKey,
     validation: Validation,
     roles: BTreeMap<String, RolePermissions>,
+    max_lifetime: Duration,
 }
+
+/// The longest a token may still be valid for, by default: the origin document's refresh
+/// token lifetime (its access tokens live 1 h).
+pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Authenticator {
     /// An authenticator for HS256 tokens signed with `secret`.
     pub fn new(secret: &str, roles: BTreeMap<String, RolePermissions>) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Authenticator {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             roles,
+            max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
         }
+    }
+
+    /// Refuses tokens whose `exp` is further than `max` away.
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = max;
+        self
     }
 
     /// Verifies the value of an `Authorization` header.
@@ -112,9 +147,23 @@ impl Authenticator {
 
     /// Verifies a token.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        use jsonwebtoken::errors::ErrorKind;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
+        let now_s = chorus_cluster::clock::unix_ms() / 1000;
+        let remaining_s = claims.exp.saturating_sub(now_s);
+        if remaining_s > self.max_lifetime.as_secs() {
+            return Err(AuthError::LifetimeTooLong {
+                remaining_s,
+                max_s: self.max_lifetime.as_secs(),
+            });
+        }
+        Ok(claims)
     }
 
     /// Checks that `claims` allow `operation` on `channel` (ignored for [`Operation::Admin`]).
@@ -239,6 +288,46 @@ mod tests {
         let forged = mint_token("another-secret-0123456", &claims(&["admin"], now() + 60)).unwrap();
         assert!(matches!(auth.verify(&forged), Err(AuthError::Invalid(_))));
         let expired = mint_token(SECRET, &claims(&["admin"], now() - 600)).unwrap();
-        assert!(matches!(auth.verify(&expired), Err(AuthError::Invalid(_))));
+        assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
+    }
+
+    fn mint_json(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// Found by probing: `nbf` was never checked, and `exp` = 2^64-1 was accepted.
+    #[test]
+    fn refuses_tokens_not_valid_yet_and_tokens_that_live_too_long() {
+        let auth = authenticator().with_max_lifetime(Duration::from_secs(3600));
+        let later = mint_json(serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() + 300}));
+        assert_eq!(auth.verify(&later), Err(AuthError::NotYetValid));
+        let started = mint_json(serde_json::json!({"sub": "a", "exp": now() + 600, "nbf": now() - 1}));
+        assert!(auth.verify(&started).is_ok());
+        let forever = mint_json(serde_json::json!({"sub": "a", "exp": u64::MAX}));
+        assert!(
+            matches!(
+                auth.verify(&forever),
+                Err(AuthError::LifetimeTooLong { max_s: 3600, .. })
+            ),
+            "{:?}",
+            auth.verify(&forever)
+        );
+        let two_hours = mint_token(SECRET, &claims(&["admin"], now() + 7200)).unwrap();
+        let refused = auth.verify(&two_hours).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::Unauthorized);
+        assert!(refused.to_string().contains("max_token_lifetime_s"), "{refused}");
+        let one_hour = mint_token(SECRET, &claims(&["admin"], now() + 3500)).unwrap();
+        assert!(auth.verify(&one_hour).is_ok());
+        // The default: the origin document's 7 days.
+        let eight_days = mint_token(SECRET, &claims(&["admin"], now() + 8 * 24 * 3600)).unwrap();
+        assert!(matches!(
+            authenticator().verify(&eight_days),
+            Err(AuthError::LifetimeTooLong { .. })
+        ));
     }
 }

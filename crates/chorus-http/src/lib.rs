@@ -26,5 +26,5 @@ mod features;
 pub mod metrics;
 
 pub use api::{HttpState, router};
-pub use auth::{Authenticator, Claims, RolePermissions, mint_token};
+pub use auth::{Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, RolePermissions, mint_token};
 pub use error::ApiError;

@@ -171,7 +171,17 @@ impl ShardStateMachine {
             path: tmp.clone(),
             source,
         };
-        let mut out = std::fs::File::create(&tmp).map_err(|e| io("creating snapshot", e))?;
+        // Readable by this user only: a snapshot holds every retained message of the shard.
+        let mut out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+        }
+        .map_err(|e| io("creating snapshot", e))?;
         out.write_all(&encode(file))
             .map_err(|e| io("writing snapshot", e))?;
         out.sync_all().map_err(|e| io("fsyncing snapshot", e))?;

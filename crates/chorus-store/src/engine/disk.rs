@@ -72,10 +72,13 @@ impl DiskFile for StdFile {
 
 impl Disk for StdDisk {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn DiskFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by this user only: the log holds every message.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(create)
+            .mode(0o600)
             .open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
