@@ -23,6 +23,8 @@ CHANGES=${CHANGES:-1000}; SESSION_WINDOW=${SESSION_WINDOW:-16}; SESSIONS=${SESSI
 BIN=${CHORUS_BIN:-target/release/chorus}
 [ -x "$BIN" ] || cargo build --release --bin chorus
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
+# The load generator publishes as one user: no per-user publish limit.
+export CHORUS_PUBLISH_PER_MINUTE=0
 WORK=$(mktemp -d /tmp/chorus-bench.XXXX)
 SUPERVISORS=()
 CLUSTER_DIR=

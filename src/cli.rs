@@ -156,13 +156,13 @@ pub fn mint(
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
         + ttl.as_secs();
-    let claims = chorus_http::Claims {
+    let claims = chorus_access::Claims {
         sub: sub.to_string(),
         exp,
         roles: roles.to_vec(),
         device,
     };
-    Ok(chorus_http::mint_token(secret, &claims)?)
+    Ok(chorus_access::mint_token(secret, &claims)?)
 }
 
 /// Runs the parsed command.

@@ -70,6 +70,9 @@ pub struct NodeArgs {
     /// A typist stops by itself this long after their last "started", ms.
     #[arg(long, env = "CHORUS_TYPING_TTL_MS")]
     pub typing_ttl_ms: Option<u64>,
+    /// Publishes a minute one user may make on this node (0: no limit).
+    #[arg(long, env = "CHORUS_PUBLISH_PER_MINUTE")]
+    pub publish_per_minute: Option<u32>,
 }
 
 /// The `[presence]` table: presence leases and typing indicators.
@@ -130,6 +133,11 @@ pub struct ClientsConfig {
     /// Tokens whose `exp` is further away than this are refused, seconds (a stolen token
     /// must not work for years; `exp` = 2^64-1 used to be accepted).
     pub max_token_lifetime_s: u64,
+    /// Publishes a minute one user may make on this node, sustained (0: no limit); a role
+    /// may set its own (`roles.<name>.publish_per_minute`).
+    pub publish_per_minute: u32,
+    /// Publishes one user may make at once after a quiet spell.
+    pub publish_burst: u32,
 }
 
 impl Default for ClientsConfig {
@@ -147,7 +155,9 @@ impl Default for ClientsConfig {
             outbox_max_critical_bytes: d.outbox.max_critical_bytes,
             max_requests_in_flight: d.max_requests_in_flight,
             max_subscriptions_per_connection: d.max_subscriptions_per_connection,
-            max_token_lifetime_s: chorus_http::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
+            max_token_lifetime_s: chorus_access::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
+            publish_per_minute: chorus_access::PublishRate::default().per_minute,
+            publish_burst: chorus_access::PublishRate::default().burst,
         }
     }
 }
@@ -248,6 +258,9 @@ pub struct RoleConfig {
     pub subscribe: Vec<String>,
     /// Cluster administration (join, remove, status).
     pub admin: bool,
+    /// This role's publish rate per user, instead of `clients.publish_per_minute` (0: no
+    /// limit). A user with several roles gets the most generous.
+    pub publish_per_minute: Option<u32>,
 }
 
 /// The TOML file: every key optional; flags and env override it.
@@ -320,6 +333,7 @@ pub fn default_roles() -> BTreeMap<String, RoleConfig> {
             publish: vec![">".into()],
             subscribe: vec![">".into()],
             admin: true,
+            publish_per_minute: None,
         },
     )])
 }
@@ -408,6 +422,7 @@ impl NodeConfig {
                     .heartbeat_interval_ms
                     .unwrap_or(clients.heartbeat_interval_ms);
                 clients.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(clients.idle_timeout_ms);
+                clients.publish_per_minute = args.publish_per_minute.unwrap_or(clients.publish_per_minute);
                 clients
             },
             presence: {
@@ -434,6 +449,9 @@ impl NodeConfig {
         }
         if self.jwt_secret.len() < 16 {
             bail!("`jwt_secret` must be at least 16 characters long (it signs HS256 tokens)");
+        }
+        if self.clients.publish_burst == 0 {
+            bail!("`clients.publish_burst` must be positive (publishes allowed at once)");
         }
         if self.clients.max_token_lifetime_s == 0 {
             bail!("`clients.max_token_lifetime_s` must be positive (seconds a token may still be valid for)");

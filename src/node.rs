@@ -2,11 +2,12 @@
 
 use crate::config::NodeConfig;
 use anyhow::{Context, Result};
+use chorus_access::{Authenticator, PublishRate, RolePermissions};
 use chorus_cluster::service::ClusterService;
 use chorus_cluster::{ClusterConfig, ClusterMetrics, ClusterNode};
 use chorus_core::ChannelPattern;
+use chorus_http::HttpState;
 use chorus_http::metrics::HttpMetrics;
-use chorus_http::{Authenticator, HttpState, RolePermissions};
 use chorus_store::{NodeStore, StoreMetrics};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions
                     publish: compile(&role.publish)?,
                     subscribe: compile(&role.subscribe)?,
                     admin: role.admin,
+                    publish_rate: role.publish_per_minute.map(|per_minute| PublishRate {
+                        per_minute,
+                        burst: config.clients.publish_burst,
+                    }),
                 },
             ))
         })
@@ -122,7 +127,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),
         auth: Authenticator::new(&config.jwt_secret, compile_roles(&config)?)
-            .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s)),
+            .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
+            .with_publish_rate(PublishRate {
+                per_minute: config.clients.publish_per_minute,
+                burst: config.clients.publish_burst,
+            }),
         registry,
         max_payload_bytes: config.max_payload_bytes,
     });

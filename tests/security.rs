@@ -165,3 +165,77 @@ async fn made_up_http_methods_do_not_create_metric_series() -> Result<()> {
     );
     Ok(())
 }
+
+/// Found by probing: one user published 23,502 messages in 30 s (about 47k a minute; the
+/// origin document's limit is 1,000 a minute per user) with no refusal. Now a burst of 50
+/// passes, then `rate_limited` with a retry-after, over HTTP and QUIC alike; other users
+/// keep their own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publish_flood_from_one_user_is_rate_limited_with_a_retry_after() -> Result<()> {
+    let cluster = builder()
+        .nodes(1)
+        .env("CHORUS_PUBLISH_PER_MINUTE", "1000")
+        .start()
+        .await?;
+    let mallory = common::token("mallory", &["admin"]);
+    let (mut accepted, mut refused) = (0, None);
+    for i in 0..200 {
+        let response = cluster
+            .client
+            .post(format!("{}/api/v1/channels/flood/publish", cluster.url(1)))
+            .bearer_auth(&mallory)
+            .json(&json!({"data": i}))
+            .send()
+            .await?;
+        if response.status().is_success() {
+            accepted += 1;
+            continue;
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let status = response.status().as_u16();
+        refused = Some((status, retry_after, response.json::<serde_json::Value>().await?));
+        break;
+    }
+    let (status, retry_after, body) = refused.context("200 publishes at once must not all pass")?;
+    assert!(
+        (50..=60).contains(&accepted),
+        "the burst of 50 passes: {accepted}"
+    );
+    assert_eq!(status, 429);
+    assert_eq!(body["code"], "rate_limited", "{body}");
+    assert!(
+        body["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0 && ms <= 60_000),
+        "{body}"
+    );
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("1"),
+        "Retry-After in whole seconds, rounded up"
+    );
+
+    // Over QUIC too, with the retry-after in the error.
+    let client = cluster.sdk(&[1], &mallory).connect().await?;
+    let quic = client
+        .publish("flood", "\"over quic\"")
+        .await
+        .expect_err("mallory is still over the limit");
+    assert!(quic.to_string().contains("rate_limited"), "{quic}");
+
+    // Another user has their own budget.
+    let alice = common::token("alice", &["admin"]);
+    let reply = cluster
+        .client
+        .post(format!("{}/api/v1/channels/flood/publish", cluster.url(1)))
+        .bearer_auth(&alice)
+        .json(&json!({"data": "alice"}))
+        .send()
+        .await?;
+    assert!(reply.status().is_success(), "{}", reply.status());
+    Ok(())
+}

@@ -40,6 +40,9 @@ pub enum ErrorCode {
     /// The write conflicts with the current state (a session operation based on an outdated
     /// version under the `reject` policy, or a session that exists already).
     Conflict,
+    /// Too many requests of this kind from this user: try again after the time the error
+    /// gives (`retry_after_ms`, or HTTP's `Retry-After`).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -70,7 +74,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::IdleTimeout => 408,
-            ErrorCode::SlowConsumer => 429,
+            ErrorCode::SlowConsumer | ErrorCode::RateLimited => 429,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,

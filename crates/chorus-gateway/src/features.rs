@@ -13,13 +13,13 @@
 use crate::hub::error_kind;
 use crate::outbox::Priority;
 use crate::session::Session;
+use chorus_access::Operation;
 use chorus_cluster::ClusterError;
 use chorus_core::collab::{ConflictPolicy, OpError, parse_op};
 use chorus_core::command::ReadPosition;
 use chorus_core::presence::{MAX_CUSTOM_STATUS_LEN, PRESENCE_CHANNEL_PREFIX, UserPresence};
 use chorus_core::typing::Typist;
 use chorus_core::{ChannelName, ErrorCode, PresenceStatus};
-use chorus_http::auth::Operation;
 use chorus_proto::client::{self, ServerFrame, server_frame::Kind};
 use std::future::Future;
 

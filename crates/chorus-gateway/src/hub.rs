@@ -273,6 +273,7 @@ pub fn error_kind(code: chorus_core::ErrorCode, message: impl Into<String>, sub:
         code: code.as_str().to_string(),
         message: message.into(),
         sub,
+        retry_after_ms: 0,
     })
 }
 

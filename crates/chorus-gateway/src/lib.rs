@@ -23,8 +23,8 @@ mod session;
 pub mod tls;
 pub mod ws;
 
+use chorus_access::Authenticator;
 use chorus_cluster::ClusterNode;
-use chorus_http::Authenticator;
 use hub::Hub;
 pub use metrics::GatewayMetrics;
 use outbox::OutboxLimits;

@@ -11,10 +11,10 @@ use crate::hub::{SubscribeRequest, Subscriber, Target, error_kind, event_frame};
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::outbox::{Outbox, Priority};
 use crate::{Gateway, PROTOCOL_VERSION};
+use chorus_access::Claims;
+use chorus_access::Operation;
 use chorus_cluster::clock;
 use chorus_core::{ChannelName, ChannelPattern, ErrorCode, PublishCommand, check_publish_input};
-use chorus_http::Claims;
-use chorus_http::auth::Operation;
 use chorus_proto::client::{self, ClientFrame, ServerFrame, client_frame, server_frame::Kind};
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
@@ -477,6 +477,21 @@ impl Session {
         let Some(channel) = self.authorized_channel(id, publish.channel, Operation::Publish) else {
             return;
         };
+        if let Err(refused) = inner.auth.check_publish_rate(&self.claims) {
+            let retry_after_ms = match refused {
+                chorus_access::AuthError::RateLimited { retry_after_ms } => retry_after_ms,
+                _ => 0,
+            };
+            return self.reply(
+                id,
+                Kind::Error(client::Error {
+                    code: refused.code().as_str().to_string(),
+                    message: refused.to_string(),
+                    sub: 0,
+                    retry_after_ms,
+                }),
+            );
+        }
         let event_type = Some(publish.event_type).filter(|t| !t.is_empty());
         let key = Some(publish.idempotency_key).filter(|k| !k.is_empty());
         if let Err((code, message)) = check_publish_input(

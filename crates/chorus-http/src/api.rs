@@ -1,6 +1,5 @@
 //! Routes and handlers.
 
-use crate::auth::{Authenticator, Claims, Operation};
 use crate::error::ApiError;
 use crate::features;
 use crate::metrics::{self, HttpMetrics};
@@ -10,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use chorus_access::{Authenticator, Claims, Operation};
 use chorus_cluster::ClusterNode;
 use chorus_cluster::auth::AUTH_HEADER;
 use chorus_core::{ChannelName, ErrorCode, PublishCommand, check_publish_input};
@@ -243,6 +243,7 @@ async fn publish(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Publish)?;
+    state.auth.check_publish_rate(&claims)?;
     let body: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let data = body

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
+    /// With `rate_limited`: when to try again (the `Retry-After` header, and in the body).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 
@@ -34,20 +37,30 @@ impl ApiError {
 struct Body<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            Json(Body {
-                code: self.code.as_str(),
-                message: &self.message,
-            }),
-        )
-            .into_response()
+        let body = Json(Body {
+            code: self.code.as_str(),
+            message: &self.message,
+            retry_after_ms: self.retry_after_ms,
+        });
+        match self.retry_after_ms {
+            // Retry-After counts whole seconds: rounded up, so that a client that honours it
+            // is not refused again.
+            Some(ms) => (
+                status,
+                [(axum::http::header::RETRY_AFTER, ms.div_ceil(1000).to_string())],
+                body,
+            )
+                .into_response(),
+            None => (status, body).into_response(),
+        }
     }
 }
 
@@ -57,9 +70,13 @@ impl From<chorus_cluster::ClusterError> for ApiError {
     }
 }
 
-impl From<crate::auth::AuthError> for ApiError {
-    fn from(err: crate::auth::AuthError) -> Self {
-        ApiError::new(err.code(), err.to_string())
+impl From<chorus_access::AuthError> for ApiError {
+    fn from(err: chorus_access::AuthError) -> Self {
+        let mut api = ApiError::new(err.code(), err.to_string());
+        if let chorus_access::AuthError::RateLimited { retry_after_ms } = err {
+            api.retry_after_ms = Some(retry_after_ms);
+        }
+        api
     }
 }
 

@@ -12,13 +12,13 @@
 //! ```
 
 use crate::api::{Shared, authorized_channel, claims};
-use crate::auth::Operation;
 use crate::error::ApiError;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chorus_access::Operation;
 use chorus_cluster::ClusterError;
 use chorus_core::collab::{ConflictPolicy, OpError, parse_op};
 use chorus_core::presence::PRESENCE_CHANNEL_PREFIX;

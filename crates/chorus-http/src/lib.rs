@@ -20,11 +20,9 @@
 //! | `PUT /test/isolation` | test-only partition switch (404 unless `CHORUS_TEST_FAULT_INJECTION` is set) |
 
 pub mod api;
-pub mod auth;
 pub mod error;
 mod features;
 pub mod metrics;
 
 pub use api::{HttpState, router};
-pub use auth::{Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, RolePermissions, mint_token};
 pub use error::ApiError;

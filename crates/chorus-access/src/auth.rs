@@ -8,7 +8,10 @@ use chorus_core::{ChannelPattern, ErrorCode};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::limits::{PublishLimits, PublishRate};
 
 /// The claims Chorus reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -34,6 +37,8 @@ pub struct RolePermissions {
     pub subscribe: Vec<ChannelPattern>,
     /// Cluster administration.
     pub admin: bool,
+    /// The role's own publish rate, instead of the node's default (`per_minute` 0: none).
+    pub publish_rate: Option<PublishRate>,
 }
 
 /// An operation checked against the role table.
@@ -73,6 +78,12 @@ pub enum AuthError {
         /// The configured maximum.
         max_s: u64,
     },
+    /// The user published faster than their rate allows.
+    #[error("too many publishes from this user; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// When the next publish would be allowed, ms from now.
+        retry_after_ms: u64,
+    },
     /// The token verifies but its roles do not allow the operation.
     #[error("user {user:?} with roles {roles:?} may not {operation} {target}")]
     Forbidden {
@@ -97,6 +108,7 @@ impl AuthError {
             | AuthError::NotYetValid
             | AuthError::LifetimeTooLong { .. } => ErrorCode::Unauthorized,
             AuthError::Forbidden { .. } => ErrorCode::Forbidden,
+            AuthError::RateLimited { .. } => ErrorCode::RateLimited,
         }
     }
 }
@@ -108,6 +120,12 @@ pub struct Authenticator {
     validation: Validation,
     roles: BTreeMap<String, RolePermissions>,
     max_lifetime: Duration,
+    default_publish_rate: PublishRate,
+    publish_limits: Arc<PublishLimits>,
+}
+
+fn limits_for(default: PublishRate, roles: &BTreeMap<String, RolePermissions>) -> PublishLimits {
+    PublishLimits::new(std::iter::once(default).chain(roles.values().filter_map(|r| r.publish_rate)))
 }
 
 /// The longest a token may still be valid for, by default: the origin document's refresh
@@ -124,9 +142,41 @@ impl Authenticator {
         Authenticator {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            publish_limits: Arc::new(limits_for(PublishRate::default(), &roles)),
             roles,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            default_publish_rate: PublishRate::default(),
         }
+    }
+
+    /// The publish rate of users whose roles set none.
+    pub fn with_publish_rate(mut self, rate: PublishRate) -> Self {
+        self.default_publish_rate = rate;
+        self.publish_limits = Arc::new(limits_for(rate, &self.roles));
+        self
+    }
+
+    /// Counts a publish by `claims`' user against their rate: the most generous of their
+    /// roles' own rates, else the node's default.
+    pub fn check_publish_rate(&self, claims: &Claims) -> Result<(), AuthError> {
+        let own: Vec<PublishRate> = claims
+            .roles
+            .iter()
+            .filter_map(|r| self.roles.get(r)?.publish_rate)
+            .collect();
+        let rate = if own.iter().any(|r| r.per_minute == 0) {
+            PublishRate {
+                per_minute: 0,
+                burst: 0,
+            }
+        } else {
+            own.into_iter().max().unwrap_or(self.default_publish_rate)
+        };
+        self.publish_limits
+            .check(&claims.sub, rate)
+            .map_err(|limited| AuthError::RateLimited {
+                retry_after_ms: limited.retry_after.as_millis().max(1) as u64,
+            })
     }
 
     /// Refuses tokens whose `exp` is further than `max` away.
@@ -237,6 +287,7 @@ mod tests {
                     publish: vec![ChannelPattern::new(">").unwrap()],
                     subscribe: vec![ChannelPattern::new(">").unwrap()],
                     admin: true,
+                    publish_rate: None,
                 },
             ),
             (
@@ -329,5 +380,44 @@ mod tests {
             authenticator().verify(&eight_days),
             Err(AuthError::LifetimeTooLong { .. })
         ));
+    }
+
+    #[test]
+    fn publishes_are_limited_per_user_at_the_rate_of_their_roles() {
+        let rate = PublishRate {
+            per_minute: 60,
+            burst: 3,
+        };
+        let mut roles = BTreeMap::new();
+        roles.insert("member".to_string(), RolePermissions::default());
+        roles.insert(
+            "service".to_string(),
+            RolePermissions {
+                publish_rate: Some(PublishRate {
+                    per_minute: 0,
+                    burst: 0,
+                }),
+                ..Default::default()
+            },
+        );
+        let auth = Authenticator::new(SECRET, roles).with_publish_rate(rate);
+        let member = claims(&["member"], now() + 60);
+        for _ in 0..3 {
+            auth.check_publish_rate(&member).unwrap();
+        }
+        let refused = auth.check_publish_rate(&member).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::RateLimited);
+        assert!(
+            matches!(refused, AuthError::RateLimited { retry_after_ms } if (1..=1000).contains(&retry_after_ms)),
+            "{refused:?}"
+        );
+        let service = claims(&["member", "service"], now() + 60);
+        let service = Claims {
+            sub: "robot".into(),
+            ..service
+        };
+        for _ in 0..100 {
+            auth.check_publish_rate(&service).unwrap();
+        }
     }
 }

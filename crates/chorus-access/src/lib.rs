@@ -1,0 +1,12 @@
+//! Who may do what on a Chorus node: client tokens (JWT), roles, and the channel checks that
+//! every client face runs the same way. Transport-neutral: the HTTP API (`chorus-http`) and
+//! the QUIC and WebSocket edge (`chorus-gateway`) both call it, and neither imports the other
+//! for it.
+
+pub mod auth;
+pub mod limits;
+
+pub use auth::{
+    AuthError, Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, Operation, RolePermissions, mint_token,
+};
+pub use limits::{PublishRate, RateLimited};
