@@ -138,6 +138,11 @@ pub struct ClientsConfig {
     pub publish_per_minute: u32,
     /// Publishes one user may make at once after a quiet spell.
     pub publish_burst: u32,
+    /// HTTP (API and WebSocket upgrade): request headers must arrive within this, and an idle
+    /// kept-alive connection is closed after as long, ms.
+    pub http_header_timeout_ms: u64,
+    /// HTTP: open connections one IP address may hold; more are closed at once.
+    pub http_max_connections_per_ip: usize,
 }
 
 impl Default for ClientsConfig {
@@ -158,6 +163,10 @@ impl Default for ClientsConfig {
             max_token_lifetime_s: chorus_access::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
             publish_per_minute: chorus_access::PublishRate::default().per_minute,
             publish_burst: chorus_access::PublishRate::default().burst,
+            http_header_timeout_ms: chorus_http::server::ServeLimits::default()
+                .header_read_timeout
+                .as_millis() as u64,
+            http_max_connections_per_ip: chorus_http::server::ServeLimits::default().max_connections_per_ip,
         }
     }
 }
@@ -449,6 +458,11 @@ impl NodeConfig {
         }
         if self.jwt_secret.len() < 16 {
             bail!("`jwt_secret` must be at least 16 characters long (it signs HS256 tokens)");
+        }
+        if self.clients.http_header_timeout_ms == 0 || self.clients.http_max_connections_per_ip == 0 {
+            bail!(
+                "`clients.http_header_timeout_ms` and `clients.http_max_connections_per_ip` must be positive"
+            );
         }
         if self.clients.publish_burst == 0 {
             bail!("`clients.publish_burst` must be positive (publishes allowed at once)");

@@ -159,7 +159,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     );
     let quic_task = tokio::spawn(gateway.clone().serve_quic(endpoint.clone()));
     let app = chorus_http::router(state, http_metrics).merge(gateway.ws_router());
-    let http_task = tokio::spawn(async move { axum::serve(http_listener, app).await });
+    let http_limits = chorus_http::server::ServeLimits {
+        header_read_timeout: Duration::from_millis(config.clients.http_header_timeout_ms),
+        max_connections_per_ip: config.clients.http_max_connections_per_ip,
+    };
+    let http_task = tokio::spawn(chorus_http::server::serve(http_listener, app, http_limits));
     tracing::info!(
         node = config.id,
         http = %config.http,

@@ -239,3 +239,109 @@ async fn a_publish_flood_from_one_user_is_rate_limited_with_a_retry_after() -> R
     assert!(reply.status().is_success(), "{}", reply.status());
     Ok(())
 }
+
+/// Opens a TCP connection to `addr`, sends `bytes`, and returns it.
+async fn raw_connection(addr: std::net::SocketAddr, bytes: &[u8]) -> Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(bytes).await?;
+    Ok(stream)
+}
+
+/// Whether the node closes `stream` within `within` (a read sees the end or a reset).
+async fn closed_by_the_node(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // an answer (408, 400) before the close
+        }
+    }
+}
+
+/// Found by probing: 1,000 slowloris requests and 300 silent sockets stayed open for 50 s
+/// (no header-read or idle timeout, no per-address cap), and with 1,024 open files allowed
+/// `/health` and publishes on that node timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowloris_and_silent_sockets_are_closed_and_the_node_keeps_serving() -> Result<()> {
+    let cluster = builder()
+        .nodes(1)
+        .config("[clients]\nhttp_header_timeout_ms = 1000\n")
+        .start()
+        .await?;
+    let http = cluster.node(1).http;
+    let mut sockets = Vec::new();
+    for i in 0..60 {
+        let partial: &[u8] = if i % 3 == 0 {
+            b"" // silent
+        } else {
+            b"GET /health HTTP/1.1\r\nHost: chorus\r\nX-Slow: 1\r\n" // headers never finished
+        };
+        sockets.push(raw_connection(http, partial).await?);
+    }
+    // The node keeps serving while they hang.
+    assert!(
+        cluster.is_ready(1).await,
+        "/ready answers beside 60 hanging sockets"
+    );
+    let reply = cluster.publish(1, "still.serving", json!(1), None).await?;
+    assert_eq!(reply["offset"], json!(1));
+    // Each is closed after the header timeout.
+    for (i, socket) in sockets.iter_mut().enumerate() {
+        assert!(
+            closed_by_the_node(socket, std::time::Duration::from_secs(10)).await,
+            "socket {i} is still open"
+        );
+    }
+    Ok(())
+}
+
+/// One address may hold at most `http_max_connections_per_ip` connections; a closed one
+/// gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_per_address_are_capped() -> Result<()> {
+    let cluster = builder()
+        .nodes(1)
+        .config("[clients]\nhttp_header_timeout_ms = 60000\nhttp_max_connections_per_ip = 8\n")
+        .start()
+        .await?;
+    let http = cluster.node(1).http;
+    // The harness's own client may hold a kept-alive connection: count from what is free.
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..9 {
+        let mut socket = raw_connection(http, b"").await?;
+        if closed_by_the_node(&mut socket, std::time::Duration::from_millis(500)).await {
+            refused = Some(held.len());
+            break;
+        }
+        held.push(socket);
+    }
+    let at = refused.context("a ninth connection from one address must be refused")?;
+    assert!((7..=8).contains(&at), "refused after {at} connections");
+    // A freed place is taken again: an ordinary request on a new connection is answered.
+    drop(held.pop());
+    let mut socket = tokio::net::TcpStream::connect(http).await?;
+    wait_for_answer(&mut socket).await?;
+    Ok(())
+}
+
+/// Sends `GET /health` on `socket` and waits for its status line.
+async fn wait_for_answer(socket: &mut tokio::net::TcpStream) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket
+        .write_all(b"GET /health HTTP/1.1\r\nHost: chorus\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        socket.read_to_end(&mut answer),
+    )
+    .await??;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    Ok(())
+}

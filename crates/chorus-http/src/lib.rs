@@ -23,6 +23,7 @@ pub mod api;
 pub mod error;
 mod features;
 pub mod metrics;
+pub mod server;
 
 pub use api::{HttpState, router};
 pub use error::ApiError;
