@@ -1,4 +1,5 @@
-//! Bearer-token authentication and role permissions for the HTTP API.
+//! Client-token authentication and role permissions, for every client face (HTTP, QUIC,
+//! WebSocket).
 //!
 //! Tokens are HS256 JWTs with the claims `sub`, `exp`, `roles` (and optionally `device`).
 //! Each role maps to channel patterns per operation; a request is allowed when any of the
@@ -207,7 +208,9 @@ impl Authenticator {
             })?;
         let now_s = chorus_cluster::clock::unix_ms() / 1000;
         let remaining_s = claims.exp.saturating_sub(now_s);
-        if remaining_s > self.max_lifetime.as_secs() {
+        // The same leeway as for `exp` and `nbf`: a token minted for exactly the maximum on a
+        // clock a little ahead of this node's still passes.
+        if remaining_s > self.max_lifetime.as_secs() + self.validation.leeway {
             return Err(AuthError::LifetimeTooLong {
                 remaining_s,
                 max_s: self.max_lifetime.as_secs(),

@@ -206,7 +206,8 @@ pub struct PublishCommand {
     /// An optional application-defined event type (`"message"`, `"order.created"`...).
     pub event_type: Option<Arc<str>>,
     /// The event's data: JSON text, validated at the edge. Shared (`Arc`) from the decoded
-    /// command to the channel's history and the subscribers' frames, never copied.
+    /// command into the channel's history and the applied event; each subscriber's frame
+    /// still copies it (the delivery issue's one encoded frame per event takes that away).
     pub data: Arc<str>,
     /// Who published it (the token's subject).
     pub publisher: Arc<str>,
@@ -325,6 +326,17 @@ pub fn check_client_writable(channel: &ChannelName) -> Result<(), (ErrorCode, St
 
 /// Longest accepted idempotency key, bytes.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// The idempotency key a publish carries into the log: the client's `key` scoped to its
+/// `publisher` (the publisher's length first, so that no two pairs give the same string), so
+/// that another user cannot make a publish look like a retry by using its key first.
+///
+/// The edges scope keys before proposing, rather than `apply` scoping them, so that what a
+/// log entry means never depends on the build that replays it: replicas that replay the same
+/// log from snapshots taken by different builds still agree.
+pub fn scoped_idempotency_key(publisher: &str, key: &str) -> String {
+    format!("{}:{publisher}{key}", publisher.len())
+}
 /// Event type prefixes only the cluster writes (session operations, presence changes, notices),
 /// so that subscribers can trust them.
 pub const RESERVED_EVENT_TYPES: [&str; 4] = ["session.", "presence.", "typing.", "message.read"];

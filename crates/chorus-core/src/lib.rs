@@ -26,7 +26,7 @@ pub mod typing;
 pub use channel::{ChannelName, ChannelNameError};
 pub use command::{
     Command, CommandBatch, CommandResult, MAX_EVENT_TYPE_LEN, MAX_IDEMPOTENCY_KEY_LEN, PublishCommand,
-    Published, check_client_writable, check_publish_input,
+    Published, check_client_writable, check_publish_input, scoped_idempotency_key,
 };
 pub use error::ErrorCode;
 pub use pattern::{ChannelPattern, PatternError};

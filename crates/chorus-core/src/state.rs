@@ -5,7 +5,7 @@
 //! ```text
 //!  channel "chat.1"  epoch 17   last_offset 9
 //!  history:  [5][6][7][8][9]     (1..4 dropped by max_entries / max_age)
-//!  dedupe:   (publisher "alice", key "k-1") -> offset 7 (until time + dedupe_window)
+//!  dedupe:   key "5:alicek-1" -> offset 7 (until time + dedupe_window)
 //! ```
 //!
 //! The state lives in memory; the storage layer persists it as snapshots and re-applies the
@@ -82,17 +82,11 @@ struct ChannelLog {
     last_offset: u64,
     /// Shared with the applied output (and from there with every subscriber's frame).
     messages: VecDeque<Arc<StoredMessage>>,
-    /// Keyed by [`dedupe_key`]: a key is the publisher's own, so another user cannot make a
-    /// publish look like a retry by using its key first.
+    /// Keyed by the command's key as it is in the log (the edge scopes a client's key to its
+    /// publisher: see [`crate::scoped_idempotency_key`]).
     dedupe: HashMap<String, DedupeEntry>,
     /// Keys in the order they were recorded, for expiry.
     dedupe_order: VecDeque<(u64, String)>,
-}
-
-/// The dedupe key of `key` published by `publisher`: the publisher's length first, so that no
-/// two (publisher, key) pairs give the same string whatever characters they hold.
-fn dedupe_key(publisher: &str, key: &str) -> String {
-    format!("{}:{publisher}{key}", publisher.len())
 }
 
 /// A page of a channel's history.
@@ -319,11 +313,7 @@ impl ShardState {
         let limits = self.limits;
         let log = self.channel_log(ctx, &cmd.channel);
         log.expire_dedupe(limits.dedupe_window_ms, now);
-        let key = cmd
-            .idempotency_key
-            .as_deref()
-            .map(|key| dedupe_key(&cmd.publisher, key));
-        if let Some(key) = &key
+        if let Some(key) = &cmd.idempotency_key
             && let Some(seen) = log.dedupe.get(key)
         {
             return Published {
@@ -343,12 +333,12 @@ impl ShardState {
             time_ms: cmd.time_ms,
         });
         log.messages.push_back(message.clone());
-        if let Some(key) = key {
+        if let Some(key) = &cmd.idempotency_key {
             // Recorded at the shard's clock (not the command's own time), so that the expiry
             // order stays monotonic even if a new leader's clock is behind the old one's.
             log.dedupe
                 .insert(key.clone(), DedupeEntry { offset, time_ms: now });
-            log.dedupe_order.push_back((now, key));
+            log.dedupe_order.push_back((now, key.clone()));
         }
         log.enforce(&limits, now);
         let epoch = log.epoch;
@@ -865,13 +855,15 @@ mod tests {
     }
 
     /// Found by probing: a publish by mallory with key `order-42` made alice's later publish
-    /// with the same key answer `duplicate: true`, and alice's message was lost.
+    /// with the same key answer `duplicate: true`, and alice's message was lost. The edges
+    /// scope a client's key to its publisher before proposing.
     #[test]
     fn another_publishers_key_does_not_swallow_a_publish() {
         let mut state = ShardState::default();
         let ctx = ApplyContext { log_index: 1 };
         let by = |publisher: &str, data: &str, time_ms: u64| {
-            let mut command = publish("orders", data, Some("order-42"), time_ms);
+            let key = crate::scoped_idempotency_key(publisher, "order-42");
+            let mut command = publish("orders", data, Some(&key), time_ms);
             if let Command::Publish(p) = &mut command {
                 p.publisher = publisher.into();
             }
@@ -887,8 +879,10 @@ mod tests {
             "alice's own retry is one"
         );
         // Publisher and key are told apart whatever they contain.
-        let joined = published(state.apply(ctx, &by("alice:", "\"x\"", 13)));
-        assert!(!joined.duplicate);
+        assert_ne!(
+            crate::scoped_idempotency_key("ab", "c"),
+            crate::scoped_idempotency_key("a", "bc")
+        );
     }
 
     #[test]

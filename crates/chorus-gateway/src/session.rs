@@ -510,7 +510,7 @@ impl Session {
             event_type: event_type.map(Into::into),
             data: publish.data.into(),
             publisher: self.claims.sub.as_str().into(),
-            idempotency_key: key,
+            idempotency_key: key.map(|key| chorus_core::scoped_idempotency_key(&self.claims.sub, &key)),
             time_ms: clock::unix_ms(),
         };
         let Some(permit) = self.permit(id) else { return };

@@ -262,8 +262,10 @@ async fn publish(
             channel,
             event_type: body.event_type.map(Into::into),
             data: data.get().into(),
+            idempotency_key: body
+                .idempotency_key
+                .map(|key| chorus_core::scoped_idempotency_key(&claims.sub, &key)),
             publisher: claims.sub.into(),
-            idempotency_key: body.idempotency_key,
             time_ms: chorus_cluster::clock::unix_ms(),
         })
         .await?;

@@ -1,30 +1,38 @@
 //! The HTTP listener: the API and WebSocket router served with limits that a bare
 //! `axum::serve` does not set.
 //!
-//! - Request headers must arrive within `header_read_timeout`, and a kept-alive connection
-//!   waiting for its next request is closed after as long: 1,000 slowloris requests and 300
-//!   silent sockets used to stay open indefinitely, and with the common limit of 1,024 open
-//!   files `/health` and publishes timed out (`accept error: Too many open files`).
-//! - At most `max_connections_per_ip` connections from one address; more are closed at once.
+//! - Request headers must arrive within `header_read_timeout`, counted from when the
+//!   connection is ready for a request: a socket that sends nothing, part of a header, or
+//!   nothing after its last answer (kept alive) is closed after it. 1,000 slowloris requests
+//!   and 300 silent sockets used to stay open indefinitely, and with the common limit of 1,024
+//!   open files `/health` and publishes timed out (`accept error: Too many open files`).
+//! - At most `max_connections_per_ip` connections from one address, WebSockets included for
+//!   as long as they live; more are closed at once.
 //!
+//! HTTP/1.1 only: what clients, browsers' WebSocket upgrades and load balancers speak over
+//! plain TCP. (Serving HTTP/2 as well means reading a preface before any timer runs.)
 //! Upgraded connections (WebSocket) leave the HTTP timeouts behind: the gateway's own
-//! connect and idle timeouts apply to them.
+//! connect and idle timeouts apply to them. A slow request body has no timeout yet.
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeLimits {
-    /// A request's headers must arrive within this; an idle kept-alive connection is closed
-    /// after as long.
+    /// A request's headers must arrive within this, counted from when the connection is ready
+    /// for one (its start, or the end of the previous answer).
     pub header_read_timeout: Duration,
     /// Open connections one IP address may hold.
     pub max_connections_per_ip: usize,
@@ -78,7 +86,7 @@ impl Drop for Slot {
 }
 
 /// Serves `app` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) -> io::Result<()> {
     let per_ip = Arc::new(PerIp::default());
     let mut refusals_logged = 0u64;
     loop {
@@ -102,29 +110,54 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) -> s
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        // The slot travels with the socket, into an upgraded WebSocket too.
+        let io = TokioIo::new(Counted { stream, _slot: slot });
         tokio::spawn(async move {
-            let _slot = slot;
-            // Telling HTTP/1 from HTTP/2 waits for the first bytes, before any of hyper's
-            // timers runs: a socket that sends nothing is closed here.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(limits.header_read_timeout)
-                .keep_alive_timeout(limits.header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
             // Errors are the peer's (reset, timed out): nothing to do but close.
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let _ = connection.await;
         });
+    }
+}
+
+/// A connection that holds its place in the per-address count until it is dropped.
+struct Counted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }

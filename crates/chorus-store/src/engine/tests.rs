@@ -142,7 +142,7 @@ fn space_prepared_ahead_of_the_tail_is_not_a_torn_write() {
         assert_eq!(report.torn_tail.as_ref().map(|t| t.2), Some(0), "{report:?}");
         let last = 3 + round * 3;
         assert_eq!(indexes(&engine, 0), (1..=last).collect::<Vec<_>>());
-        // The next batches go where the zeros were, after the recovered ones.
+        // The next batches follow the recovered ones (in a new segment: each open starts one).
         append_durably(
             &engine,
             0,

@@ -1,9 +1,10 @@
 //! The writer thread: takes the pending batch, writes it with one `write` and one
 //! `fdatasync`, completes its waiters, then deletes segments the batch made obsolete.
 //!
-//! Ahead of the tail it keeps zeros written (`prepare_bytes` at a time), so that most syncs
-//! flush data alone and not the file's length too. Recovery reads zeros past the last batch
-//! as prepared space, not as a torn write.
+//! Ahead of the tail it keeps zeros written (`prepare_bytes` at a time, in a second write of
+//! the batch that reaches past them, under the same sync), so that most syncs flush data
+//! alone and not the file's length too. Recovery reads zeros past the last batch as prepared
+//! space, not as a torn write.
 
 use super::{Shared, State, Tail, Waiter, segment_name};
 use crate::engine::format;
