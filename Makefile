@@ -47,9 +47,11 @@ bench-e2e:
 	$(CARGO) build --release --bin chorus
 	benches/e2e_latency.sh
 
-## bench-core: criterion micro-benchmarks of the pure core (apply, placement, patterns)
+## bench-core: criterion micro-benchmarks of the pure core (apply, placement, patterns) and of
+## a publish-rate check, allowed and refused
 bench-core:
 	$(CARGO) bench --bench core
+	$(CARGO) bench -p chorus-access --bench limits
 
 ## bench-log: criterion benchmarks of the Raft log engine (group commits of 1/16/256, a shared log
 ## against a log per shard, cached and uncached reads, opening a log of 1M entries)

@@ -9,4 +9,4 @@ pub mod limits;
 pub use auth::{
     AuthError, Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, Operation, RolePermissions, mint_token,
 };
-pub use limits::{PublishRate, RateLimited};
+pub use limits::{PublishLimits, PublishRate, RateLimited};
