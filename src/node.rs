@@ -127,6 +127,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),
         auth: Authenticator::new(&config.jwt_secret, compile_roles(&config)?)
+            .with_keys(config.auth.verification_keys()?)?
+            .with_issuer(config.auth.issuer.clone())
+            .with_audience(config.auth.audience.clone())
             .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
             .with_publish_rate(PublishRate {
                 per_minute: config.clients.publish_per_minute,

@@ -390,3 +390,78 @@ async fn websockets_count_against_the_per_address_cap() -> Result<()> {
     );
     Ok(())
 }
+
+/// Tokens from an identity provider: an RS256 key from a PEM file and an ES256 key from a
+/// JWKS file, with issuer and audience required, over HTTP and QUIC alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_of_configured_keys_are_accepted_with_issuer_and_audience_checked() -> Result<()> {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/chorus-access/testdata");
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(testdata.join("ec.key.pem"))?)?;
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(testdata.join("rsa.key.pem"))?)?;
+    let keys_dir = tempfile::tempdir()?;
+    let jwks_file = keys_dir.path().join("jwks.json");
+    let mut jwk = Jwk::from_encoding_key(&ec, Algorithm::ES256)?;
+    jwk.common.key_id = Some("idp-es".into());
+    std::fs::write(&jwks_file, serde_json::to_string(&JwkSet { keys: vec![jwk] })?)?;
+    let cluster = builder()
+        .nodes(1)
+        .config(&format!(
+            "[auth]\nissuer = \"https://login.example\"\naudience = \"chorus\"\njwks_file = {:?}\n\n[[auth.keys]]\nkid = \"idp-rs\"\nalgorithm = \"RS256\"\npublic_key_file = {:?}\n",
+            jwks_file,
+            testdata.join("rsa.pub.pem")
+        ))
+        .start()
+        .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let sign = |alg: Algorithm, kid: &str, key: &EncodingKey, aud: &str| {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        let claims = json!({"sub": "carol", "exp": now + 300, "roles": ["admin"],
+            "iss": "https://login.example", "aud": aud});
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    };
+    let publish = |token: String| {
+        let request = cluster
+            .client
+            .post(format!("{}/api/v1/channels/idp.test/publish", cluster.url(1)))
+            .bearer_auth(token)
+            .json(&json!({"data": {"n": 1}}));
+        async move {
+            let response = request.send().await?;
+            Ok::<_, anyhow::Error>((response.status().as_u16(), response.text().await?))
+        }
+    };
+    let (status, body) = publish(sign(Algorithm::RS256, "idp-rs", &rsa, "chorus")).await?;
+    assert_eq!(status, 200, "RS256 from the PEM key: {body}");
+    let (status, body) = publish(sign(Algorithm::ES256, "idp-es", &ec, "chorus")).await?;
+    assert_eq!(status, 200, "ES256 from the JWKS: {body}");
+    let (status, body) = publish(sign(Algorithm::ES256, "idp-es", &ec, "another-app")).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("audience"), "{body}");
+    // The node's own HS256 tokens carry no issuer: refused once one is required.
+    let (status, body) = publish(common::token("carol", &["admin"])).await?;
+    assert_eq!(status, 401, "{body}");
+
+    let client = cluster
+        .sdk(&[1], &sign(Algorithm::RS256, "idp-rs", &rsa, "chorus"))
+        .connect()
+        .await?;
+    let ack = client.publish("idp.test", r#"{"n":2}"#).await?;
+    assert_eq!(ack.position.offset, 3, "after the two HTTP publishes");
+    let refused = cluster
+        .sdk(&[1], &sign(Algorithm::ES256, "unknown-kid", &ec, "chorus"))
+        .connect()
+        .await;
+    match refused {
+        Err(chorus_client::Error::Server { code, message }) => {
+            assert_eq!(code, "unauthorized");
+            assert!(message.contains("unknown-kid"), "{message}");
+        }
+        other => panic!("a token of an unknown key id: {:?}", other.map(|_| ())),
+    }
+    Ok(())
+}

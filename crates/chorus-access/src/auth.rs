@@ -1,12 +1,15 @@
 //! Client-token authentication and role permissions, for every client face (HTTP, QUIC,
 //! WebSocket).
 //!
-//! Tokens are HS256 JWTs with the claims `sub`, `exp`, `roles` (and optionally `device`).
+//! Tokens are JWTs with the claims `sub`, `exp`, `roles` (and optionally `nbf`, `iat`,
+//! `device`, `iss`, `aud`), signed with the node's `jwt_secret` (HS256) or one of the keys of
+//! `[auth]` (`crate::keys`).
 //! Each role maps to channel patterns per operation; a request is allowed when any of the
 //! caller's roles has a pattern matching the channel.
 
+use crate::keys::{KeyError, VerificationKey, check_unique_kids};
 use chorus_core::{ChannelPattern, ErrorCode};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +65,26 @@ pub enum AuthError {
     /// The token does not verify.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token names a key (`kid`) this node does not have.
+    #[error("token signed with unknown key id {kid:?}")]
+    UnknownKey {
+        /// The token's `kid`.
+        kid: String,
+    },
+    /// No key of this node accepts the token's algorithm (for its `kid`, if it names one).
+    #[error("token algorithm {algorithm} is not accepted{}", kid.as_ref().map(|k| format!(" for key {k:?}")).unwrap_or_default())]
+    AlgorithmNotAccepted {
+        /// The token's `alg`.
+        algorithm: String,
+        /// The token's `kid`.
+        kid: Option<String>,
+    },
+    /// The token's issuer (`iss`) is not the configured one.
+    #[error("token issuer (iss) is not the one this node accepts")]
+    WrongIssuer,
+    /// The token's audience (`aud`) does not include the configured one.
+    #[error("token audience (aud) does not include the one this node accepts")]
+    WrongAudience,
     /// The token's `exp` has passed.
     #[error("token expired")]
     Expired,
@@ -105,6 +128,10 @@ impl AuthError {
         match self {
             AuthError::Missing
             | AuthError::Invalid(_)
+            | AuthError::UnknownKey { .. }
+            | AuthError::AlgorithmNotAccepted { .. }
+            | AuthError::WrongIssuer
+            | AuthError::WrongAudience
             | AuthError::Expired
             | AuthError::NotYetValid
             | AuthError::LifetimeTooLong { .. } => ErrorCode::Unauthorized,
@@ -117,8 +144,12 @@ impl AuthError {
 /// Verifies tokens and checks permissions.
 #[derive(Clone)]
 pub struct Authenticator {
-    decoding: DecodingKey,
-    validation: Validation,
+    /// Every key, each with the validation its algorithm needs.
+    keys: Arc<Vec<(VerificationKey, Validation)>>,
+    /// Required `iss`, when configured.
+    issuer: Option<String>,
+    /// Required member of `aud`, when configured.
+    audience: Option<String>,
     roles: BTreeMap<String, RolePermissions>,
     max_lifetime: Duration,
     default_publish_rate: PublishRate,
@@ -133,20 +164,107 @@ fn limits_for(default: PublishRate, roles: &BTreeMap<String, RolePermissions>) -
 /// token lifetime (its access tokens live 1 h).
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Seconds a token's `exp`, `nbf` and lifetime may be off by (clocks of the issuer and the
+/// node differ a little).
+const TOKEN_LEEWAY_S: u64 = 5;
+
 impl Authenticator {
-    /// An authenticator for HS256 tokens signed with `secret`.
+    /// An authenticator for HS256 tokens signed with `secret` (and no `kid`).
     pub fn new(secret: &str, roles: BTreeMap<String, RolePermissions>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let key = VerificationKey::hmac_unchecked(None, Algorithm::HS256, secret.as_bytes());
         Authenticator {
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+            keys: Arc::new(vec![(key, Validation::new(Algorithm::HS256))]),
+            issuer: None,
+            audience: None,
             publish_limits: Arc::new(limits_for(PublishRate::default(), &roles)),
             roles,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
             default_publish_rate: PublishRate::default(),
+        }
+        .with_validations()
+    }
+
+    /// Also accepts tokens signed with `keys` (ids must be unique).
+    pub fn with_keys(mut self, keys: Vec<VerificationKey>) -> Result<Self, KeyError> {
+        let mut all: Vec<VerificationKey> = self.keys.iter().map(|(k, _)| k.clone()).collect();
+        all.extend(keys);
+        check_unique_kids(&all)?;
+        self.keys = Arc::new(
+            all.into_iter()
+                .map(|k| (k, Validation::new(Algorithm::HS256)))
+                .collect(),
+        );
+        Ok(self.with_validations())
+    }
+
+    /// Requires tokens to carry `iss` = `issuer`.
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer;
+        self.with_validations()
+    }
+
+    /// Requires tokens to carry `audience` in `aud`.
+    pub fn with_audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience;
+        self.with_validations()
+    }
+
+    /// Rebuilds each key's validation: its own algorithm only, `exp` and `sub` required,
+    /// `nbf` checked, 5 s of leeway for clocks, `iss` and `aud` when configured.
+    fn with_validations(mut self) -> Self {
+        let keys = self
+            .keys
+            .iter()
+            .map(|(key, _)| {
+                let mut validation = Validation::new(key.algorithm);
+                validation.leeway = TOKEN_LEEWAY_S;
+                validation.validate_nbf = true;
+                let mut required = vec!["exp", "sub"];
+                if let Some(issuer) = &self.issuer {
+                    validation.set_issuer(&[issuer]);
+                    required.push("iss");
+                }
+                match &self.audience {
+                    Some(audience) => {
+                        validation.set_audience(&[audience]);
+                        required.push("aud");
+                    }
+                    // A token may name audiences this node does not check.
+                    None => validation.validate_aud = false,
+                }
+                validation.set_required_spec_claims(&required);
+                (key.clone(), validation)
+            })
+            .collect();
+        self.keys = Arc::new(keys);
+        self
+    }
+
+    /// The one key `token` may be verified with: the one its `kid` names, else the key
+    /// without an id for its algorithm. Its algorithm must be the key's own.
+    fn key_for(&self, token: &str) -> Result<&(VerificationKey, Validation), AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let not_accepted = || AuthError::AlgorithmNotAccepted {
+            algorithm: format!("{:?}", header.alg),
+            kid: header.kid.clone(),
+        };
+        match &header.kid {
+            Some(kid) => {
+                let found = self
+                    .keys
+                    .iter()
+                    .find(|(k, _)| k.kid.as_deref() == Some(kid))
+                    .ok_or_else(|| AuthError::UnknownKey { kid: kid.clone() })?;
+                if found.0.algorithm != header.alg {
+                    return Err(not_accepted());
+                }
+                Ok(found)
+            }
+            None => self
+                .keys
+                .iter()
+                .find(|(k, _)| k.kid.is_none() && k.algorithm == header.alg)
+                .ok_or_else(not_accepted),
         }
     }
 
@@ -199,18 +317,21 @@ impl Authenticator {
     /// Verifies a token.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let (key, validation) = self.key_for(token)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 _ => AuthError::Invalid(e.to_string()),
             })?;
         let now_s = chorus_cluster::clock::unix_ms() / 1000;
         let remaining_s = claims.exp.saturating_sub(now_s);
         // The same leeway as for `exp` and `nbf`: a token minted for exactly the maximum on a
         // clock a little ahead of this node's still passes.
-        if remaining_s > self.max_lifetime.as_secs() + self.validation.leeway {
+        if remaining_s > self.max_lifetime.as_secs() + TOKEN_LEEWAY_S {
             return Err(AuthError::LifetimeTooLong {
                 remaining_s,
                 max_s: self.max_lifetime.as_secs(),

@@ -4,9 +4,11 @@
 //! for it.
 
 pub mod auth;
+pub mod keys;
 pub mod limits;
 
 pub use auth::{
     AuthError, Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, Operation, RolePermissions, mint_token,
 };
+pub use keys::{KeyError, VerificationKey, parse_algorithm};
 pub use limits::{PublishLimits, PublishRate, RateLimited};

@@ -176,6 +176,29 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Why one connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    /// The node answered the handshake with a refusal.
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+    /// The connection or handshake failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for OpenError {
+    fn from(reason: String) -> Self {
+        OpenError::Failed(reason)
+    }
+}
+
+impl From<&str> for OpenError {
+    fn from(reason: &str) -> Self {
+        OpenError::Failed(reason.to_string())
+    }
+}
+
 fn backoff(options: &ClientOptions, attempt: u32) -> Duration {
     let exp = options.backoff_initial.saturating_mul(1u32 << attempt.min(16));
     let delay = exp.min(options.backoff_max);
@@ -311,6 +334,15 @@ impl Driver {
             self.next_endpoint += 1;
             match tokio::time::timeout(self.options.connect_timeout, self.open(&endpoint)).await {
                 Ok(Ok(live)) => return Ok(live),
+                // The token itself was refused: another node or another try with the same
+                // token gets the same answer, so say so at once (with a refresher, a new
+                // token may pass).
+                Ok(Err(OpenError::Refused { code, message }))
+                    if self.options.token_refresher.is_none()
+                        && matches!(code.as_str(), "unauthorized" | "forbidden") =>
+                {
+                    return Err(Error::Server { code, message });
+                }
                 Ok(Err(e)) => last = format!("{endpoint}: {e}"),
                 Err(_) => last = format!("{endpoint}: no answer within {:?}", self.options.connect_timeout),
             }
@@ -319,7 +351,7 @@ impl Driver {
         Err(Error::Connect { attempts, last })
     }
 
-    async fn open(&mut self, endpoint: &str) -> Result<Live, String> {
+    async fn open(&mut self, endpoint: &str) -> Result<Live, OpenError> {
         let addr = tokio::net::lookup_host(endpoint)
             .await
             .map_err(|e| format!("cannot resolve: {e}"))?
@@ -376,9 +408,15 @@ impl Driver {
                     refresh_at: refresh_deadline(ok.token_expires_at),
                 })
             }
-            Some(server_frame::Kind::Disconnect(d)) => Err(format!("{}: {}", d.code, d.reason)),
-            Some(server_frame::Kind::Error(e)) => Err(format!("{}: {}", e.code, e.message)),
-            other => Err(format!("unexpected handshake reply {other:?}")),
+            Some(server_frame::Kind::Disconnect(d)) => Err(OpenError::Refused {
+                code: d.code,
+                message: d.reason,
+            }),
+            Some(server_frame::Kind::Error(e)) => Err(OpenError::Refused {
+                code: e.code,
+                message: e.message,
+            }),
+            other => Err(format!("unexpected handshake reply {other:?}").into()),
         }
     }
 

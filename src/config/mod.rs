@@ -4,6 +4,9 @@
 //! `CHORUS_*` environment variables, and command-line flags. Everything is checked once at
 //! start; an error names the field at fault. `cluster/chorus.example.toml` documents each key.
 
+mod auth;
+pub use auth::AuthConfig;
+
 use anyhow::{Context, Result, bail};
 use chorus_core::{ChannelPattern, HistoryLimits};
 use clap::Args;
@@ -291,6 +294,7 @@ struct FileConfig {
     raft_timing: Option<RaftTiming>,
     storage: Option<StorageConfig>,
     roles: Option<BTreeMap<String, RoleConfig>>,
+    auth: Option<AuthConfig>,
     clients: Option<ClientsConfig>,
     presence: Option<PresenceConfig>,
 }
@@ -328,6 +332,8 @@ pub struct NodeConfig {
     pub storage: StorageConfig,
     /// Role name to permissions.
     pub roles: BTreeMap<String, RoleConfig>,
+    /// Token keys besides `jwt_secret`, issuer and audience.
+    pub auth: AuthConfig,
     /// Client connections.
     pub clients: ClientsConfig,
     /// Presence leases and typing indicators.
@@ -423,6 +429,7 @@ impl NodeConfig {
             raft_timing: file.raft_timing.unwrap_or_default(),
             storage: file.storage.unwrap_or_default(),
             roles: file.roles.unwrap_or_else(default_roles),
+            auth: file.auth.unwrap_or_default(),
             clients: {
                 let mut clients = file.clients.unwrap_or_default();
                 clients.tls_cert = args.tls_cert.clone().or(clients.tls_cert);
@@ -529,6 +536,11 @@ impl NodeConfig {
         if t.election_timeout_max_ms <= t.election_timeout_min_ms {
             bail!("`raft_timing.election_timeout_max_ms` must exceed `raft_timing.election_timeout_min_ms`");
         }
+        // Read now so that a missing file or a bad key stops the start with its name.
+        let keys = self.auth.verification_keys()?;
+        chorus_access::Authenticator::new(&self.jwt_secret, Default::default())
+            .with_keys(keys)
+            .context("`auth`")?;
         for (name, role) in &self.roles {
             for (field, patterns) in [("publish", &role.publish), ("subscribe", &role.subscribe)] {
                 for pattern in patterns {
