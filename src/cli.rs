@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a cluster node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a local 3-node cluster (data under ./data) until Ctrl-C.
     Dev(DevArgs),
     /// Mint a client token (HS256 JWT).

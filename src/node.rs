@@ -2,7 +2,7 @@
 
 use crate::config::NodeConfig;
 use anyhow::{Context, Result};
-use chorus_access::{Authenticator, PublishRate, RolePermissions};
+use chorus_access::{Authenticator, Rate, RolePermissions};
 use chorus_cluster::service::ClusterService;
 use chorus_cluster::{ClusterConfig, ClusterMetrics, ClusterNode};
 use chorus_core::ChannelPattern;
@@ -43,7 +43,7 @@ fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions
                     publish: compile(&role.publish)?,
                     subscribe: compile(&role.subscribe)?,
                     admin: role.admin,
-                    publish_rate: role.publish_per_minute.map(|per_minute| PublishRate {
+                    publish_rate: role.publish_per_minute.map(|per_minute| Rate {
                         per_minute,
                         burst: config.clients.publish_burst,
                     }),
@@ -131,7 +131,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .with_issuer(config.auth.issuer.clone())
             .with_audience(config.auth.audience.clone())
             .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
-            .with_publish_rate(PublishRate {
+            .with_publish_rate(Rate {
                 per_minute: config.clients.publish_per_minute,
                 burst: config.clients.publish_burst,
             }),

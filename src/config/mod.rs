@@ -76,6 +76,9 @@ pub struct NodeArgs {
     /// Publishes a minute one user may make on this node (0: no limit).
     #[arg(long, env = "CHORUS_PUBLISH_PER_MINUTE")]
     pub publish_per_minute: Option<u32>,
+    /// Client connects a minute one IP address may make (0: no limit).
+    #[arg(long, env = "CHORUS_CONNECTS_PER_MINUTE_PER_IP")]
+    pub connects_per_minute_per_ip: Option<u32>,
 }
 
 /// The `[presence]` table: presence leases and typing indicators.
@@ -141,6 +144,11 @@ pub struct ClientsConfig {
     pub publish_per_minute: u32,
     /// Publishes one user may make at once after a quiet spell.
     pub publish_burst: u32,
+    /// QUIC and WebSocket connects a minute one IP address may make, sustained (0: no
+    /// limit). Each connect writes presence through Raft; a connect loop must not.
+    pub connects_per_minute_per_ip: u32,
+    /// Connects one IP address may make at once.
+    pub connect_burst_per_ip: u32,
     /// HTTP (API and WebSocket upgrade): request headers must arrive within this, and an idle
     /// kept-alive connection is closed after as long, ms.
     pub http_header_timeout_ms: u64,
@@ -164,8 +172,10 @@ impl Default for ClientsConfig {
             max_requests_in_flight: d.max_requests_in_flight,
             max_subscriptions_per_connection: d.max_subscriptions_per_connection,
             max_token_lifetime_s: chorus_access::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
-            publish_per_minute: chorus_access::PublishRate::default().per_minute,
-            publish_burst: chorus_access::PublishRate::default().burst,
+            publish_per_minute: chorus_access::Rate::default().per_minute,
+            publish_burst: chorus_access::Rate::default().burst,
+            connects_per_minute_per_ip: d.connects_per_ip.per_minute,
+            connect_burst_per_ip: d.connects_per_ip.burst,
             http_header_timeout_ms: chorus_http::server::ServeLimits::default()
                 .header_read_timeout
                 .as_millis() as u64,
@@ -439,6 +449,9 @@ impl NodeConfig {
                     .unwrap_or(clients.heartbeat_interval_ms);
                 clients.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(clients.idle_timeout_ms);
                 clients.publish_per_minute = args.publish_per_minute.unwrap_or(clients.publish_per_minute);
+                clients.connects_per_minute_per_ip = args
+                    .connects_per_minute_per_ip
+                    .unwrap_or(clients.connects_per_minute_per_ip);
                 clients
             },
             presence: {
@@ -470,6 +483,9 @@ impl NodeConfig {
             bail!(
                 "`clients.http_header_timeout_ms` and `clients.http_max_connections_per_ip` must be positive"
             );
+        }
+        if self.clients.connect_burst_per_ip == 0 {
+            bail!("`clients.connect_burst_per_ip` must be positive (connects allowed at once)");
         }
         if self.clients.publish_burst == 0 {
             bail!("`clients.publish_burst` must be positive (publishes allowed at once)");
@@ -637,6 +653,10 @@ impl NodeConfig {
                 .iter()
                 .filter_map(|p| ChannelPattern::new(p.clone()).ok())
                 .collect(),
+            connects_per_ip: chorus_access::Rate {
+                per_minute: c.connects_per_minute_per_ip,
+                burst: c.connect_burst_per_ip,
+            },
         }
     }
 

@@ -306,8 +306,10 @@ impl TestCluster {
             .args(["--shards", &self.shards.to_string()])
             .env("CHORUS_CLUSTER_SECRET", &node.cluster_secret)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
-            // Tests publish fast from one user; tests of the limit set it back.
+            // Tests publish and connect fast from one user and address; tests of the limits
+            // set them back.
             .env("CHORUS_PUBLISH_PER_MINUTE", "0")
+            .env("CHORUS_CONNECTS_PER_MINUTE_PER_IP", "0")
             // CHORUS_TEST_LOG sets the nodes' log filter when a failure needs more detail.
             .env(
                 "CHORUS_LOG",

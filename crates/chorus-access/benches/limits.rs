@@ -1,16 +1,16 @@
 //! What a publish-rate check costs, allowed and refused. A refusal must stay as cheap as an
 //! allowed check: a flood of refused publishes is exactly when it runs most.
 
-use chorus_access::{PublishLimits, PublishRate};
+use chorus_access::{PublishLimits, Rate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 fn checks(c: &mut Criterion) {
-    let unlimited_enough = PublishRate {
+    let unlimited_enough = Rate {
         per_minute: u32::MAX,
         burst: u32::MAX,
     };
-    let tight = PublishRate {
+    let tight = Rate {
         per_minute: 1,
         burst: 1,
     };

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::limits::{PublishLimits, PublishRate};
+use crate::limits::{PublishLimits, Rate};
 
 /// The claims Chorus reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -42,7 +42,7 @@ pub struct RolePermissions {
     /// Cluster administration.
     pub admin: bool,
     /// The role's own publish rate, instead of the node's default (`per_minute` 0: none).
-    pub publish_rate: Option<PublishRate>,
+    pub publish_rate: Option<Rate>,
 }
 
 /// An operation checked against the role table.
@@ -152,11 +152,11 @@ pub struct Authenticator {
     audience: Option<String>,
     roles: BTreeMap<String, RolePermissions>,
     max_lifetime: Duration,
-    default_publish_rate: PublishRate,
+    default_publish_rate: Rate,
     publish_limits: Arc<PublishLimits>,
 }
 
-fn limits_for(default: PublishRate, roles: &BTreeMap<String, RolePermissions>) -> PublishLimits {
+fn limits_for(default: Rate, roles: &BTreeMap<String, RolePermissions>) -> PublishLimits {
     PublishLimits::new(std::iter::once(default).chain(roles.values().filter_map(|r| r.publish_rate)))
 }
 
@@ -176,10 +176,10 @@ impl Authenticator {
             keys: Arc::new(vec![(key, Validation::new(Algorithm::HS256))]),
             issuer: None,
             audience: None,
-            publish_limits: Arc::new(limits_for(PublishRate::default(), &roles)),
+            publish_limits: Arc::new(limits_for(Rate::default(), &roles)),
             roles,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
-            default_publish_rate: PublishRate::default(),
+            default_publish_rate: Rate::default(),
         }
         .with_validations()
     }
@@ -269,7 +269,7 @@ impl Authenticator {
     }
 
     /// The publish rate of users whose roles set none.
-    pub fn with_publish_rate(mut self, rate: PublishRate) -> Self {
+    pub fn with_publish_rate(mut self, rate: Rate) -> Self {
         self.default_publish_rate = rate;
         self.publish_limits = Arc::new(limits_for(rate, &self.roles));
         self
@@ -278,13 +278,13 @@ impl Authenticator {
     /// Counts a publish by `claims`' user against their rate: the most generous of their
     /// roles' own rates, else the node's default.
     pub fn check_publish_rate(&self, claims: &Claims) -> Result<(), AuthError> {
-        let own: Vec<PublishRate> = claims
+        let own: Vec<Rate> = claims
             .roles
             .iter()
             .filter_map(|r| self.roles.get(r)?.publish_rate)
             .collect();
         let rate = if own.iter().any(|r| r.per_minute == 0) {
-            PublishRate {
+            Rate {
                 per_minute: 0,
                 burst: 0,
             }
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn publishes_are_limited_per_user_at_the_rate_of_their_roles() {
-        let rate = PublishRate {
+        let rate = Rate {
             per_minute: 60,
             burst: 3,
         };
@@ -517,7 +517,7 @@ mod tests {
         roles.insert(
             "service".to_string(),
             RolePermissions {
-                publish_rate: Some(PublishRate {
+                publish_rate: Some(Rate {
                     per_minute: 0,
                     burst: 0,
                 }),

@@ -11,4 +11,4 @@ pub use auth::{
     AuthError, Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, Operation, RolePermissions, mint_token,
 };
 pub use keys::{KeyError, VerificationKey, parse_algorithm};
-pub use limits::{PublishLimits, PublishRate, RateLimited};
+pub use limits::{ConnectLimits, PublishLimits, Rate, RateLimited};

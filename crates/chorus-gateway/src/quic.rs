@@ -143,7 +143,12 @@ impl Gateway {
             )));
         }
         let ending = self
-            .run_session("quic", ReceiverStream::new(inbound), outbox)
+            .run_session(
+                "quic",
+                connection.remote_address().ip(),
+                ReceiverStream::new(inbound),
+                outbox,
+            )
             .await;
         // Let the writers send what is queued (the Disconnect frame last), briefly.
         let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(writers)).await;

@@ -55,6 +55,17 @@ pub(crate) struct Session {
 pub(crate) const DEFAULT_DEVICE: &str = "default";
 
 fn disconnect(outbox: &Outbox, code: ErrorCode, reason: String, reconnect: bool) -> Ending {
+    disconnect_after(outbox, code, reason, reconnect, 0)
+}
+
+/// [`disconnect`], saying how long to wait before connecting again.
+fn disconnect_after(
+    outbox: &Outbox,
+    code: ErrorCode,
+    reason: String,
+    reconnect: bool,
+    retry_after_ms: u64,
+) -> Ending {
     let _ = outbox.push(
         Priority::Critical,
         ServerFrame {
@@ -63,6 +74,7 @@ fn disconnect(outbox: &Outbox, code: ErrorCode, reason: String, reconnect: bool)
                 code: code.as_str().to_string(),
                 reason: reason.clone(),
                 reconnect,
+                retry_after_ms,
             })),
         },
     );
@@ -78,6 +90,7 @@ impl Gateway {
     pub(crate) async fn run_session<S>(
         &self,
         transport: &'static str,
+        remote: std::net::IpAddr,
         mut inbound: S,
         outbox: Arc<Outbox>,
     ) -> Ending
@@ -87,7 +100,7 @@ impl Gateway {
         let label = TransportLabel { transport };
         self.inner.metrics.connections.get_or_create(&label).inc();
         let conn = self.next_conn_id();
-        let ending = self.session(conn, &mut inbound, &outbox).await;
+        let ending = self.session(conn, remote, &mut inbound, &outbox).await;
         self.inner.hub.disconnected(conn);
         self.inner.cluster.typing().connection_closed(conn);
         outbox.close();
@@ -102,7 +115,13 @@ impl Gateway {
         ending
     }
 
-    async fn session<S>(&self, conn: u64, inbound: &mut S, outbox: &Arc<Outbox>) -> Ending
+    async fn session<S>(
+        &self,
+        conn: u64,
+        remote: std::net::IpAddr,
+        inbound: &mut S,
+        outbox: &Arc<Outbox>,
+    ) -> Ending
     where
         S: Stream<Item = Result<ClientFrame, FrameError>> + Unpin,
     {
@@ -142,6 +161,16 @@ impl Gateway {
                     connect.protocol_version
                 ),
                 false,
+            );
+        }
+        if let Err(limited) = self.inner.connect_limits.check(remote) {
+            let retry_after_ms = limited.retry_after.as_millis().max(1) as u64;
+            return disconnect_after(
+                outbox,
+                ErrorCode::RateLimited,
+                format!("too many connects from {remote}; retry in {retry_after_ms} ms"),
+                true,
+                retry_after_ms,
             );
         }
         let claims = match self.inner.auth.verify(&connect.token) {

@@ -8,13 +8,15 @@ use crate::Gateway;
 use crate::frame::{Encoding, FrameError, decode_client_frame, encode_server_frame};
 use crate::outbox::Outbox;
 use crate::session::Ending;
+use axum::Extension;
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
 use chorus_proto::client::ClientFrame;
 use futures::{SinkExt, StreamExt};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -27,11 +29,20 @@ impl Gateway {
     }
 }
 
-async fn upgrade(State(gateway): State<Gateway>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(gateway): State<Gateway>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let limit = gateway.config().max_frame_bytes;
+    // Every listener of the node says who connected; one that did not would count all its
+    // clients as one unspecified address.
+    let remote = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ConnectInfo(addr))| {
+        addr.ip()
+    });
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| async move { gateway.ws_connection(socket).await })
+        .on_upgrade(move |socket| async move { gateway.ws_connection(socket, remote).await })
 }
 
 /// The encoding a message uses and its decoded frame; `None` for control messages (pings
@@ -72,7 +83,7 @@ fn close_frame(ending: &Ending) -> CloseFrame {
 }
 
 impl Gateway {
-    async fn ws_connection(&self, socket: WebSocket) {
+    async fn ws_connection(&self, socket: WebSocket, remote: IpAddr) {
         let config = self.config().clone();
         let limit = config.max_frame_bytes;
         let (mut sink, mut stream) = socket.split();
@@ -130,7 +141,7 @@ impl Gateway {
             Some(sink)
         });
         let ending = self
-            .run_session("websocket", ReceiverStream::new(inbound), outbox)
+            .run_session("websocket", remote, ReceiverStream::new(inbound), outbox)
             .await;
         let abort = writer.abort_handle();
         match tokio::time::timeout(Duration::from_secs(2), writer).await {

@@ -27,6 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
 
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +110,14 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) -> i
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Handlers learn the peer's address (`ConnectInfo`): the WebSocket edge limits
+        // connects per address.
+        let service = TowerToHyperService::new(app.clone().map_request(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        ));
         // The slot travels with the socket, into an upgraded WebSocket too.
         let io = TokioIo::new(Counted { stream, _slot: slot });
         tokio::spawn(async move {
