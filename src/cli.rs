@@ -152,15 +152,16 @@ pub fn mint(
     ttl: Duration,
     device: Option<String>,
 ) -> Result<String> {
-    let exp = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + ttl.as_secs();
+        .as_secs();
     let claims = chorus_access::Claims {
         sub: sub.to_string(),
-        exp,
+        exp: now + ttl.as_secs(),
         roles: roles.to_vec(),
         device,
+        iat: Some(now),
+        jti: None,
     };
     Ok(chorus_access::mint_token(secret, &claims)?)
 }

@@ -130,6 +130,12 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             .with_keys(config.auth.verification_keys()?)?
             .with_issuer(config.auth.issuer.clone())
             .with_audience(config.auth.audience.clone())
+            .with_revocations({
+                let cluster = cluster.clone();
+                Arc::new(move |claims: &chorus_access::Claims| {
+                    cluster.revoked(&claims.sub, claims.iat, claims.jti.as_deref())
+                })
+            })
             .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
             .with_publish_rate(Rate {
                 per_minute: config.clients.publish_per_minute,

@@ -30,7 +30,17 @@ pub struct Claims {
     /// The device, when the client names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// When the token was issued, seconds since the Unix epoch: a user's revocation refuses
+    /// the tokens issued until it, and those without `iat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// The token's id, for revoking this token alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
+
+/// Says whether a verified token was revoked since (the node reads the replicated list).
+pub type RevocationCheck = Arc<dyn Fn(&Claims) -> Option<chorus_core::revocation::Revoked> + Send + Sync>;
 
 /// What a role may do, compiled from configuration.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +95,12 @@ pub enum AuthError {
     /// The token's audience (`aud`) does not include the configured one.
     #[error("token audience (aud) does not include the one this node accepts")]
     WrongAudience,
+    /// The token, or every token of its user issued until then, was revoked.
+    #[error("token revoked ({})", match what { chorus_core::revocation::Revoked::User => "every token of this user issued before the revocation", chorus_core::revocation::Revoked::Token => "this token id" })]
+    Revoked {
+        /// What was revoked.
+        what: chorus_core::revocation::Revoked,
+    },
     /// The token's `exp` has passed.
     #[error("token expired")]
     Expired,
@@ -132,6 +148,7 @@ impl AuthError {
             | AuthError::AlgorithmNotAccepted { .. }
             | AuthError::WrongIssuer
             | AuthError::WrongAudience
+            | AuthError::Revoked { .. }
             | AuthError::Expired
             | AuthError::NotYetValid
             | AuthError::LifetimeTooLong { .. } => ErrorCode::Unauthorized,
@@ -152,6 +169,7 @@ pub struct Authenticator {
     audience: Option<String>,
     roles: BTreeMap<String, RolePermissions>,
     max_lifetime: Duration,
+    revocations: Option<RevocationCheck>,
     default_publish_rate: Rate,
     publish_limits: Arc<PublishLimits>,
 }
@@ -179,6 +197,7 @@ impl Authenticator {
             publish_limits: Arc::new(limits_for(Rate::default(), &roles)),
             roles,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
+            revocations: None,
             default_publish_rate: Rate::default(),
         }
         .with_validations()
@@ -298,6 +317,25 @@ impl Authenticator {
             })
     }
 
+    /// Refuses tokens that `check` finds revoked.
+    pub fn with_revocations(mut self, check: RevocationCheck) -> Self {
+        self.revocations = Some(check);
+        self
+    }
+
+    /// Refuses `claims` if they were revoked since they were verified.
+    pub fn check_revoked(&self, claims: &Claims) -> Result<(), AuthError> {
+        match self.revocations.as_ref().and_then(|check| check(claims)) {
+            Some(what) => Err(AuthError::Revoked { what }),
+            None => Ok(()),
+        }
+    }
+
+    /// The longest a token may still be valid for.
+    pub fn max_lifetime(&self) -> Duration {
+        self.max_lifetime
+    }
+
     /// Refuses tokens whose `exp` is further than `max` away.
     pub fn with_max_lifetime(mut self, max: Duration) -> Self {
         self.max_lifetime = max;
@@ -337,6 +375,7 @@ impl Authenticator {
                 max_s: self.max_lifetime.as_secs(),
             });
         }
+        self.check_revoked(&claims)?;
         Ok(claims)
     }
 
@@ -431,6 +470,8 @@ mod tests {
             exp,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             device: None,
+            iat: None,
+            jti: None,
         }
     }
 

@@ -44,6 +44,8 @@ pub enum Command {
     RosterJoin(RosterCommand),
     /// A connection's subscription to a channel with a roster ended.
     RosterLeave(RosterCommand),
+    /// Revokes a user's tokens or one token (in shard 0, read by every node).
+    Revoke(crate::revocation::RevokeCommand),
 }
 
 impl Command {
@@ -60,6 +62,7 @@ impl Command {
             Command::ExpireLease(c) => c.time_ms = now_ms,
             Command::MarkRead(c) => c.time_ms = now_ms,
             Command::RosterJoin(c) | Command::RosterLeave(c) => c.time_ms = now_ms,
+            Command::Revoke(c) => c.time_ms = now_ms,
             Command::SetLimits(_) | Command::SetClusterId(_) => {}
         }
     }
@@ -252,6 +255,8 @@ pub enum CommandResult {
         /// Member connections.
         connections: u32,
     },
+    /// A revocation was recorded.
+    Revoked,
 }
 
 /// A session's version and its channel's position.

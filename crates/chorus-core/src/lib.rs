@@ -18,6 +18,7 @@ pub mod command;
 pub mod error;
 pub mod pattern;
 pub mod presence;
+pub mod revocation;
 pub mod roster;
 pub mod shard;
 pub mod state;
@@ -32,4 +33,7 @@ pub use error::ErrorCode;
 pub use pattern::{ChannelPattern, PatternError};
 pub use presence::{ConnRef, PresenceStatus};
 pub use shard::{ShardId, shard_for};
-pub use state::{AppliedOutput, ApplyContext, HistoryLimits, HistoryPage, ShardState, StoredMessage};
+pub use state::{
+    AppliedOutput, ApplyContext, HistoryLimits, HistoryPage, ShardState, ShardStateWithoutRevocations,
+    StoredMessage,
+};

@@ -156,6 +156,7 @@ mod tests {
             .map(|o| match o {
                 AppliedOutput::Notice { event_type, data, .. } => format!("{event_type} {data}"),
                 AppliedOutput::Event { .. } => "event".into(),
+                AppliedOutput::Revoked(_) => "revoked".into(),
             })
             .collect()
     }

@@ -128,6 +128,8 @@ pub enum AppliedOutput {
         /// The command's time.
         time_ms: u64,
     },
+    /// Tokens were revoked: connections holding them are closed.
+    Revoked(crate::revocation::RevokeTarget),
 }
 
 /// An event the cluster writes itself (session operations, presence changes).
@@ -156,6 +158,41 @@ pub struct ShardState {
     reads: BTreeMap<ChannelName, BTreeMap<String, u64>>,
     /// Who is subscribed to the channels with rosters.
     rosters: Rosters,
+    /// Revoked tokens (shard 0 only). Last: a snapshot written before it existed ends just
+    /// before it (see [`ShardStateWithoutRevocations`]).
+    revocations: crate::revocation::Revocations,
+}
+
+/// [`ShardState`] as snapshots of builds before revocations encoded it (postcard has no
+/// field names: a new field cannot be read as absent, so the old layout is read whole).
+#[derive(Deserialize)]
+pub struct ShardStateWithoutRevocations {
+    limits: HistoryLimits,
+    cluster_id: Option<String>,
+    clock_ms: u64,
+    channels: BTreeMap<ChannelName, ChannelLog>,
+    sessions: BTreeMap<ChannelName, SessionDoc>,
+    presence: BTreeMap<String, UserPresence>,
+    leases: BTreeMap<u64, NodeLease>,
+    reads: BTreeMap<ChannelName, BTreeMap<String, u64>>,
+    rosters: Rosters,
+}
+
+impl From<ShardStateWithoutRevocations> for ShardState {
+    fn from(old: ShardStateWithoutRevocations) -> Self {
+        ShardState {
+            limits: old.limits,
+            cluster_id: old.cluster_id,
+            clock_ms: old.clock_ms,
+            channels: old.channels,
+            sessions: old.sessions,
+            presence: old.presence,
+            leases: old.leases,
+            reads: old.reads,
+            rosters: old.rosters,
+            revocations: Default::default(),
+        }
+    }
 }
 
 impl ShardState {
@@ -175,6 +212,11 @@ impl ShardState {
     /// The cluster id recorded by [`Command::SetClusterId`], if any.
     pub fn cluster_id(&self) -> Option<&str> {
         self.cluster_id.as_deref()
+    }
+
+    /// The revocations in force (replicated in shard 0).
+    pub fn revocations(&self) -> &crate::revocation::Revocations {
+        &self.revocations
     }
 
     /// Number of channels with state.
@@ -228,6 +270,12 @@ impl ShardState {
             }
             Command::SetClusterId(id) => {
                 CommandResult::ClusterId(self.cluster_id.get_or_insert_with(|| id.clone()).clone())
+            }
+            Command::Revoke(revoke) => {
+                let now = self.advance_clock(revoke.time_ms);
+                self.revocations.revoke(revoke, now);
+                out.push(AppliedOutput::Revoked(revoke.target.clone()));
+                CommandResult::Revoked
             }
         }
     }
@@ -1008,6 +1056,7 @@ mod tests {
             .filter_map(|o| match o {
                 AppliedOutput::Event { message, .. } => message.event_type.as_deref().map(String::from),
                 AppliedOutput::Notice { event_type, .. } => Some(event_type.clone()),
+                AppliedOutput::Revoked(_) => None,
             })
             .collect()
     }

@@ -296,6 +296,8 @@ impl HubTask {
                         FeedItem::Event(event) => self.on_event(event),
                         FeedItem::Notice(notice) => self.on_notice(notice, Priority::Normal),
                         FeedItem::SnapshotInstalled(shard) => self.catch_up(Some(*shard)),
+                        // The gateway's revocation watcher closes those connections.
+                        FeedItem::Revoked(_) => {}
                     },
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "event feed lagged; catching subscriptions up from history");

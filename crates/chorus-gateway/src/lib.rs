@@ -97,6 +97,8 @@ struct GatewayInner {
     cluster: ClusterNode,
     auth: Authenticator,
     connect_limits: chorus_access::ConnectLimits,
+    /// Bumped whenever revocations may have changed: every connection checks its token again.
+    revocations: tokio::sync::watch::Sender<u64>,
     hub: Hub,
     presence: presence::PresenceKeeper,
     config: GatewayConfig,
@@ -135,8 +137,14 @@ impl Gateway {
             config.max_subscriptions_per_connection,
             presence::HubRosters::new(presence.clone(), config.roster_channels.clone()),
         );
+        let revocations = tokio::sync::watch::Sender::new(0);
+        tokio::spawn(watch_revocations(
+            cluster.store().feed().subscribe(),
+            revocations.clone(),
+        ));
         Gateway {
             inner: Arc::new(GatewayInner {
+                revocations,
                 presence,
                 cluster,
                 auth,
@@ -163,7 +171,36 @@ impl Gateway {
             .any(|p| p.matches(channel.as_str()))
     }
 
+    /// Changes whenever connections must check their tokens against the revocations again.
+    pub(crate) fn revocation_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.revocations.subscribe()
+    }
+
     fn next_conn_id(&self) -> u64 {
         self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Tells connections to check their tokens again after a revocation was applied, after
+/// shard 0 was replaced by a snapshot (revocations may be in it), and after the feed lagged
+/// (one may have been missed). Ends with the feed.
+async fn watch_revocations(
+    mut feed: tokio::sync::broadcast::Receiver<Arc<chorus_store::FeedItem>>,
+    changes: tokio::sync::watch::Sender<u64>,
+) {
+    use chorus_store::FeedItem;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let changed = match feed.recv().await {
+            Ok(item) => matches!(
+                &*item,
+                FeedItem::Revoked(_) | FeedItem::SnapshotInstalled(chorus_core::ShardId(0))
+            ),
+            Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => return,
+        };
+        if changed {
+            changes.send_modify(|generation| *generation += 1);
+        }
     }
 }

@@ -173,6 +173,8 @@ impl Gateway {
                 retry_after_ms,
             );
         }
+        // Watched from before the token is checked: a revocation applied in between is seen.
+        let mut revocations = self.revocation_changes();
         let claims = match self.inner.auth.verify(&connect.token) {
             Ok(claims) => claims,
             Err(e) => return disconnect(outbox, e.code(), e.to_string(), false),
@@ -250,6 +252,11 @@ impl Gateway {
                         "the token expired and was not refreshed".into(),
                         true,
                     );
+                },
+                Ok(()) = revocations.changed() => {
+                    if let Err(revoked) = self.inner.auth.check_revoked(&session.claims) {
+                        return disconnect(outbox, revoked.code(), revoked.to_string(), false);
+                    }
                 },
                 _ = outbox.wait_closed() => {
                     return Ending {

@@ -51,6 +51,7 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
         .route("/api/v1/cluster", get(cluster_status))
         .route("/api/v1/cluster/join", post(join))
         .route("/api/v1/cluster/remove", post(remove))
+        .route("/api/v1/revocations", post(revoke))
         .route("/api/v1/channels/{channel}/publish", post(publish))
         .route("/api/v1/channels/{channel}/history", get(history))
         .route("/api/v1/channels/{channel}/read", post(features::mark_read))
@@ -217,6 +218,38 @@ async fn remove(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
         .map_err(|e| ApiError::bad_request(format!("remove body must be {{\"id\": <n>}}: {e}")))?;
     state.cluster.remove_node(body.id).await?;
     Ok(Json(serde_json::json!({"removed": body.id})).into_response())
+}
+
+/// `{"user": "eve"}` or `{"token_id": "..."}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    user: Option<String>,
+    token_id: Option<String>,
+}
+
+/// Revokes a user's tokens issued until now, or one token id, on every node: their
+/// connections close and the tokens are refused from then on.
+async fn revoke(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    use chorus_core::revocation::RevokeTarget;
+    require_admin(&state, &headers)?;
+    let usage = "revocation body must be {\"user\": \"<sub>\"} or {\"token_id\": \"<jti>\"}";
+    let body: RevokeBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("{usage}: {e}")))?;
+    let target = match (body.user, body.token_id) {
+        (Some(user), None) if !user.is_empty() => RevokeTarget::User(user),
+        (None, Some(id)) if !id.is_empty() => RevokeTarget::Token(id),
+        _ => return Err(ApiError::bad_request(usage)),
+    };
+    // Kept as long as a token it refuses could still be valid on any node.
+    let now_s = chorus_cluster::clock::unix_ms() / 1000;
+    let until_s = now_s + state.auth.max_lifetime().as_secs() + 60;
+    state.cluster.revoke(target.clone(), until_s).await?;
+    let (key, value) = match target {
+        RevokeTarget::User(user) => ("user", user),
+        RevokeTarget::Token(id) => ("token_id", id),
+    };
+    Ok(Json(serde_json::json!({ "revoked": { key: value }, "until": until_s })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -53,6 +53,8 @@ pub enum FeedItem {
     Notice(AppliedNotice),
     /// A shard's state was replaced by a snapshot: events in it were never reported one by one.
     SnapshotInstalled(ShardId),
+    /// Tokens were revoked (shard 0): connections holding them must close.
+    Revoked(chorus_core::revocation::RevokeTarget),
 }
 
 /// The sending side, shared by every state machine of a node. Cloning shares it.

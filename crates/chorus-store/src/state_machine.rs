@@ -197,6 +197,15 @@ impl ShardStateMachine {
     }
 }
 
+/// Decodes a snapshot's state, also in the layout of builds before revocations.
+fn decode_state(bytes: &[u8]) -> Result<ShardState, StoreError> {
+    decode::<ShardState>("snapshot state", bytes).or_else(|error| {
+        decode::<chorus_core::ShardStateWithoutRevocations>("snapshot state", bytes)
+            .map(ShardState::from)
+            .map_err(|_| error)
+    })
+}
+
 impl ShardStateMachine {
     fn report_applied(&self, outputs: Vec<AppliedOutput>) {
         let shard = self.shared.shard;
@@ -225,6 +234,7 @@ impl ShardStateMachine {
                     publisher,
                     time_ms,
                 }),
+                AppliedOutput::Revoked(target) => FeedItem::Revoked(target),
             });
         }
     }
@@ -317,7 +327,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let state: ShardState = decode("snapshot state", &snapshot).map_err(io::Error::from)?;
+        let state = decode_state(&snapshot).map_err(io::Error::from)?;
         let file = SnapshotFile {
             meta: meta.clone(),
             data: snapshot,
@@ -354,5 +364,36 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             meta: file.meta,
             snapshot: file.data,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::{ApplyContext, Command, PublishCommand};
+
+    #[test]
+    fn a_snapshot_of_the_layout_before_revocations_still_loads() {
+        let mut state = ShardState::new(HistoryLimits::default());
+        let channel = ChannelName::new("chat.room").unwrap();
+        state.apply(
+            ApplyContext { log_index: 1 },
+            &Command::Publish(PublishCommand {
+                channel,
+                data: "{\"n\":1}".into(),
+                event_type: None,
+                publisher: "alice".into(),
+                idempotency_key: None,
+                time_ms: 1_000,
+            }),
+        );
+        let bytes = encode(&state);
+        // The old layout is the new one without the trailing (empty) revocations: two empty
+        // maps, one length byte each.
+        assert_eq!(&bytes[bytes.len() - 2..], &[0, 0]);
+        let old_layout = &bytes[..bytes.len() - 2];
+        assert!(decode::<ShardState>("snapshot state", old_layout).is_err());
+        assert_eq!(decode_state(old_layout).unwrap(), state);
+        assert_eq!(decode_state(&bytes).unwrap(), state);
     }
 }

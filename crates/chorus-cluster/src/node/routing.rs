@@ -7,6 +7,7 @@ use crate::ClusterNode;
 use crate::error::ClusterError;
 use crate::forward::{ForwardError, ForwardRequest, ForwardResponse, ForwardResult};
 use crate::network::{CallError, Rpc};
+use chorus_core::revocation::{RevokeCommand, RevokeTarget, Revoked};
 use chorus_core::{
     ChannelName, Command, CommandResult, ErrorCode, HistoryPage, PublishCommand, Published, ShardId,
     shard_for,
@@ -78,6 +79,25 @@ impl ClusterNode {
                 "unexpected apply result {other:?}"
             ))),
         }
+    }
+
+    /// Revokes a user's tokens or one token on every node (through shard 0, which every node
+    /// replicates); kept until `until_s`, when no refused token can be valid any more.
+    pub async fn revoke(&self, target: RevokeTarget, until_s: u64) -> Result<(), ClusterError> {
+        let command = Command::Revoke(RevokeCommand {
+            target,
+            until_s,
+            time_ms: 0, // stamped by the leader
+        });
+        self.write(ShardId(0), vec![command]).await.map(|_| ())
+    }
+
+    /// Whether a token of `user` (issued at `issued_at_s`, with id `token_id`) is revoked,
+    /// by this node's replica of shard 0.
+    pub fn revoked(&self, user: &str, issued_at_s: Option<u64>, token_id: Option<&str>) -> Option<Revoked> {
+        self.inner.shards[0]
+            .reader
+            .with_state(|state| state.revocations().check(user, issued_at_s, token_id))
     }
 
     /// Proposes `commands` (in this order, in one entry) to `shard`'s leader, wherever it is.
