@@ -26,6 +26,9 @@ enum Command {
     /// Administer a running cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Certificates for mutual TLS between nodes.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Talk to the cluster as a client over QUIC (subscribe, publish, history).
     #[command(subcommand)]
     Client(crate::client_cli::ClientCommand),
@@ -68,6 +71,24 @@ struct TokenArgs {
     /// The HS256 secret.
     #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA and a certificate per node in a new directory: `ca.pem` (give it
+    /// to every node), `ca.key` (keep it offline), `node-<id>.pem` and `node-<id>.key`.
+    Init {
+        /// Directory to write to; files already there are never overwritten.
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+        /// Node ids, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        nodes: Vec<u64>,
+        /// Names and addresses the node certificates also carry (peers check the CA, not
+        /// the name).
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +203,23 @@ pub async fn run(cli: Cli) -> Result<()> {
                 "{}",
                 mint(&args.jwt_secret, &args.sub, &args.roles, ttl, args.device)?
             );
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Init { dir, nodes, hosts }) => {
+            let written = chorus_cluster::tls::generate(&dir, &nodes, &hosts)?;
+            println!(
+                "cluster CA: {} (key {}: keep it offline)",
+                written.ca_cert.display(),
+                written.ca_key.display()
+            );
+            for (id, cert, key) in &written.nodes {
+                println!(
+                    "node {id}: --cluster-tls-ca {} --cluster-tls-cert {} --cluster-tls-key {}",
+                    written.ca_cert.display(),
+                    cert.display(),
+                    key.display()
+                );
+            }
             Ok(())
         }
         Command::Cluster(ClusterCommand::Status { node, json, auth }) => {

@@ -94,6 +94,21 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         damaged = recovery.damage.is_some(),
         "Raft log opened"
     );
+    let peer_tls = config
+        .cluster_tls
+        .as_ref()
+        .map(|files| chorus_cluster::tls::PeerTls::load(&files.ca_file, &files.cert_file, &files.key_file))
+        .transpose()
+        .context("`cluster_tls`")?;
+    // Peers' handshakes are answered from now on (queued for the gRPC server, which starts
+    // after the shards): a peer's startup check must not wait for this node's whole start.
+    let (tls_incoming, plain_listener) = match &peer_tls {
+        Some(tls) => {
+            tracing::info!("node-to-node traffic uses mutual TLS with the cluster CA");
+            (Some(tls.incoming(raft_listener)), None)
+        }
+        None => (None, Some(raft_listener)),
+    };
     let cluster = ClusterNode::start(
         ClusterConfig {
             node_id: config.id,
@@ -112,6 +127,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             logs_kept_after_snapshot: config.raft_timing.logs_kept_after_snapshot,
             max_batch_commands: config.raft_timing.max_batch_commands,
             typing: config.typing(),
+            peer_tls: peer_tls.clone(),
         },
         store,
         cluster_metrics,
@@ -119,10 +135,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     .await
     .context("refusing to start")?;
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(ClusterService::server(cluster.clone()))
-        .serve_with_incoming(chorus_cluster::transport::tcp_incoming(raft_listener));
-    let grpc_task = tokio::spawn(grpc);
+    let grpc = tonic::transport::Server::builder().add_service(ClusterService::server(cluster.clone()));
+    let grpc_task = match (tls_incoming, plain_listener) {
+        (Some(incoming), _) => tokio::spawn(grpc.serve_with_incoming(incoming)),
+        (None, Some(listener)) => {
+            tokio::spawn(grpc.serve_with_incoming(chorus_cluster::transport::tcp_incoming(listener)))
+        }
+        (None, None) => unreachable!("the Raft listener is served either way"),
+    };
 
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),

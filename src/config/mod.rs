@@ -79,6 +79,15 @@ pub struct NodeArgs {
     /// Client connects a minute one IP address may make (0: no limit).
     #[arg(long, env = "CHORUS_CONNECTS_PER_MINUTE_PER_IP")]
     pub connects_per_minute_per_ip: Option<u32>,
+    /// The cluster CA certificate for mutual TLS between nodes (with the two below).
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_CA")]
+    pub cluster_tls_ca: Option<PathBuf>,
+    /// This node's certificate, issued by the cluster CA (`chorus certs init`).
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_CERT")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// This node's certificate key.
+    #[arg(long, env = "CHORUS_CLUSTER_TLS_KEY")]
+    pub cluster_tls_key: Option<PathBuf>,
 }
 
 /// The `[presence]` table: presence leases and typing indicators.
@@ -305,6 +314,7 @@ struct FileConfig {
     storage: Option<StorageConfig>,
     roles: Option<BTreeMap<String, RoleConfig>>,
     auth: Option<AuthConfig>,
+    cluster_tls: Option<ClusterTlsFile>,
     clients: Option<ClientsConfig>,
     presence: Option<PresenceConfig>,
 }
@@ -344,10 +354,32 @@ pub struct NodeConfig {
     pub roles: BTreeMap<String, RoleConfig>,
     /// Token keys besides `jwt_secret`, issuer and audience.
     pub auth: AuthConfig,
+    /// Mutual TLS between nodes (`None`: plain TCP).
+    pub cluster_tls: Option<ClusterTls>,
     /// Client connections.
     pub clients: ClientsConfig,
     /// Presence leases and typing indicators.
     pub presence: PresenceConfig,
+}
+
+/// The `[cluster_tls]` table as written (all three or none).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClusterTlsFile {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+/// Mutual TLS between nodes: the cluster CA and this node's certificate and key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterTls {
+    /// The CA certificate every node trusts.
+    pub ca_file: PathBuf,
+    /// This node's certificate (issued by the CA).
+    pub cert_file: PathBuf,
+    /// Its key.
+    pub key_file: PathBuf,
 }
 
 /// The shipped roles: `admin` may do everything.
@@ -440,6 +472,23 @@ impl NodeConfig {
             storage: file.storage.unwrap_or_default(),
             roles: file.roles.unwrap_or_else(default_roles),
             auth: file.auth.unwrap_or_default(),
+            cluster_tls: {
+                let file = file.cluster_tls.unwrap_or_default();
+                let ca = args.cluster_tls_ca.clone().or(file.ca_file);
+                let cert = args.cluster_tls_cert.clone().or(file.cert_file);
+                let key = args.cluster_tls_key.clone().or(file.key_file);
+                match (ca, cert, key) {
+                    (None, None, None) => None,
+                    (Some(ca_file), Some(cert_file), Some(key_file)) => Some(ClusterTls {
+                        ca_file,
+                        cert_file,
+                        key_file,
+                    }),
+                    _ => bail!(
+                        "`cluster_tls`: give `ca_file`, `cert_file` and `key_file` together (or none for plain TCP between nodes)"
+                    ),
+                }
+            },
             clients: {
                 let mut clients = file.clients.unwrap_or_default();
                 clients.tls_cert = args.tls_cert.clone().or(clients.tls_cert);
@@ -551,6 +600,10 @@ impl NodeConfig {
         }
         if t.election_timeout_max_ms <= t.election_timeout_min_ms {
             bail!("`raft_timing.election_timeout_max_ms` must exceed `raft_timing.election_timeout_min_ms`");
+        }
+        if let Some(tls) = &self.cluster_tls {
+            chorus_cluster::tls::PeerTls::load(&tls.ca_file, &tls.cert_file, &tls.key_file)
+                .context("`cluster_tls`")?;
         }
         // Read now so that a missing file or a bad key stops the start with its name.
         let keys = self.auth.verification_keys()?;

@@ -148,9 +148,17 @@ pub struct Builder {
     root: Option<PathBuf>,
     env: Vec<(String, String)>,
     held_back: Vec<u64>,
+    cluster_tls: bool,
 }
 
 impl Builder {
+    /// Mutual TLS between the nodes, with certificates from `chorus certs init` (also on for
+    /// every test when `CHORUS_TEST_CLUSTER_TLS=1`).
+    pub fn cluster_tls(mut self) -> Self {
+        self.cluster_tls = true;
+        self
+    }
+
     pub fn nodes(mut self, n: u64) -> Self {
         self.nodes = n;
         self
@@ -205,7 +213,22 @@ impl Builder {
         let peers = peers_arg(&nodes);
         let config_path = dir.path().join("extra.toml");
         std::fs::write(&config_path, &self.config)?;
+        let certs = if self.cluster_tls {
+            let certs = dir.path().join("certs");
+            // Nodes 1 to 9: room for the ones tests add later.
+            let made = Command::new(chorus_bin())
+                .args(["certs", "init", "--nodes", "1,2,3,4,5,6,7,8,9", "--dir"])
+                .arg(&certs)
+                .output()?;
+            if !made.status.success() {
+                bail!("chorus certs init: {}", String::from_utf8_lossy(&made.stderr));
+            }
+            Some(certs)
+        } else {
+            None
+        };
         let mut cluster = TestCluster {
+            certs,
             dir,
             nodes,
             peers,
@@ -255,6 +278,8 @@ fn peers_arg(nodes: &BTreeMap<u64, TestNode>) -> String {
 /// Real chorus nodes on loopback; killed when dropped.
 pub struct TestCluster {
     dir: tempfile::TempDir,
+    /// Where `chorus certs init` wrote the nodes' certificates, with mutual TLS between nodes.
+    pub certs: Option<PathBuf>,
     pub nodes: BTreeMap<u64, TestNode>,
     pub peers: String,
     pub shards: u32,
@@ -271,6 +296,7 @@ pub fn builder() -> Builder {
         root: None,
         env: Vec::new(),
         held_back: Vec::new(),
+        cluster_tls: std::env::var("CHORUS_TEST_CLUSTER_TLS").is_ok_and(|v| v == "1"),
     }
 }
 
@@ -317,6 +343,13 @@ impl TestCluster {
                 std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .envs(node.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.certs.iter().flat_map(|certs| {
+                [
+                    ("CHORUS_CLUSTER_TLS_CA", certs.join("ca.pem")),
+                    ("CHORUS_CLUSTER_TLS_CERT", certs.join(format!("node-{id}.pem"))),
+                    ("CHORUS_CLUSTER_TLS_KEY", certs.join(format!("node-{id}.key"))),
+                ]
+            }))
             .stdin(Stdio::null());
         if node.extra_args.iter().any(|a| a == "--join") {
             cmd.args(&node.extra_args);

@@ -25,6 +25,7 @@ pub mod proposer;
 mod quiet;
 pub mod service;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod typing;
 

@@ -59,6 +59,8 @@ pub struct ClusterConfig {
     pub max_batch_commands: usize,
     /// Typing indicator timers.
     pub typing: crate::typing::TypingConfig,
+    /// Mutual TLS with peers (`None`: plain TCP).
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 pub(crate) struct Shard {
@@ -142,10 +144,14 @@ impl ClusterNode {
         store: NodeStore,
         metrics: ClusterMetrics,
     ) -> Result<ClusterNode, ClusterError> {
-        let tcp = crate::transport::TcpConnector {
+        let tcp: Arc<dyn crate::transport::Connector> = Arc::new(crate::transport::TcpConnector {
             timeout: Duration::from_millis(500),
+        });
+        let connector = match &config.peer_tls {
+            Some(tls) => tls.connector(tcp),
+            None => tcp,
         };
-        Self::start_with(config, store, metrics, Arc::new(tcp)).await
+        Self::start_with(config, store, metrics, connector).await
     }
 
     /// [`ClusterNode::start`], reaching peers through `connector` (see `crate::transport`).
