@@ -202,12 +202,9 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         "chorus node started"
     );
 
-    if let Some(url) = &config.join {
-        let cluster = cluster.clone();
-        let url = url.clone();
-        let id = config.id;
-        let raft_addr = config.raft.to_string();
-        tokio::spawn(async move { join(url, id, raft_addr, cluster).await });
+    if let Some(member) = &config.join {
+        let (cluster, member) = (cluster.clone(), member.clone());
+        tokio::spawn(async move { join(member, cluster).await });
     }
 
     shutdown_signal().await;
@@ -234,30 +231,17 @@ fn certificate_names(config: &NodeConfig) -> Vec<String> {
     names
 }
 
-/// Asks a member to add this node to every shard, retrying until it succeeds.
-async fn join(url: String, id: u64, raft_addr: String, cluster: ClusterNode) {
-    let client = reqwest::Client::new();
-    let endpoint = format!("{}/api/v1/cluster/join", url.trim_end_matches('/'));
+/// Asks a member (at its node-to-node address) to add this node to every shard, retrying
+/// until it succeeds.
+async fn join(member: String, cluster: ClusterNode) {
     let mut delay = Duration::from_millis(200);
     loop {
-        let response = client
-            .post(&endpoint)
-            .header(chorus_cluster::auth::AUTH_HEADER, cluster.secret_proof())
-            .json(&serde_json::json!({ "id": id, "raft_addr": raft_addr }))
-            .timeout(Duration::from_secs(300))
-            .send()
-            .await;
-        match response {
-            Ok(r) if r.status().is_success() => {
-                tracing::info!(via = %url, "joined the cluster as a voter of every shard");
+        match cluster.join_via(&member).await {
+            Ok(cluster_id) => {
+                tracing::info!(via = %member, %cluster_id, "joined the cluster as a voter of every shard");
                 return;
             }
-            Ok(r) => {
-                let status = r.status();
-                let text = r.text().await.unwrap_or_default();
-                tracing::error!(via = %url, %status, %text, "join refused; retrying");
-            }
-            Err(e) => tracing::warn!(via = %url, error = %e, "join request failed; retrying"),
+            Err(e) => tracing::warn!(via = %member, error = %e, "join failed; retrying"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));

@@ -521,3 +521,25 @@ async fn connection_churn_from_one_address_is_throttled() -> Result<()> {
     assert!(written <= 2.0 * 20.0 + 10.0, "{written} commands for 20 connects");
     Ok(())
 }
+
+/// Found by probing: the node-to-node proof alone gave admin over plain HTTP (status, remove).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_credential_gives_no_admin_over_http() -> Result<()> {
+    let cluster = builder().nodes(1).start().await?;
+    let proof = chorus_cluster::auth::secret_proof(&cluster.node(1).cluster_secret);
+    for (method, path) in [("GET", "/api/v1/cluster"), ("POST", "/api/v1/cluster/remove")] {
+        let url = format!("{}{path}", cluster.url(1));
+        let request = match method {
+            "GET" => cluster.client.get(&url),
+            _ => cluster.client.post(&url).json(&json!({"id": 1})),
+        };
+        let response = request
+            .header(chorus_cluster::auth::AUTH_HEADER, &proof)
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), 401, "{method} {path}");
+    }
+    let (status, _) = cluster.call(1, "GET", "/api/v1/cluster", None).await?;
+    assert_eq!(status, 200, "an admin token still works");
+    Ok(())
+}

@@ -40,7 +40,8 @@ pub struct NodeArgs {
     /// The initial voters: `1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103`.
     #[arg(long, env = "CHORUS_PEERS")]
     pub peers: Option<String>,
-    /// Join a running cluster through a member's HTTP URL instead of bootstrapping.
+    /// Join a running cluster through a member's node-to-node (raft) address, ip:port,
+    /// instead of bootstrapping.
     #[arg(long, env = "CHORUS_JOIN")]
     pub join: Option<String>,
     /// Shared secret that nodes of one cluster use to authenticate each other.
@@ -334,7 +335,7 @@ pub struct NodeConfig {
     pub quic: SocketAddr,
     /// Initial voters by id (empty when joining).
     pub peers: BTreeMap<u64, String>,
-    /// A member's HTTP URL to join through.
+    /// A member's node-to-node (raft) address to join through.
     pub join: Option<String>,
     /// Node-to-node secret.
     pub cluster_secret: String,
@@ -574,10 +575,17 @@ impl NodeConfig {
                 Some(_) => {}
             }
         }
-        if let Some(url) = &self.join
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+        if let Some(member) = &self.join
+            && member.parse::<SocketAddr>().is_err()
         {
-            bail!("`join` must be a member's HTTP URL (http://host:port), got {url:?}");
+            bail!(
+                "`join` must be a member's node-to-node (raft) address, ip:port such as 127.0.0.1:7101, got {member:?}{}",
+                if member.starts_with("http") {
+                    " (joining through the HTTP API needs an admin token since node credentials no longer give admin over HTTP: give the member's raft address instead)"
+                } else {
+                    ""
+                }
+            );
         }
         if self.max_payload_bytes == 0 {
             bail!("`max_payload_bytes` must be positive");

@@ -386,7 +386,7 @@ impl TestCluster {
     pub fn add_joining_node(&mut self, id: u64, via: u64) {
         let root = self.node(via).data_dir.parent().unwrap().to_path_buf();
         let mut node = new_node(id, &root, self.dir.path());
-        node.extra_args = vec!["--join".into(), self.url(via)];
+        node.extra_args = vec!["--join".into(), self.node(via).raft.to_string()];
         self.nodes.insert(id, node);
     }
 

@@ -273,6 +273,32 @@ impl PeerPool {
             .map_err(|status| self.classify(node, addr, status))
     }
 
+    /// Asks the member at `addr` to add node `id` (reached at `raft_addr`) to every shard;
+    /// answers the cluster id once it is a voter everywhere.
+    pub async fn join(
+        &self,
+        addr: &str,
+        id: u64,
+        raft_addr: &str,
+        timeout: Duration,
+    ) -> Result<String, CallError> {
+        self.check_not_isolated()?;
+        // The member's id is unknown yet: 0 names the channel.
+        let channel = self.channel(0, addr)?;
+        let mut req = tonic::Request::new(chorus_proto::cluster::JoinRequest {
+            node_id: id,
+            raft_addr: raft_addr.to_string(),
+        });
+        req.set_timeout(timeout);
+        req.metadata_mut()
+            .insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+        ClusterClient::new(channel)
+            .join(req)
+            .await
+            .map(|r| r.into_inner().cluster_id)
+            .map_err(|status| self.classify(0, addr, status))
+    }
+
     fn classify(&self, node: u64, addr: &str, status: tonic::Status) -> CallError {
         let error = classify_status(&status);
         if matches!(error, CallError::Refused(_)) {

@@ -10,7 +10,9 @@ use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::ClusterNode;
 use chorus_core::ShardId;
 use chorus_proto::cluster::cluster_server::{Cluster, ClusterServer};
-use chorus_proto::cluster::{LinkFrame, NodeInfoReply, NodeInfoRequest, ShardMessage};
+use chorus_proto::cluster::{
+    JoinReply, JoinRequest, LinkFrame, NodeInfoReply, NodeInfoRequest, ShardMessage,
+};
 use chorus_store::TypeConfig;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -234,6 +236,26 @@ impl Cluster for ClusterService {
             shard_count: self.node.shard_count(),
             http_addr: self.node.config().http_addr.to_string(),
             recovering_shards: self.node.recovering_shards(),
+        }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let request = request.into_inner();
+        if request.raft_addr.parse::<SocketAddr>().is_err() {
+            return Err(Status::invalid_argument(format!(
+                "raft_addr {:?} is not ip:port",
+                request.raft_addr
+            )));
+        }
+        self.node
+            .add_node(request.node_id, request.raft_addr)
+            .await
+            .map_err(|e| match e.code() {
+                chorus_core::ErrorCode::BadRequest => Status::invalid_argument(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            })?;
+        Ok(Response::new(JoinReply {
+            cluster_id: self.node.cluster_id().unwrap_or_default(),
         }))
     }
 

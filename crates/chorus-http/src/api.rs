@@ -11,7 +11,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chorus_access::{Authenticator, Claims, Operation};
 use chorus_cluster::ClusterNode;
-use chorus_cluster::auth::AUTH_HEADER;
 use chorus_core::{ChannelName, ErrorCode, PublishCommand, check_publish_input};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -95,14 +94,10 @@ pub(crate) fn authorized_channel(
     Ok((claims, channel))
 }
 
-/// Admin operations accept an admin token or the node-to-node cluster credentials.
+/// Admin operations need an admin token. The node-to-node credentials are not accepted:
+/// they are for peers (over gRPC, with mutual TLS when configured), and a captured proof
+/// used to give admin over plain HTTP.
 fn require_admin(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let Some(proof) = headers.get(AUTH_HEADER).and_then(|v| v.to_str().ok()) {
-        if chorus_cluster::auth::proof_matches(proof, state.cluster.secret_proof()) {
-            return Ok(());
-        }
-        return Err(ApiError::new(ErrorCode::Unauthorized, "wrong cluster secret"));
-    }
     let claims = claims(state, headers)?;
     Ok(state.auth.authorize(&claims, Operation::Admin, "")?)
 }

@@ -74,7 +74,7 @@ pub enum StoreError {
     },
     /// The data directory has the layout of an earlier release.
     #[error(
-        "{path} holds the storage of an earlier Chorus release (format 1: the Raft log in sled); this build reads format {supported}. To upgrade this node: stop it, remove it from the cluster (`chorus cluster remove --node <member URL> <id>`), move its data directory aside, and start it with an empty one and `--join <member URL>`; it copies everything from its peers"
+        "{path} holds the storage of an earlier Chorus release (format 1: the Raft log in sled); this build reads format {supported}. To upgrade this node: stop it, remove it from the cluster (`chorus cluster remove --node <member URL> <id>`), move its data directory aside, and start it with an empty one and `--join <member raft address>`; it copies everything from its peers"
     )]
     OldLayout {
         /// The directory found.

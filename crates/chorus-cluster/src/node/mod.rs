@@ -507,6 +507,24 @@ impl ClusterNode {
             .map(|n| n.raft_addr.clone())
     }
 
+    /// Asks the member reached at `member` (its node-to-node address) to add this node to
+    /// every shard; answers the cluster id once this node is a voter everywhere.
+    pub async fn join_via(&self, member: &str) -> Result<String, ClusterError> {
+        self.inner
+            .pool
+            .join(
+                member,
+                self.node_id(),
+                &self.inner.config.raft_addr.to_string(),
+                MEMBERSHIP_DEADLINE * 2,
+            )
+            .await
+            .map_err(|e| ClusterError::Unreachable {
+                node: 0,
+                reason: format!("joining through {member}: {e}"),
+            })
+    }
+
     /// Adds node `id` at `raft_addr` to every shard: as a learner that catches up (from a
     /// snapshot when the log was purged), then as a voter.
     pub async fn add_node(&self, id: u64, raft_addr: String) -> Result<(), ClusterError> {
