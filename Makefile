@@ -65,9 +65,11 @@ chaos:
 	CHORUS_CHAOS_SECONDS=$${CHAOS_SECONDS:-600} CHORUS_CHAOS_SEED=$${SEED:-$$(date +%s)} \
 	  $(CARGO) test --test chaos chaos_round -- --exact --nocapture
 
-## fuzz: the client frame decoder under libFuzzer (needs nightly and cargo-fuzz; FUZZ_SECONDS=)
+## fuzz: each fuzz target under libFuzzer for FUZZ_SECONDS (60) each: client frames (protobuf
+## and JSON), channel patterns, session operations and publish data (needs nightly and cargo-fuzz)
 fuzz:
-	cd fuzz && $(CARGO) +nightly fuzz run frame_decoder -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd fuzz && for target in frame_decoder channel_patterns session_ops; do \
+	  $(CARGO) +nightly fuzz run $$target -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
 
 fmt:
 	$(CARGO) fmt --all
