@@ -128,6 +128,11 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             max_batch_commands: config.raft_timing.max_batch_commands,
             typing: config.typing(),
             peer_tls: peer_tls.clone(),
+            audit: match &config.audit_file {
+                Some(path) => chorus_cluster::audit::AuditLog::open(path, config.id)
+                    .with_context(|| format!("`audit_file`: cannot open {}", path.display()))?,
+                None => chorus_cluster::audit::AuditLog::disabled(),
+            },
         },
         store,
         cluster_metrics,

@@ -89,6 +89,9 @@ pub struct NodeArgs {
     /// This node's certificate key.
     #[arg(long, env = "CHORUS_CLUSTER_TLS_KEY")]
     pub cluster_tls_key: Option<PathBuf>,
+    /// The audit log (JSON lines); default `<data_dir>/audit.log`, "" turns it off.
+    #[arg(long, env = "CHORUS_AUDIT_FILE")]
+    pub audit_file: Option<String>,
 }
 
 /// The `[presence]` table: presence leases and typing indicators.
@@ -316,6 +319,7 @@ struct FileConfig {
     roles: Option<BTreeMap<String, RoleConfig>>,
     auth: Option<AuthConfig>,
     cluster_tls: Option<ClusterTlsFile>,
+    audit_file: Option<String>,
     clients: Option<ClientsConfig>,
     presence: Option<PresenceConfig>,
 }
@@ -357,6 +361,8 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     /// Mutual TLS between nodes (`None`: plain TCP).
     pub cluster_tls: Option<ClusterTls>,
+    /// The audit log's file (`None`: off).
+    pub audit_file: Option<PathBuf>,
     /// Client connections.
     pub clients: ClientsConfig,
     /// Presence leases and typing indicators.
@@ -438,7 +444,8 @@ impl NodeConfig {
             }
             (None, None) => BTreeMap::new(),
         };
-        let config = NodeConfig {
+        let audit_file = args.audit_file.clone().or(file.audit_file.clone());
+        let mut config = NodeConfig {
             id: args
                 .id
                 .or(file.id)
@@ -473,6 +480,7 @@ impl NodeConfig {
             storage: file.storage.unwrap_or_default(),
             roles: file.roles.unwrap_or_else(default_roles),
             auth: file.auth.unwrap_or_default(),
+            audit_file: None,
             cluster_tls: {
                 let file = file.cluster_tls.unwrap_or_default();
                 let ca = args.cluster_tls_ca.clone().or(file.ca_file);
@@ -510,6 +518,12 @@ impl NodeConfig {
                 presence.typing_ttl_ms = args.typing_ttl_ms.unwrap_or(presence.typing_ttl_ms);
                 presence
             },
+        };
+        // Absent: in the data directory; empty: off.
+        config.audit_file = match audit_file.as_deref() {
+            None => Some(config.data_dir.join("audit.log")),
+            Some("") => None,
+            Some(path) => Some(PathBuf::from(path)),
         };
         config.validate()?;
         Ok(config)

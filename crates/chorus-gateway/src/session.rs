@@ -13,6 +13,7 @@ use crate::outbox::{Outbox, Priority};
 use crate::{Gateway, PROTOCOL_VERSION};
 use chorus_access::Claims;
 use chorus_access::Operation;
+use chorus_cluster::audit::AuditEvent;
 use chorus_cluster::clock;
 use chorus_core::{ChannelName, ChannelPattern, ErrorCode, PublishCommand, check_publish_input};
 use chorus_proto::client::{self, ClientFrame, ServerFrame, client_frame, server_frame::Kind};
@@ -100,7 +101,7 @@ impl Gateway {
         let label = TransportLabel { transport };
         self.inner.metrics.connections.get_or_create(&label).inc();
         let conn = self.next_conn_id();
-        let ending = self.session(conn, remote, &mut inbound, &outbox).await;
+        let ending = self.session(conn, transport, remote, &mut inbound, &outbox).await;
         self.inner.hub.disconnected(conn);
         self.inner.cluster.typing().connection_closed(conn);
         outbox.close();
@@ -118,6 +119,7 @@ impl Gateway {
     async fn session<S>(
         &self,
         conn: u64,
+        transport: &'static str,
         remote: std::net::IpAddr,
         inbound: &mut S,
         outbox: &Arc<Outbox>,
@@ -163,8 +165,22 @@ impl Gateway {
                 false,
             );
         }
+        let audit_refusal = |code: ErrorCode, reason: String| {
+            self.inner.cluster.audit().record(AuditEvent::Refused {
+                face: transport,
+                remote: Some(remote.to_string()),
+                user: None,
+                code: code.as_str(),
+                target: "connect".into(),
+                reason,
+            });
+        };
         if let Err(limited) = self.inner.connect_limits.check(remote) {
             let retry_after_ms = limited.retry_after.as_millis().max(1) as u64;
+            audit_refusal(
+                ErrorCode::RateLimited,
+                format!("connect rate; retry in {retry_after_ms} ms"),
+            );
             return disconnect_after(
                 outbox,
                 ErrorCode::RateLimited,
@@ -177,7 +193,10 @@ impl Gateway {
         let mut revocations = self.revocation_changes();
         let claims = match self.inner.auth.verify(&connect.token) {
             Ok(claims) => claims,
-            Err(e) => return disconnect(outbox, e.code(), e.to_string(), false),
+            Err(e) => {
+                audit_refusal(e.code(), e.to_string());
+                return disconnect(outbox, e.code(), e.to_string(), false);
+            }
         };
         let deflate = connect.accept_compression.iter().any(|c| c == "deflate");
         let device = claims
@@ -255,6 +274,11 @@ impl Gateway {
                 },
                 Ok(()) = revocations.changed() => {
                     if let Err(revoked) = self.inner.auth.check_revoked(&session.claims) {
+                        self.inner.cluster.audit().record(AuditEvent::ConnectionRevoked {
+                            face: transport,
+                            user: session.claims.sub.clone(),
+                            reason: revoked.to_string(),
+                        });
                         return disconnect(outbox, revoked.code(), revoked.to_string(), false);
                     }
                 },

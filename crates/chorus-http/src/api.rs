@@ -68,7 +68,50 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
             Arc::new(http_metrics),
             metrics::record,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.cluster.audit().clone(),
+            audit_refusals,
+        ))
         .with_state(state)
+}
+
+/// Records refused credentials, permissions and rates in the audit log.
+async fn audit_refusals(
+    State(audit): State<chorus_cluster::audit::AuditLog>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = format!("{} {}", request.method(), request.uri().path());
+    let remote = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip().to_string());
+    let response = next.run(request).await;
+    if let Some(refused) = response.extensions().get::<ApiError>()
+        && matches!(
+            refused.code,
+            ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::RateLimited
+        )
+    {
+        audit.record(chorus_cluster::audit::AuditEvent::Refused {
+            face: "http",
+            remote,
+            user: None,
+            code: refused.code.as_str(),
+            target,
+            reason: refused.message.clone(),
+        });
+    }
+    response
+}
+
+/// Records an admin action by the caller of `headers` (already authorized).
+fn audit_admin(state: &HttpState, headers: &HeaderMap, action: &'static str, detail: serde_json::Value) {
+    let user = claims(state, headers).map_or_else(|_| "?".to_string(), |c| c.sub);
+    state
+        .cluster
+        .audit()
+        .record(chorus_cluster::audit::AuditEvent::Admin { user, action, detail });
 }
 
 pub(crate) fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
@@ -195,6 +238,12 @@ async fn join(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> R
             body.raft_addr
         )));
     }
+    audit_admin(
+        &state,
+        &headers,
+        "join",
+        serde_json::json!({"id": body.id, "raft_addr": body.raft_addr}),
+    );
     state.cluster.add_node(body.id, body.raft_addr).await?;
     Ok(
         Json(serde_json::json!({"joined": body.id, "cluster_id": state.cluster.cluster_id()}))
@@ -211,6 +260,7 @@ async fn remove(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     require_admin(&state, &headers)?;
     let body: RemoveBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("remove body must be {{\"id\": <n>}}: {e}")))?;
+    audit_admin(&state, &headers, "remove", serde_json::json!({"id": body.id}));
     state.cluster.remove_node(body.id).await?;
     Ok(Json(serde_json::json!({"removed": body.id})).into_response())
 }
@@ -239,11 +289,17 @@ async fn revoke(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     // Kept as long as a token it refuses could still be valid on any node.
     let now_s = chorus_cluster::clock::unix_ms() / 1000;
     let until_s = now_s + state.auth.max_lifetime().as_secs() + 60;
-    state.cluster.revoke(target.clone(), until_s).await?;
-    let (key, value) = match target {
-        RevokeTarget::User(user) => ("user", user),
-        RevokeTarget::Token(id) => ("token_id", id),
+    let (key, value) = match &target {
+        RevokeTarget::User(user) => ("user", user.clone()),
+        RevokeTarget::Token(id) => ("token_id", id.clone()),
     };
+    audit_admin(
+        &state,
+        &headers,
+        "revoke",
+        serde_json::json!({ key: &value, "until": until_s }),
+    );
+    state.cluster.revoke(target, until_s).await?;
     Ok(Json(serde_json::json!({ "revoked": { key: value }, "until": until_s })).into_response())
 }
 

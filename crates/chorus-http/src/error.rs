@@ -50,7 +50,7 @@ impl IntoResponse for ApiError {
             message: &self.message,
             retry_after_ms: self.retry_after_ms,
         });
-        match self.retry_after_ms {
+        let mut response = match self.retry_after_ms {
             // Retry-After counts whole seconds: rounded up, so that a client that honours it
             // is not refused again.
             Some(ms) => (
@@ -60,7 +60,10 @@ impl IntoResponse for ApiError {
             )
                 .into_response(),
             None => (status, body).into_response(),
-        }
+        };
+        // For the audit middleware: what was refused and why, without reading the body back.
+        response.extensions_mut().insert(self);
+        response
     }
 }
 

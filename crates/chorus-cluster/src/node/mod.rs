@@ -61,6 +61,8 @@ pub struct ClusterConfig {
     pub typing: crate::typing::TypingConfig,
     /// Mutual TLS with peers (`None`: plain TCP).
     pub peer_tls: Option<crate::tls::PeerTls>,
+    /// The audit log.
+    pub audit: crate::audit::AuditLog,
 }
 
 pub(crate) struct Shard {
@@ -541,6 +543,11 @@ impl ClusterNode {
                 .await?;
             tracing::info!(node = id, shard = shard.id.0, "node added as voter");
         }
+        self.audit().record(crate::audit::AuditEvent::Membership {
+            action: "added",
+            node: id,
+            raft_addr: Some(raft_addr),
+        });
         Ok(())
     }
 
@@ -563,7 +570,17 @@ impl ClusterNode {
                 .await?;
             tracing::info!(node = id, shard = shard.id.0, "node removed");
         }
+        self.audit().record(crate::audit::AuditEvent::Membership {
+            action: "removed",
+            node: id,
+            raft_addr: None,
+        });
         Ok(())
+    }
+
+    /// Where this node's security-relevant events go.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.inner.config.audit
     }
 
     /// Updates the per-shard gauges from Raft's metrics.
