@@ -6,6 +6,7 @@ mod cli;
 mod client_cli;
 mod config;
 mod dev;
+mod log_limit;
 mod node;
 
 use clap::Parser;

@@ -14,16 +14,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("CHORUS_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,h2=warn,tower=warn,hyper=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Repeats from one place are limited after the level filter: only what would be written
+    // counts against a place's share.
+    let limit = crate::log_limit::RepeatLimit::default();
+    let output = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_filter(limit.clone())
+        .with_filter(filter);
+    if tracing_subscriber::registry().with(output).try_init().is_ok() {
+        limit.report_every_window();
+    }
 }
 
 fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions>> {
