@@ -176,6 +176,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             }),
         registry,
         max_payload_bytes: config.max_payload_bytes,
+        body_timeout: Duration::from_millis(config.clients.http_body_timeout_ms),
     });
     let gateway_config = config.gateway();
     let tls = chorus_gateway::tls::load_or_generate(
@@ -205,7 +206,25 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         header_read_timeout: Duration::from_millis(config.clients.http_header_timeout_ms),
         max_connections_per_ip: config.clients.http_max_connections_per_ip,
     };
-    let http_task = tokio::spawn(chorus_http::server::serve(http_listener, app, http_limits));
+    // HTTPS and WSS with the certificate the QUIC listener presents.
+    let http_tls = if config.clients.http_tls {
+        let mut server =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(tls.chain.clone(), tls.key.clone_key())
+                .context("`clients.http_tls`: the certificate of `clients.tls_cert`")?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Some(Arc::new(server))
+    } else {
+        None
+    };
+    let http_task = tokio::spawn(chorus_http::server::serve(
+        http_listener,
+        app,
+        http_limits,
+        http_tls,
+    ));
     tracing::info!(
         node = config.id,
         http = %config.http,

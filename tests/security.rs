@@ -543,3 +543,43 @@ async fn the_node_credential_gives_no_admin_over_http() -> Result<()> {
     assert_eq!(status, 200, "an admin token still works");
     Ok(())
 }
+
+/// A request whose headers arrive but whose body never does is answered 408 after the body
+/// timeout (it used to hold its connection and a handler for as long as the client liked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_body_that_never_arrives_is_answered_408() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let cluster = builder()
+        .nodes(1)
+        .config("[clients]\nhttp_body_timeout_ms = 500\n")
+        .start()
+        .await?;
+    let token = common::token("slow", &["admin"]);
+    let head = format!(
+        "POST /api/v1/channels/slow.body/publish HTTP/1.1\r\nHost: chorus\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"data\":"
+    );
+    let mut socket = raw_connection(cluster.node(1).http, head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                return anyhow::Ok(());
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(12).any(|w| w == b"idle_timeout") {
+                return Ok(());
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer within 10 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("http_body_timeout_ms"), "{answer}");
+    // Whole requests still pass.
+    let reply = cluster.publish(1, "slow.body", json!(1), None).await?;
+    assert_eq!(reply["offset"], json!(1));
+    Ok(())
+}

@@ -89,6 +89,9 @@ pub struct NodeArgs {
     /// This node's certificate key.
     #[arg(long, env = "CHORUS_CLUSTER_TLS_KEY")]
     pub cluster_tls_key: Option<PathBuf>,
+    /// Serve HTTP and WebSockets over TLS only, with the QUIC certificate (true/false).
+    #[arg(long, env = "CHORUS_HTTP_TLS")]
+    pub http_tls: Option<bool>,
     /// The audit log (JSON lines); default `<data_dir>/audit.log`, "" turns it off.
     #[arg(long, env = "CHORUS_AUDIT_FILE")]
     pub audit_file: Option<String>,
@@ -167,6 +170,11 @@ pub struct ClientsConfig {
     pub http_header_timeout_ms: u64,
     /// HTTP: open connections one IP address may hold; more are closed at once.
     pub http_max_connections_per_ip: usize,
+    /// HTTP: a request's body must arrive within this after its headers, ms (408 after).
+    pub http_body_timeout_ms: u64,
+    /// Serve the HTTP API and WebSockets over TLS only (https://, wss://), with the QUIC
+    /// listener's certificate (`tls_cert`/`tls_key`, or the generated one).
+    pub http_tls: bool,
 }
 
 impl Default for ClientsConfig {
@@ -193,6 +201,8 @@ impl Default for ClientsConfig {
                 .header_read_timeout
                 .as_millis() as u64,
             http_max_connections_per_ip: chorus_http::server::ServeLimits::default().max_connections_per_ip,
+            http_tls: false,
+            http_body_timeout_ms: 30_000,
         }
     }
 }
@@ -507,6 +517,7 @@ impl NodeConfig {
                     .unwrap_or(clients.heartbeat_interval_ms);
                 clients.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(clients.idle_timeout_ms);
                 clients.publish_per_minute = args.publish_per_minute.unwrap_or(clients.publish_per_minute);
+                clients.http_tls = args.http_tls.unwrap_or(clients.http_tls);
                 clients.connects_per_minute_per_ip = args
                     .connects_per_minute_per_ip
                     .unwrap_or(clients.connects_per_minute_per_ip);
@@ -543,9 +554,12 @@ impl NodeConfig {
         if self.jwt_secret.len() < 16 {
             bail!("`jwt_secret` must be at least 16 characters long (it signs HS256 tokens)");
         }
-        if self.clients.http_header_timeout_ms == 0 || self.clients.http_max_connections_per_ip == 0 {
+        if self.clients.http_header_timeout_ms == 0
+            || self.clients.http_max_connections_per_ip == 0
+            || self.clients.http_body_timeout_ms == 0
+        {
             bail!(
-                "`clients.http_header_timeout_ms` and `clients.http_max_connections_per_ip` must be positive"
+                "`clients.http_header_timeout_ms`, `clients.http_body_timeout_ms` and `clients.http_max_connections_per_ip` must be positive"
             );
         }
         if self.clients.connect_burst_per_ip == 0 {

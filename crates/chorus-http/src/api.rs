@@ -33,6 +33,8 @@ pub struct HttpState {
     pub registry: Registry,
     /// Largest event payload, bytes.
     pub max_payload_bytes: usize,
+    /// A request's body must arrive within this (from the end of its headers).
+    pub body_timeout: std::time::Duration,
 }
 
 pub(crate) type Shared = Arc<HttpState>;
@@ -69,10 +71,48 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
             metrics::record,
         ))
         .layer(axum::middleware::from_fn_with_state(
+            (state.body_timeout, body_limit),
+            body_within_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.cluster.audit().clone(),
             audit_refusals,
         ))
         .with_state(state)
+}
+
+/// Reads a request's whole body within the deadline before any handler runs: a client that
+/// sends its headers and then its body slowly, or never, used to hold the connection (and a
+/// handler task) for as long as it liked. Answers 408 `idle_timeout` when it is late, 413
+/// when the body is larger than any request may be.
+async fn body_within_deadline(
+    State((deadline, limit)): State<(std::time::Duration, usize)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Ok(Err(e)) => ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body unreadable or over {limit} bytes: {e}"),
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            ErrorCode::IdleTimeout,
+            format!(
+                "the request body did not arrive within {} ms (http_body_timeout_ms)",
+                deadline.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// Records refused credentials, permissions and rates in the audit log.

@@ -9,10 +9,14 @@
 //! - At most `max_connections_per_ip` connections from one address, WebSockets included for
 //!   as long as they live; more are closed at once.
 //!
+//! - With a TLS configuration, HTTPS and WSS only: the handshake must also complete within
+//!   `header_read_timeout`.
+//!
 //! HTTP/1.1 only: what clients, browsers' WebSocket upgrades and load balancers speak over
 //! plain TCP. (Serving HTTP/2 as well means reading a preface before any timer runs.)
 //! Upgraded connections (WebSocket) leave the HTTP timeouts behind: the gateway's own
-//! connect and idle timeouts apply to them. A slow request body has no timeout yet.
+//! connect and idle timeouts apply to them. A request's body has its own deadline
+//! (`body_timeout` of the API's state, answered 408).
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 /// Limits of the HTTP listener.
@@ -86,8 +90,14 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `app` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) -> io::Result<()> {
+/// Serves `app` on `listener` until the task is dropped; over TLS when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ServeLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let per_ip = Arc::new(PerIp::default());
     let mut refusals_logged = 0u64;
     loop {
@@ -118,33 +128,56 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ServeLimits) -> i
                 request
             },
         ));
-        // The slot travels with the socket, into an upgraded WebSocket too.
-        let io = TokioIo::new(Counted { stream, _slot: slot });
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(io, service)
-                .with_upgrades();
-            // Errors are the peer's (reset, timed out): nothing to do but close.
-            let _ = connection.await;
+            match tls {
+                None => serve_connection(Counted { stream, _slot: slot }, service, limits).await,
+                Some(tls) => {
+                    // A client that does not complete its handshake in time, or fails it
+                    // (plain HTTP to an HTTPS port), is closed.
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await
+                    {
+                        serve_connection(Counted { stream, _slot: slot }, service, limits).await
+                    }
+                }
+            }
         });
     }
 }
 
+/// Serves one connection (the slot travels with the socket, into an upgraded WebSocket too).
+async fn serve_connection<S, T>(io: Counted<S>, service: T, limits: ServeLimits)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = axum::response::Response>
+        + Send
+        + 'static,
+    T::Future: Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    // Errors are the peer's (reset, timed out): nothing to do but close.
+    let _ = connection.await;
+}
+
 /// A connection that holds its place in the per-address count until it is dropped.
-struct Counted {
-    stream: TcpStream,
+struct Counted<S> {
+    stream: S,
     _slot: Slot,
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
