@@ -23,9 +23,9 @@ CHANGES=${CHANGES:-1000}; SESSION_WINDOW=${SESSION_WINDOW:-16}; SESSIONS=${SESSI
 BIN=${CHORUS_BIN:-target/release/chorus}
 [ -x "$BIN" ] || cargo build --release --bin chorus
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
-# The load generator publishes as one user, from one address: no per-user publish limit and
-# no per-address connect limit (the connections scenario opens 20,000).
-export CHORUS_PUBLISH_PER_MINUTE=0 CHORUS_CONNECTS_PER_MINUTE_PER_IP=0
+# The load generator publishes as one user and device, from one address: no per-user publish,
+# per-device request or per-address connect limit (the connections scenario opens 20,000).
+export CHORUS_PUBLISH_PER_MINUTE=0 CHORUS_CONNECTS_PER_MINUTE_PER_IP=0 CHORUS_DEVICE_REQUESTS_PER_MINUTE=0
 WORK=$(mktemp -d /tmp/chorus-bench.XXXX)
 SUPERVISORS=()
 CLUSTER_DIR=

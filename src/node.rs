@@ -170,6 +170,10 @@ pub async fn run(config: NodeConfig) -> Result<()> {
                 })
             })
             .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
+            .with_device_rate(Rate {
+                per_minute: config.clients.device_requests_per_minute,
+                burst: config.clients.device_request_burst,
+            })
             .with_publish_rate(Rate {
                 per_minute: config.clients.publish_per_minute,
                 burst: config.clients.publish_burst,

@@ -583,3 +583,60 @@ async fn a_request_body_that_never_arrives_is_answered_408() -> Result<()> {
     assert_eq!(reply["offset"], json!(1));
     Ok(())
 }
+
+/// One device may make at most `device_requests_per_minute` requests of any kind (the origin
+/// document's 500 a minute per device); another device of the same user has its own budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_are_limited_per_device_on_every_face() -> Result<()> {
+    use chorus_proto::client::{TypingQuery, client_frame, server_frame};
+    use common::wire::WsClient;
+    let cluster = builder()
+        .nodes(1)
+        .config("[clients]\ndevice_request_burst = 5\n")
+        .env("CHORUS_DEVICE_REQUESTS_PER_MINUTE", "1")
+        .start()
+        .await?;
+    let phone = common::device_token("dana", "phone", &["admin"]);
+    let mut ws = WsClient::connect(cluster.node(1).http, false).await?;
+    ws.handshake(&phone).await?;
+    let mut codes = Vec::new();
+    for id in 10..16 {
+        ws.send(
+            id,
+            client_frame::Kind::TypingQuery(TypingQuery {
+                channel: "chat.room".into(),
+            }),
+        )
+        .await?;
+        let code = ws
+            .recv_until(std::time::Duration::from_secs(10), |f| {
+                (f.id == id).then(|| match &f.kind {
+                    Some(server_frame::Kind::Error(e)) => (e.code.clone(), e.retry_after_ms),
+                    _ => ("ok".to_string(), 0),
+                })
+            })
+            .await?;
+        codes.push(code);
+    }
+    assert!(codes[..5].iter().all(|(c, _)| c == "ok"), "{codes:?}");
+    assert_eq!(codes[5].0, "rate_limited", "{codes:?}");
+    assert!(codes[5].1 > 0, "with a retry-after: {codes:?}");
+    // The same device over HTTP shares the budget.
+    let http = cluster
+        .client
+        .get(format!("{}/api/v1/channels/chat.room/history", cluster.url(1)))
+        .bearer_auth(&phone)
+        .send()
+        .await?;
+    assert_eq!(http.status().as_u16(), 429);
+    // Another device of the same user has its own.
+    let laptop = common::device_token("dana", "laptop", &["admin"]);
+    let http = cluster
+        .client
+        .get(format!("{}/api/v1/channels/chat.room/history", cluster.url(1)))
+        .bearer_auth(&laptop)
+        .send()
+        .await?;
+    assert_eq!(http.status().as_u16(), 200);
+    Ok(())
+}

@@ -89,6 +89,9 @@ pub struct NodeArgs {
     /// This node's certificate key.
     #[arg(long, env = "CHORUS_CLUSTER_TLS_KEY")]
     pub cluster_tls_key: Option<PathBuf>,
+    /// Requests a minute one device may make on this node (0: no limit).
+    #[arg(long, env = "CHORUS_DEVICE_REQUESTS_PER_MINUTE")]
+    pub device_requests_per_minute: Option<u32>,
     /// Serve HTTP and WebSockets over TLS only, with the QUIC certificate (true/false).
     #[arg(long, env = "CHORUS_HTTP_TLS")]
     pub http_tls: Option<bool>,
@@ -170,6 +173,11 @@ pub struct ClientsConfig {
     pub http_header_timeout_ms: u64,
     /// HTTP: open connections one IP address may hold; more are closed at once.
     pub http_max_connections_per_ip: usize,
+    /// Requests of any kind one device (user and `device` claim) may make a minute on this
+    /// node, sustained (0: no limit).
+    pub device_requests_per_minute: u32,
+    /// Requests one device may make at once.
+    pub device_request_burst: u32,
     /// HTTP: a request's body must arrive within this after its headers, ms (408 after).
     pub http_body_timeout_ms: u64,
     /// Serve the HTTP API and WebSockets over TLS only (https://, wss://), with the QUIC
@@ -203,6 +211,8 @@ impl Default for ClientsConfig {
             http_max_connections_per_ip: chorus_http::server::ServeLimits::default().max_connections_per_ip,
             http_tls: false,
             http_body_timeout_ms: 30_000,
+            device_requests_per_minute: chorus_access::DEFAULT_DEVICE_RATE.per_minute,
+            device_request_burst: chorus_access::DEFAULT_DEVICE_RATE.burst,
         }
     }
 }
@@ -518,6 +528,9 @@ impl NodeConfig {
                 clients.idle_timeout_ms = args.idle_timeout_ms.unwrap_or(clients.idle_timeout_ms);
                 clients.publish_per_minute = args.publish_per_minute.unwrap_or(clients.publish_per_minute);
                 clients.http_tls = args.http_tls.unwrap_or(clients.http_tls);
+                clients.device_requests_per_minute = args
+                    .device_requests_per_minute
+                    .unwrap_or(clients.device_requests_per_minute);
                 clients.connects_per_minute_per_ip = args
                     .connects_per_minute_per_ip
                     .unwrap_or(clients.connects_per_minute_per_ip);
@@ -561,6 +574,9 @@ impl NodeConfig {
             bail!(
                 "`clients.http_header_timeout_ms`, `clients.http_body_timeout_ms` and `clients.http_max_connections_per_ip` must be positive"
             );
+        }
+        if self.clients.device_request_burst == 0 {
+            bail!("`clients.device_request_burst` must be positive (requests allowed at once)");
         }
         if self.clients.connect_burst_per_ip == 0 {
             bail!("`clients.connect_burst_per_ip` must be positive (connects allowed at once)");

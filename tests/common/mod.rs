@@ -337,6 +337,7 @@ impl TestCluster {
             // set them back.
             .env("CHORUS_PUBLISH_PER_MINUTE", "0")
             .env("CHORUS_CONNECTS_PER_MINUTE_PER_IP", "0")
+            .env("CHORUS_DEVICE_REQUESTS_PER_MINUTE", "0")
             // CHORUS_TEST_LOG sets the nodes' log filter when a failure needs more detail.
             .env(
                 "CHORUS_LOG",

@@ -172,6 +172,9 @@ pub struct Authenticator {
     revocations: Option<RevocationCheck>,
     default_publish_rate: Rate,
     publish_limits: Arc<PublishLimits>,
+    /// Requests of every kind per device (user and `device` claim).
+    device_rate: Rate,
+    device_limits: Arc<PublishLimits>,
 }
 
 fn limits_for(default: Rate, roles: &BTreeMap<String, RolePermissions>) -> PublishLimits {
@@ -181,6 +184,13 @@ fn limits_for(default: Rate, roles: &BTreeMap<String, RolePermissions>) -> Publi
 /// The longest a token may still be valid for, by default: the origin document's refresh
 /// token lifetime (its access tokens live 1 h).
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Requests one device may make by default: the origin document's 500 a minute per device,
+/// after a burst of 50.
+pub const DEFAULT_DEVICE_RATE: Rate = Rate {
+    per_minute: 500,
+    burst: 50,
+};
 
 /// Seconds a token's `exp`, `nbf` and lifetime may be off by (clocks of the issuer and the
 /// node differ a little).
@@ -199,6 +209,8 @@ impl Authenticator {
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
             revocations: None,
             default_publish_rate: Rate::default(),
+            device_rate: DEFAULT_DEVICE_RATE,
+            device_limits: Arc::new(PublishLimits::new([DEFAULT_DEVICE_RATE])),
         }
         .with_validations()
     }
@@ -292,6 +304,31 @@ impl Authenticator {
         self.default_publish_rate = rate;
         self.publish_limits = Arc::new(limits_for(rate, &self.roles));
         self
+    }
+
+    /// Requests one device may make (`per_minute` 0: no limit).
+    pub fn with_device_rate(mut self, rate: Rate) -> Self {
+        self.device_rate = rate;
+        self.device_limits = Arc::new(PublishLimits::new([rate]));
+        self
+    }
+
+    /// Counts one request of any kind by `claims`' device (the user and its `device` claim)
+    /// against the device rate.
+    pub fn check_device_rate(&self, claims: &Claims) -> Result<(), AuthError> {
+        if self.device_rate.per_minute == 0 {
+            return Ok(());
+        }
+        let device = format!(
+            "{}\u{0}{}",
+            claims.sub,
+            claims.device.as_deref().unwrap_or_default()
+        );
+        self.device_limits
+            .check(&device, self.device_rate)
+            .map_err(|limited| AuthError::RateLimited {
+                retry_after_ms: limited.retry_after.as_millis().max(1) as u64,
+            })
     }
 
     /// Counts a publish by `claims`' user against their rate: the most generous of their

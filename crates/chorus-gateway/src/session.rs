@@ -307,6 +307,23 @@ impl Session {
         }
     }
 
+    /// Answers request `id` with a rate refusal and when to try again.
+    fn rate_limited(&self, id: u64, refused: &chorus_access::AuthError) {
+        let retry_after_ms = match refused {
+            chorus_access::AuthError::RateLimited { retry_after_ms } => *retry_after_ms,
+            _ => 0,
+        };
+        self.reply(
+            id,
+            Kind::Error(client::Error {
+                code: refused.code().as_str().to_string(),
+                message: refused.to_string(),
+                sub: 0,
+                retry_after_ms,
+            }),
+        );
+    }
+
     pub(crate) fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>, sub: u64) {
         self.reply(id, error_kind(code, message, sub));
     }
@@ -314,6 +331,18 @@ impl Session {
     /// Handles one frame. An `Err` closes the connection; request failures are replies.
     async fn handle(&mut self, frame: ClientFrame) -> Result<(), Fatal> {
         let id = frame.id;
+        // Every request counts against the device's rate; keep-alives and token refreshes
+        // do not (refusing them would only close the connection sooner).
+        let request = !matches!(
+            frame.kind,
+            None | Some(
+                client_frame::Kind::Ping(_) | client_frame::Kind::Pong(_) | client_frame::Kind::Refresh(_)
+            )
+        );
+        if request && let Err(refused) = self.gateway.inner.auth.check_device_rate(&self.claims) {
+            self.rate_limited(id, &refused);
+            return Ok(());
+        }
         match frame.kind {
             None => Err((ErrorCode::Protocol, "frame with no kind".into())),
             Some(client_frame::Kind::Connect(_)) => {
@@ -538,19 +567,7 @@ impl Session {
             return;
         };
         if let Err(refused) = inner.auth.check_publish_rate(&self.claims) {
-            let retry_after_ms = match refused {
-                chorus_access::AuthError::RateLimited { retry_after_ms } => retry_after_ms,
-                _ => 0,
-            };
-            return self.reply(
-                id,
-                Kind::Error(client::Error {
-                    code: refused.code().as_str().to_string(),
-                    message: refused.to_string(),
-                    sub: 0,
-                    retry_after_ms,
-                }),
-            );
+            return self.rate_limited(id, &refused);
         }
         let event_type = Some(publish.event_type).filter(|t| !t.is_empty());
         let key = Some(publish.idempotency_key).filter(|k| !k.is_empty());

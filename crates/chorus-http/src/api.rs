@@ -147,16 +147,23 @@ async fn audit_refusals(
 
 /// Records an admin action by the caller of `headers` (already authorized).
 fn audit_admin(state: &HttpState, headers: &HeaderMap, action: &'static str, detail: serde_json::Value) {
-    let user = claims(state, headers).map_or_else(|_| "?".to_string(), |c| c.sub);
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let user = state
+        .auth
+        .verify_header(header)
+        .map_or_else(|_| "?".to_string(), |c| c.sub);
     state
         .cluster
         .audit()
         .record(chorus_cluster::audit::AuditEvent::Admin { user, action, detail });
 }
 
+/// The caller's verified claims; each call counts one request against the device's rate.
 pub(crate) fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    Ok(state.auth.verify_header(header)?)
+    let claims = state.auth.verify_header(header)?;
+    state.auth.check_device_rate(&claims)?;
+    Ok(claims)
 }
 
 /// The caller's claims and `name` as a channel, when the name is valid and `operation` is
