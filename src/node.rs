@@ -38,7 +38,7 @@ fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions
     let compile = |patterns: &[String]| -> Result<Vec<ChannelPattern>> {
         patterns
             .iter()
-            .map(|p| Ok(ChannelPattern::new(p.clone())?))
+            .map(|p| Ok(ChannelPattern::for_roles(p.clone())?))
             .collect()
     };
     config

@@ -640,3 +640,40 @@ async fn requests_are_limited_per_device_on_every_face() -> Result<()> {
     assert_eq!(http.status().as_u16(), 200);
     Ok(())
 }
+
+/// A role's `{sub}` token gives each user their own channels, and nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_role_pattern_with_the_subject_gives_each_user_their_own_channels() -> Result<()> {
+    let cluster = builder()
+        .nodes(1)
+        .config("[roles.member]\npublish = [\"user.{sub}.>\"]\nsubscribe = [\"user.{sub}.>\"]\n")
+        .start()
+        .await?;
+    let alice = common::token("alice", &["member"]);
+    let publish = |channel: &'static str| {
+        let request = cluster
+            .client
+            .post(format!("{}/api/v1/channels/{channel}/publish", cluster.url(1)))
+            .bearer_auth(&alice)
+            .json(&json!({"data": 1}));
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    assert_eq!(publish("user.alice.inbox").await?, 200);
+    assert_eq!(publish("user.bob.inbox").await?, 403);
+    // A subject is one token: a token whose subject has dots reaches nothing.
+    let dotted = common::token("alice.inbox", &["member"]);
+    let status = cluster
+        .client
+        .post(format!(
+            "{}/api/v1/channels/user.alice.inbox.x/publish",
+            cluster.url(1)
+        ))
+        .bearer_auth(&dotted)
+        .json(&json!({"data": 1}))
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 403);
+    Ok(())
+}

@@ -665,7 +665,7 @@ impl NodeConfig {
         for (name, role) in &self.roles {
             for (field, patterns) in [("publish", &role.publish), ("subscribe", &role.subscribe)] {
                 for pattern in patterns {
-                    ChannelPattern::new(pattern.clone())
+                    ChannelPattern::for_roles(pattern.clone())
                         .with_context(|| format!("`roles.{name}.{field}`"))?;
                 }
             }

@@ -423,8 +423,8 @@ impl Authenticator {
             .iter()
             .filter_map(|r| self.roles.get(r))
             .any(|role| match operation {
-                Operation::Publish => role.publish.iter().any(|p| p.matches(channel)),
-                Operation::Subscribe => role.subscribe.iter().any(|p| p.matches(channel)),
+                Operation::Publish => role.publish.iter().any(|p| p.matches_for(channel, &claims.sub)),
+                Operation::Subscribe => role.subscribe.iter().any(|p| p.matches_for(channel, &claims.sub)),
                 Operation::Admin => role.admin,
             });
         if allowed {
@@ -451,7 +451,7 @@ impl Authenticator {
             .roles
             .iter()
             .filter_map(|r| self.roles.get(r))
-            .any(|role| role.subscribe.iter().any(|p| p.covers(pattern)));
+            .any(|role| role.subscribe.iter().any(|p| p.covers_for(pattern, &claims.sub)));
         if allowed {
             return Ok(());
         }
@@ -621,5 +621,35 @@ mod tests {
         for _ in 0..100 {
             auth.check_publish_rate(&service).unwrap();
         }
+    }
+
+    #[test]
+    fn a_role_pattern_with_the_subject_gives_each_user_their_own_channels() {
+        let roles = BTreeMap::from([(
+            "member".to_string(),
+            RolePermissions {
+                publish: vec![ChannelPattern::for_roles("user.{sub}.>").unwrap()],
+                subscribe: vec![ChannelPattern::for_roles("user.{sub}.>").unwrap()],
+                ..Default::default()
+            },
+        )]);
+        let auth = Authenticator::new(SECRET, roles);
+        let alice = claims(&["member"], now() + 60);
+        assert!(
+            auth.authorize(&alice, Operation::Publish, "user.alice.inbox")
+                .is_ok()
+        );
+        assert!(
+            auth.authorize(&alice, Operation::Publish, "user.bob.inbox")
+                .is_err()
+        );
+        assert!(
+            auth.authorize(&alice, Operation::Subscribe, "user.alice.a.b")
+                .is_ok()
+        );
+        let own = ChannelPattern::new("user.alice.*").unwrap();
+        assert!(auth.authorize_pattern(&alice, &own).is_ok());
+        let everyone = ChannelPattern::new("user.*.inbox").unwrap();
+        assert!(auth.authorize_pattern(&alice, &everyone).is_err());
     }
 }

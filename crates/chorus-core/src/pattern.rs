@@ -31,6 +31,8 @@ enum Token {
     Literal(String),
     One,
     Tail,
+    /// `{sub}` in a role's pattern: the one token equal to the caller's subject.
+    Subject,
 }
 
 /// A validated channel pattern.
@@ -44,7 +46,18 @@ pub struct ChannelPattern {
 impl ChannelPattern {
     /// Parses and validates a pattern.
     pub fn new(pattern: impl Into<String>) -> Result<Self, PatternError> {
-        let source = pattern.into();
+        Self::parse(pattern.into(), false)
+    }
+
+    /// A role's pattern, which may also hold `{sub}` as a whole token: the caller's own
+    /// subject there (`user.{sub}.>` lets each user reach their own channels). A subject is
+    /// compared with one channel token, never spliced into the pattern, so a subject with
+    /// dots or wildcards in it matches nothing instead of widening the pattern.
+    pub fn for_roles(pattern: impl Into<String>) -> Result<Self, PatternError> {
+        Self::parse(pattern.into(), true)
+    }
+
+    fn parse(source: String, subject_allowed: bool) -> Result<Self, PatternError> {
         let invalid = |reason: String| PatternError::Invalid {
             pattern: source.clone(),
             reason,
@@ -52,7 +65,11 @@ impl ChannelPattern {
         // Validate as a channel name with the wildcards replaced by a legal token.
         let probe: String = source
             .split('.')
-            .map(|t| if t == "*" || t == ">" { "x" } else { t })
+            .map(|t| match t {
+                "*" | ">" => "x",
+                "{sub}" if subject_allowed => "x",
+                other => other,
+            })
             .collect::<Vec<_>>()
             .join(".");
         ChannelName::validate(&probe).map_err(|e| invalid(e.to_string()))?;
@@ -61,6 +78,7 @@ impl ChannelPattern {
         for (i, part) in parts.iter().enumerate() {
             tokens.push(match *part {
                 "*" => Token::One,
+                "{sub}" => Token::Subject,
                 ">" if i + 1 == parts.len() => Token::Tail,
                 ">" => {
                     return Err(PatternError::TailNotLast {
@@ -78,8 +96,17 @@ impl ChannelPattern {
         self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
     }
 
-    /// Whether `channel` matches.
+    /// Whether `channel` matches (a `{sub}` token matches nothing: see [`Self::matches_for`]).
     pub fn matches(&self, channel: &str) -> bool {
+        self.matches_subject(channel, None)
+    }
+
+    /// Whether `channel` matches for the caller `subject` (its `{sub}` tokens).
+    pub fn matches_for(&self, channel: &str, subject: &str) -> bool {
+        self.matches_subject(channel, Some(subject))
+    }
+
+    fn matches_subject(&self, channel: &str, subject: Option<&str>) -> bool {
         let mut names = channel.split('.');
         for token in &self.tokens {
             match token {
@@ -94,6 +121,11 @@ impl ChannelPattern {
                         return false;
                     }
                 }
+                Token::Subject => {
+                    if subject.is_none() || names.next() != subject {
+                        return false;
+                    }
+                }
             }
         }
         names.next().is_none()
@@ -103,6 +135,15 @@ impl ChannelPattern {
     /// `chat.>` may subscribe to `chat.*.typing`, one allowed `chat.*` may not subscribe to
     /// `chat.>` (it would receive `chat.1.x`).
     pub fn covers(&self, other: &ChannelPattern) -> bool {
+        self.covers_subject(other, None)
+    }
+
+    /// [`Self::covers`] for the caller `subject` (this pattern's `{sub}` tokens).
+    pub fn covers_for(&self, other: &ChannelPattern, subject: &str) -> bool {
+        self.covers_subject(other, Some(subject))
+    }
+
+    fn covers_subject(&self, other: &ChannelPattern, subject: Option<&str>) -> bool {
         let mut theirs = other.tokens.iter();
         for token in &self.tokens {
             let Some(their) = theirs.next() else {
@@ -112,6 +153,8 @@ impl ChannelPattern {
                 (Token::Tail, _) => return true,
                 (_, Token::Tail) => return false,
                 (Token::One, _) => {}
+                (Token::Subject, Token::Literal(b)) if subject == Some(b.as_str()) => {}
+                (Token::Subject, _) | (_, Token::Subject) => return false,
                 (Token::Literal(_), Token::One) => return false,
                 (Token::Literal(a), Token::Literal(b)) if a != b => return false,
                 (Token::Literal(_), Token::Literal(_)) => {}
@@ -194,5 +237,27 @@ mod tests {
             ChannelPattern::new(""),
             Err(PatternError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_subject_token_matches_the_callers_own_channels_only() {
+        let own = ChannelPattern::for_roles("user.{sub}.>").unwrap();
+        assert!(own.matches_for("user.alice.inbox", "alice"));
+        assert!(!own.matches_for("user.bob.inbox", "alice"));
+        assert!(!own.matches("user.alice.inbox"), "no subject, no match");
+        // A subject is one token: dots and wildcards in it widen nothing.
+        assert!(!own.matches_for("user.a.b.inbox", "a.b"));
+        assert!(!own.matches_for("user.x.inbox", ">"));
+        assert!(!own.matches_for("user.x.inbox", "*"));
+        let theirs = ChannelPattern::new("user.alice.*").unwrap();
+        assert!(own.covers_for(&theirs, "alice"));
+        assert!(!own.covers_for(&theirs, "bob"));
+        assert!(!own.covers_for(&ChannelPattern::new("user.*.inbox").unwrap(), "alice"));
+        // Clients cannot use the placeholder in their own patterns.
+        assert!(ChannelPattern::new("user.{sub}.>").is_err());
+        assert!(
+            ChannelPattern::for_roles("user.x{sub}.>").is_err(),
+            "a whole token only"
+        );
     }
 }
