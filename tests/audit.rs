@@ -26,19 +26,39 @@ async fn refusals_and_admin_actions_are_audited_as_json_lines() -> Result<()> {
         matches!(answer, Some(server_frame::Kind::Disconnect(_))),
         "{answer:?}"
     );
+    // A connected user without the permission: the publish is refused and audited with who.
+    let mut nobody = WsClient::connect(cluster.node(1).http, false).await?;
+    nobody.handshake(&common::token("mallory", &["nobody"])).await?;
+    nobody
+        .send(
+            2,
+            client_frame::Kind::Publish(chorus_proto::client::Publish {
+                channel: "audit.secret".into(),
+                data: "1".into(),
+                ..Default::default()
+            }),
+        )
+        .await?;
+    let refusal = nobody
+        .recv_until(Duration::from_secs(10), |f| (f.id == 2).then(|| f.kind.clone()))
+        .await?;
+    assert!(
+        matches!(refusal, Some(server_frame::Kind::Error(_))),
+        "{refusal:?}"
+    );
     let (status, _) = cluster
         .call(1, "POST", "/api/v1/revocations", Some(json!({"user": "eve"})))
         .await?;
     assert_eq!(status, 200);
 
     let path = cluster.node(1).data_dir.join("audit.log");
-    let lines: Vec<Value> = common::wait_for("three audit lines", Duration::from_secs(10), || async {
+    let lines: Vec<Value> = common::wait_for("four audit lines", Duration::from_secs(10), || async {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let lines: Vec<Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        (lines.len() >= 3).then_some(lines)
+        (lines.len() >= 4).then_some(lines)
     })
     .await?;
     let find = |event: &str, face: Option<&str>| {
@@ -52,8 +72,17 @@ async fn refusals_and_admin_actions_are_audited_as_json_lines() -> Result<()> {
     assert_eq!(http["code"], "unauthorized");
     assert_eq!(http["target"], "POST /api/v1/channels/audit.test/publish");
     assert_eq!(http["remote"], "127.0.0.1");
-    let ws = find("refused", Some("websocket"));
-    assert_eq!(ws["target"], "connect");
+    let ws = lines
+        .iter()
+        .find(|l| l["face"] == "websocket" && l["target"] == "connect")
+        .expect("the refused connect");
+    assert_eq!(ws["code"], "unauthorized");
+    let forbidden = lines
+        .iter()
+        .find(|l| l["face"] == "websocket" && l["code"] == "forbidden")
+        .expect("the forbidden publish");
+    assert_eq!(forbidden["user"], "mallory");
+    assert_eq!(forbidden["target"], "audit.secret");
     let admin = find("admin", None);
     assert_eq!(admin["action"], "revoke");
     assert_eq!(admin["user"], "tester");

@@ -43,6 +43,10 @@ fn token_deadline(exp: u64, grace: Duration) -> Instant {
 }
 
 pub(crate) struct Session {
+    /// `quic` or `websocket`.
+    transport: &'static str,
+    /// The client's address.
+    remote: std::net::IpAddr,
     pub(crate) gateway: Gateway,
     pub(crate) subscriber: Subscriber,
     pub(crate) claims: Claims,
@@ -208,6 +212,8 @@ impl Gateway {
             .presence
             .connected(conn, claims.sub.clone(), device.clone());
         let mut session = Session {
+            transport,
+            remote,
             presence,
             gateway: self.clone(),
             subscriber: Subscriber {
@@ -307,8 +313,21 @@ impl Session {
         }
     }
 
+    /// Records a request refused for its permissions or rate in the audit log.
+    fn audit_refusal(&self, refused: &chorus_access::AuthError, target: &str) {
+        self.gateway.inner.cluster.audit().record(AuditEvent::Refused {
+            face: self.transport,
+            remote: Some(self.remote.to_string()),
+            user: Some(self.claims.sub.clone()),
+            code: refused.code().as_str(),
+            target: target.to_string(),
+            reason: refused.to_string(),
+        });
+    }
+
     /// Answers request `id` with a rate refusal and when to try again.
     fn rate_limited(&self, id: u64, refused: &chorus_access::AuthError) {
+        self.audit_refusal(refused, "request");
         let retry_after_ms = match refused {
             chorus_access::AuthError::RateLimited { retry_after_ms } => *retry_after_ms,
             _ => 0,
@@ -512,6 +531,7 @@ impl Session {
                 );
             }
             if let Err(e) = auth.authorize_pattern(&self.claims, &pattern) {
+                self.audit_refusal(&e, pattern.as_str());
                 return self.error(id, e.code(), e.to_string(), request.sub);
             }
             Target::Pattern(pattern)
@@ -547,6 +567,7 @@ impl Session {
             .auth
             .authorize(&self.claims, operation, channel.as_str())
         {
+            self.audit_refusal(&e, channel.as_str());
             self.error(id, e.code(), e.to_string(), 0);
             return None;
         }
