@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN    = target/debug/chorus
 
-.PHONY: run test lint fmt build bench bench-nats bench-e2e bench-features bench-core bench-log chaos fuzz cluster-up cluster-down clean-data
+.PHONY: run test test-tls lint fmt build bench bench-nats bench-e2e bench-features bench-core bench-log chaos fuzz cluster-up cluster-down clean-data
 
 ## run: a local 3-node cluster (data under ./data) that prints how to connect; Ctrl-C stops it
 run: build
@@ -12,11 +12,19 @@ run: build
 build:
 	$(CARGO) build --bin chorus
 
-## test: unit tests, openraft's storage suite, doc examples and the process-level tests
+## test: unit tests, openraft's storage suite, doc examples and the process-level tests, then
+## test-tls
 test:
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(MAKE) test-tls
+
+## test-tls: the cluster, client and chaos suites again with mutual TLS between the nodes and
+## HTTPS/WSS (and QUIC) for clients with certificates of a cluster CA (`chorus certs init`)
+test-tls:
+	CHORUS_TEST_CLUSTER_TLS=1 CHORUS_TEST_CLIENT_TLS=1 \
+	  $(CARGO) nextest run --no-fail-fast --test cluster --test client --test client_wire --test chaos
 
 ## lint: formatting and clippy, warnings are errors
 lint:

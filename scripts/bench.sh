@@ -25,7 +25,8 @@ BIN=${CHORUS_BIN:-target/release/chorus}
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
 # The load generator publishes as one user and device, from one address: no per-user publish,
 # per-device request or per-address connect limit (the connections scenario opens 20,000).
-export CHORUS_PUBLISH_PER_MINUTE=0 CHORUS_CONNECTS_PER_MINUTE_PER_IP=0 CHORUS_DEVICE_REQUESTS_PER_MINUTE=0
+export CHORUS_PUBLISH_PER_MINUTE=0 CHORUS_CONNECTS_PER_MINUTE_PER_IP=0 CHORUS_DEVICE_REQUESTS_PER_MINUTE=0 \
+  CHORUS_SUBSCRIBE_PER_MINUTE=0 CHORUS_TYPING_PER_MINUTE=0 CHORUS_COLLAB_OPS_PER_MINUTE=0 CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP=0
 WORK=$(mktemp -d /tmp/chorus-bench.XXXX)
 SUPERVISORS=()
 CLUSTER_DIR=

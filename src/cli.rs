@@ -124,6 +124,9 @@ struct AdminAuth {
     /// The JWT secret, to mint an admin token.
     #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// For an `https://` node: trust this PEM certificate (its CA, or the node's own).
+    #[arg(long = "ca", env = "CHORUS_CA")]
+    ca: Option<PathBuf>,
 }
 
 impl AdminAuth {
@@ -249,7 +252,15 @@ async fn admin_request<T: serde::de::DeserializeOwned>(
     auth: &AdminAuth,
 ) -> Result<T> {
     let url = format!("{}{}", node.trim_end_matches('/'), path);
-    let client = reqwest::Client::new();
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &auth.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        client = client.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{}: not a PEM certificate", ca.display()))?,
+        );
+    }
+    let client = client.build()?;
     let mut request = match method {
         "POST" => client.post(&url),
         _ => client.get(&url),

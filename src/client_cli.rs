@@ -19,7 +19,7 @@ pub struct Connection {
     #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Trust this PEM certificate (repeatable). Default: data/*/tls/cert.pem of `make run`.
-    #[arg(long = "ca")]
+    #[arg(long = "ca", env = "CHORUS_CA")]
     pub cas: Vec<PathBuf>,
     /// Trust a certificate with this SHA-256 fingerprint (repeatable; as the node logs it).
     #[arg(long = "fingerprint")]

@@ -2,7 +2,7 @@
 
 use crate::config::NodeConfig;
 use anyhow::{Context, Result};
-use chorus_access::{Authenticator, Rate, RolePermissions};
+use chorus_access::{Authenticator, RolePermissions};
 use chorus_cluster::service::ClusterService;
 use chorus_cluster::{ClusterConfig, ClusterMetrics, ClusterNode};
 use chorus_core::ChannelPattern;
@@ -51,10 +51,7 @@ fn compile_roles(config: &NodeConfig) -> Result<BTreeMap<String, RolePermissions
                     publish: compile(&role.publish)?,
                     subscribe: compile(&role.subscribe)?,
                     admin: role.admin,
-                    publish_rate: role.publish_per_minute.map(|per_minute| Rate {
-                        per_minute,
-                        burst: config.clients.publish_burst,
-                    }),
+                    rates: config.clients.role_rates(role),
                 },
             ))
         })
@@ -157,27 +154,22 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         (None, None) => unreachable!("the Raft listener is served either way"),
     };
 
+    let auth = Authenticator::new(&config.jwt_secret, compile_roles(&config)?)
+        .with_keys(config.auth.verification_keys()?)?
+        .with_issuer(config.auth.issuer.clone())
+        .with_audience(config.auth.audience.clone())
+        .with_revocations({
+            let cluster = cluster.clone();
+            Arc::new(move |claims: &chorus_access::Claims| {
+                cluster.revoked(&claims.sub, claims.iat, claims.jti.as_deref())
+            })
+        })
+        .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
+        .with_rates(config.clients.rate_settings());
+    auth.register_metrics(&mut registry);
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),
-        auth: Authenticator::new(&config.jwt_secret, compile_roles(&config)?)
-            .with_keys(config.auth.verification_keys()?)?
-            .with_issuer(config.auth.issuer.clone())
-            .with_audience(config.auth.audience.clone())
-            .with_revocations({
-                let cluster = cluster.clone();
-                Arc::new(move |claims: &chorus_access::Claims| {
-                    cluster.revoked(&claims.sub, claims.iat, claims.jti.as_deref())
-                })
-            })
-            .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
-            .with_device_rate(Rate {
-                per_minute: config.clients.device_requests_per_minute,
-                burst: config.clients.device_request_burst,
-            })
-            .with_publish_rate(Rate {
-                per_minute: config.clients.publish_per_minute,
-                burst: config.clients.publish_burst,
-            }),
+        auth,
         registry,
         max_payload_bytes: config.max_payload_bytes,
         body_timeout: Duration::from_millis(config.clients.http_body_timeout_ms),
@@ -231,7 +223,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     ));
     tracing::info!(
         node = config.id,
-        http = %config.http,
+        http = %format_args!("{}://{}", if config.clients.http_tls { "https" } else { "http" }, config.http),
         raft = %config.raft,
         shards = config.shards,
         data_dir = %config.data_dir.display(),

@@ -18,7 +18,7 @@ async fn refusals_and_admin_actions_are_audited_as_json_lines() -> Result<()> {
         .publish_raw(1, "audit.test", r#"{"data": 1}"#, forged)
         .await;
     assert!(refused.is_err());
-    let mut ws = WsClient::connect(cluster.node(1).http, false).await?;
+    let mut ws = WsClient::connect(cluster.node(1), false).await?;
     ws.send(1, client_frame::Kind::Connect(common::wire::connect(forged)))
         .await?;
     let answer = ws.recv(Duration::from_secs(10)).await?.and_then(|f| f.kind);
@@ -27,7 +27,7 @@ async fn refusals_and_admin_actions_are_audited_as_json_lines() -> Result<()> {
         "{answer:?}"
     );
     // A connected user without the permission: the publish is refused and audited with who.
-    let mut nobody = WsClient::connect(cluster.node(1).http, false).await?;
+    let mut nobody = WsClient::connect(cluster.node(1), false).await?;
     nobody.handshake(&common::token("mallory", &["nobody"])).await?;
     nobody
         .send(

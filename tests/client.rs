@@ -42,8 +42,8 @@ async fn clients_on_node_1_receive_in_order_what_nodes_2_and_3_publish() -> Resu
     assert_eq!(client.node_id(), Some(1));
     let mut sdk_sub = client.subscribe(channel, SubscribeOptions::default()).await?;
 
-    let mut ws_bin = WsClient::connect(cluster.node(1).http, false).await?;
-    let mut ws_json = WsClient::connect(cluster.node(1).http, true).await?;
+    let mut ws_bin = WsClient::connect(cluster.node(1), false).await?;
+    let mut ws_json = WsClient::connect(cluster.node(1), true).await?;
     for ws in [&mut ws_bin, &mut ws_json] {
         ws.handshake(&admin).await?;
         ws.send(

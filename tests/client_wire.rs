@@ -142,7 +142,7 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
         ),
         (true, Message::Text("not json at all".into())),
     ] {
-        let mut ws = WsClient::connect(cluster.node(1).http, json).await?;
+        let mut ws = WsClient::connect(cluster.node(1), json).await?;
         ws.handshake(&cluster.token).await?;
         ws.send_raw(message).await?;
         let code = ws
@@ -199,7 +199,7 @@ async fn bad_bytes_on_the_wire_close_only_that_connection() -> Result<()> {
 async fn large_event_data_is_compressed_when_negotiated() -> Result<()> {
     let cluster = common::builder().start().await?;
     let channel = "chat.big";
-    let mut deflating = WsClient::connect(cluster.node(1).http, false).await?;
+    let mut deflating = WsClient::connect(cluster.node(1), false).await?;
     let mut hello = connect(&cluster.token);
     hello.accept_compression = vec!["deflate".into()];
     deflating.send(1, client_frame::Kind::Connect(hello)).await?;
@@ -210,7 +210,7 @@ async fn large_event_data_is_compressed_when_negotiated() -> Result<()> {
         })
         .await?;
     assert_eq!(compression, "deflate");
-    let mut plain = WsClient::connect(cluster.node(1).http, false).await?;
+    let mut plain = WsClient::connect(cluster.node(1), false).await?;
     plain.handshake(&cluster.token).await?;
     for ws in [&mut deflating, &mut plain] {
         ws.send(
@@ -256,10 +256,10 @@ async fn large_event_data_is_compressed_when_negotiated() -> Result<()> {
 #[tokio::test]
 async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
     let cluster = common::builder().config(FAST_TIMERS).start().await?;
-    let http = cluster.node(1).http;
+    let node = cluster.node(1);
 
     // Answers nothing: pinged, then closed as idle.
-    let mut silent = WsClient::connect(http, true).await?;
+    let mut silent = WsClient::connect(node, true).await?;
     silent.handshake(&cluster.token).await?;
     let mut pings = 0;
     let code = silent
@@ -282,7 +282,7 @@ async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
     assert!(pings >= 2, "pinged {pings} times before the idle timeout");
 
     // Never sends Connect: closed after the connect timeout.
-    let mut mute = WsClient::connect(http, false).await?;
+    let mut mute = WsClient::connect(node, false).await?;
     let frame = mute.recv(Duration::from_secs(10)).await?;
     assert!(
         matches!(&frame, Some(f) if matches!(&f.kind, Some(server_frame::Kind::Disconnect(d)) if d.code == "protocol_error")),
@@ -290,7 +290,7 @@ async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
     );
 
     // A token expiring in 2 s, not refreshed: token_expired after the grace period.
-    let mut expiring = WsClient::connect(http, true).await?;
+    let mut expiring = WsClient::connect(node, true).await?;
     expiring.handshake(&token_expiring_in("eve", 2)).await?;
     // It keeps the connection alive with pings, so only the token (2 s + 0.5 s) can end it.
     let mut code = None;
@@ -313,7 +313,7 @@ async fn heartbeats_idle_timeout_and_token_expiry() -> Result<()> {
     assert_eq!(code.as_deref(), Some("token_expired"));
 
     // The same, refreshed in time (and answering pings): still open well past the old expiry.
-    let mut refreshed = WsClient::connect(http, true).await?;
+    let mut refreshed = WsClient::connect(node, true).await?;
     refreshed.handshake(&token_expiring_in("eve", 2)).await?;
     refreshed
         .send(

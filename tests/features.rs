@@ -57,7 +57,7 @@ async fn typing_crosses_nodes_and_stops_on_request_disconnect_and_node_death() -
         .await?;
     let channel = "room.typing";
     // The observer is a WebSocket (JSON) client on node 1.
-    let mut ws = WsClient::connect(cluster.node(1).http, true).await?;
+    let mut ws = WsClient::connect(cluster.node(1), true).await?;
     ws.handshake(&token("watcher", &["admin"])).await?;
     let subscribe = wire::Subscribe {
         sub: 1,
@@ -647,7 +647,7 @@ async fn bad_session_and_presence_input_gets_clear_errors_and_changes_nothing() 
     );
 
     // The same rules over WebSocket (protobuf).
-    let mut ws = WsClient::connect(cluster.node(2).http, false).await?;
+    let mut ws = WsClient::connect(cluster.node(2), false).await?;
     ws.handshake(&token("wes", &["admin"])).await?;
     let bad_path = wire::SessionOp {
         session: "doc.bad".into(),

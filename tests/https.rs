@@ -9,36 +9,15 @@ use chorus_proto::client::{ClientFrame, ServerFrame, client_frame, server_frame}
 use common::builder;
 use futures::{SinkExt, StreamExt};
 use prost::Message as _;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A TLS connection to `addr` that trusts only the certificate in `cert`.
-async fn tls(addr: SocketAddr, cert: &Path) -> Result<TlsStream<TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(cert)? {
-        roots.add(cert?)?;
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let tcp = TcpStream::connect(addr).await?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    Ok(connector.connect(ServerName::try_from("localhost")?, tcp).await?)
-}
 
 /// `GET path` over HTTPS: the status code and body.
 async fn https_get(addr: SocketAddr, cert: &Path, path: &str) -> Result<(u16, String)> {
-    let mut stream = tls(addr, cert).await?;
+    let mut stream = common::wire::tls_connect(addr, cert).await?;
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
@@ -71,7 +50,11 @@ async fn the_api_and_websockets_are_served_over_tls_only() -> Result<()> {
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
 
     // WSS: the same protocol as ws://, inside TLS.
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls(http, &cert).await?).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        "wss://localhost/ws",
+        common::wire::tls_connect(http, &cert).await?,
+    )
+    .await?;
     let connect = ClientFrame {
         id: 1,
         kind: Some(client_frame::Kind::Connect(common::wire::connect(&cluster.token))),

@@ -55,11 +55,11 @@ async fn a_revoked_users_connections_close_on_every_node_within_a_second() -> Re
     let alice = common::mint(json!({"sub": "alice", "roles": ["admin"], "iat": issued}));
     let mut eves = Vec::new();
     for node in 1..=3 {
-        let mut ws = WsClient::connect(cluster.node(node).http, false).await?;
+        let mut ws = WsClient::connect(cluster.node(node), false).await?;
         ws.handshake(&eve).await?;
         eves.push(ws);
     }
-    let mut bystander = WsClient::connect(cluster.node(2).http, false).await?;
+    let mut bystander = WsClient::connect(cluster.node(2), false).await?;
     bystander.handshake(&alice).await?;
 
     let (status, reply) = revoke(&cluster, 1, json!({"user": "eve"})).await?;
@@ -88,7 +88,7 @@ async fn a_revoked_users_connections_close_on_every_node_within_a_second() -> Re
     // Refused on every node from now on, over HTTP and WebSocket alike.
     for node in 1..=3 {
         assert_eq!(publish_status(&cluster, node, &eve).await?, 401, "node {node}");
-        let mut again = WsClient::connect(cluster.node(node).http, false).await?;
+        let mut again = WsClient::connect(cluster.node(node), false).await?;
         assert!(
             again.handshake(&eve).await.is_err(),
             "node {node} let eve in again"
@@ -105,7 +105,7 @@ async fn a_revoked_token_id_is_refused_and_the_users_other_tokens_pass() -> Resu
     let cluster = builder().nodes(1).start().await?;
     let stolen = common::mint(json!({"sub": "bob", "roles": ["admin"], "iat": now_s(), "jti": "t-9"}));
     let other = common::mint(json!({"sub": "bob", "roles": ["admin"], "iat": now_s(), "jti": "t-10"}));
-    let mut ws = WsClient::connect(cluster.node(1).http, false).await?;
+    let mut ws = WsClient::connect(cluster.node(1), false).await?;
     ws.handshake(&stolen).await?;
     let (status, reply) = revoke(&cluster, 1, json!({"token_id": "t-9"})).await?;
     assert_eq!(status, 200, "{reply}");

@@ -8,6 +8,7 @@ mod auth;
 pub use auth::AuthConfig;
 
 use anyhow::{Context, Result, bail};
+use chorus_access::{OperationClass, Rate, RateSettings};
 use chorus_core::{ChannelPattern, HistoryLimits};
 use clap::Args;
 use serde::Deserialize;
@@ -80,6 +81,18 @@ pub struct NodeArgs {
     /// Client connects a minute one IP address may make (0: no limit).
     #[arg(long, env = "CHORUS_CONNECTS_PER_MINUTE_PER_IP")]
     pub connects_per_minute_per_ip: Option<u32>,
+    /// Subscribes and history reads a minute one user may make on this node (0: no limit).
+    #[arg(long, env = "CHORUS_SUBSCRIBE_PER_MINUTE")]
+    pub subscribe_per_minute: Option<u32>,
+    /// Typing indicators a minute one user may send on this node (0: no limit).
+    #[arg(long, env = "CHORUS_TYPING_PER_MINUTE")]
+    pub typing_per_minute: Option<u32>,
+    /// Collaborative-session requests a minute one user may make on this node (0: no limit).
+    #[arg(long, env = "CHORUS_COLLAB_OPS_PER_MINUTE")]
+    pub collab_ops_per_minute: Option<u32>,
+    /// HTTP API requests a minute one IP address may make (0: no limit).
+    #[arg(long, env = "CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP")]
+    pub http_requests_per_minute_per_ip: Option<u32>,
     /// The cluster CA certificate for mutual TLS between nodes (with the two below).
     #[arg(long, env = "CHORUS_CLUSTER_TLS_CA")]
     pub cluster_tls_ca: Option<PathBuf>,
@@ -163,6 +176,27 @@ pub struct ClientsConfig {
     pub publish_per_minute: u32,
     /// Publishes one user may make at once after a quiet spell.
     pub publish_burst: u32,
+    /// Subscribes and history reads a minute one user may make on this node, sustained (0:
+    /// no limit; `roles.<name>.subscribe_per_minute` per role). Each reads a page of the log.
+    pub subscribe_per_minute: u32,
+    /// Subscribes and history reads at once.
+    pub subscribe_burst: u32,
+    /// Typing indicators (and typing queries) a minute one user may send on this node (0: no
+    /// limit; `roles.<name>.typing_per_minute` per role).
+    pub typing_per_minute: u32,
+    /// Typing indicators at once.
+    pub typing_burst: u32,
+    /// Collaborative-session requests (create, operation, read) a minute one user may make
+    /// on this node (0: no limit; `roles.<name>.collab_ops_per_minute` per role).
+    pub collab_ops_per_minute: u32,
+    /// Collaborative-session requests at once.
+    pub collab_ops_burst: u32,
+    /// HTTP API requests (`/api/...`) a minute one IP address may make, counted before the
+    /// token is checked (0: no limit). Probes and scrapes (`/health`, `/ready`, `/metrics`)
+    /// are not counted.
+    pub http_requests_per_minute_per_ip: u32,
+    /// HTTP API requests one IP address may make at once.
+    pub http_request_burst_per_ip: u32,
     /// QUIC and WebSocket connects a minute one IP address may make, sustained (0: no
     /// limit). Each connect writes presence through Raft; a connect loop must not.
     pub connects_per_minute_per_ip: u32,
@@ -185,9 +219,65 @@ pub struct ClientsConfig {
     pub http_tls: bool,
 }
 
+impl ClientsConfig {
+    /// Every rate of the node, for users whose roles set none.
+    pub fn rate_settings(&self) -> RateSettings {
+        let rate = |per_minute, burst| Rate { per_minute, burst };
+        RateSettings {
+            classes: BTreeMap::from([
+                (
+                    OperationClass::Publish,
+                    rate(self.publish_per_minute, self.publish_burst),
+                ),
+                (
+                    OperationClass::Subscribe,
+                    rate(self.subscribe_per_minute, self.subscribe_burst),
+                ),
+                (
+                    OperationClass::Typing,
+                    rate(self.typing_per_minute, self.typing_burst),
+                ),
+                (
+                    OperationClass::Collab,
+                    rate(self.collab_ops_per_minute, self.collab_ops_burst),
+                ),
+            ]),
+            device: rate(self.device_requests_per_minute, self.device_request_burst),
+            connects_per_ip: rate(self.connects_per_minute_per_ip, self.connect_burst_per_ip),
+            http_requests_per_ip: rate(
+                self.http_requests_per_minute_per_ip,
+                self.http_request_burst_per_ip,
+            ),
+        }
+    }
+
+    /// `role`'s own rates per class, with the node's bursts.
+    pub fn role_rates(&self, role: &RoleConfig) -> BTreeMap<OperationClass, Rate> {
+        let node = self.rate_settings().classes;
+        [
+            (OperationClass::Publish, role.publish_per_minute),
+            (OperationClass::Subscribe, role.subscribe_per_minute),
+            (OperationClass::Typing, role.typing_per_minute),
+            (OperationClass::Collab, role.collab_ops_per_minute),
+        ]
+        .into_iter()
+        .filter_map(|(class, per_minute)| {
+            Some((
+                class,
+                Rate {
+                    per_minute: per_minute?,
+                    burst: node[&class].burst,
+                },
+            ))
+        })
+        .collect()
+    }
+}
+
 impl Default for ClientsConfig {
     fn default() -> Self {
         let d = chorus_gateway::GatewayConfig::default();
+        let rates = RateSettings::default();
         ClientsConfig {
             tls_cert: None,
             tls_key: None,
@@ -201,18 +291,26 @@ impl Default for ClientsConfig {
             max_requests_in_flight: d.max_requests_in_flight,
             max_subscriptions_per_connection: d.max_subscriptions_per_connection,
             max_token_lifetime_s: chorus_access::DEFAULT_MAX_TOKEN_LIFETIME.as_secs(),
-            publish_per_minute: chorus_access::Rate::default().per_minute,
-            publish_burst: chorus_access::Rate::default().burst,
-            connects_per_minute_per_ip: d.connects_per_ip.per_minute,
-            connect_burst_per_ip: d.connects_per_ip.burst,
+            publish_per_minute: rates.classes[&OperationClass::Publish].per_minute,
+            publish_burst: rates.classes[&OperationClass::Publish].burst,
+            connects_per_minute_per_ip: rates.connects_per_ip.per_minute,
+            connect_burst_per_ip: rates.connects_per_ip.burst,
+            subscribe_per_minute: rates.classes[&OperationClass::Subscribe].per_minute,
+            subscribe_burst: rates.classes[&OperationClass::Subscribe].burst,
+            typing_per_minute: rates.classes[&OperationClass::Typing].per_minute,
+            typing_burst: rates.classes[&OperationClass::Typing].burst,
+            collab_ops_per_minute: rates.classes[&OperationClass::Collab].per_minute,
+            collab_ops_burst: rates.classes[&OperationClass::Collab].burst,
+            http_requests_per_minute_per_ip: rates.http_requests_per_ip.per_minute,
+            http_request_burst_per_ip: rates.http_requests_per_ip.burst,
             http_header_timeout_ms: chorus_http::server::ServeLimits::default()
                 .header_read_timeout
                 .as_millis() as u64,
             http_max_connections_per_ip: chorus_http::server::ServeLimits::default().max_connections_per_ip,
             http_tls: false,
             http_body_timeout_ms: 30_000,
-            device_requests_per_minute: chorus_access::DEFAULT_DEVICE_RATE.per_minute,
-            device_request_burst: chorus_access::DEFAULT_DEVICE_RATE.burst,
+            device_requests_per_minute: rates.device.per_minute,
+            device_request_burst: rates.device.burst,
         }
     }
 }
@@ -314,8 +412,15 @@ pub struct RoleConfig {
     /// Cluster administration (join, remove, status).
     pub admin: bool,
     /// This role's publish rate per user, instead of `clients.publish_per_minute` (0: no
-    /// limit). A user with several roles gets the most generous.
+    /// limit). A user with several roles gets the most generous; the same for the three below.
     pub publish_per_minute: Option<u32>,
+    /// This role's rate of subscribes and history reads, instead of `clients.subscribe_per_minute`.
+    pub subscribe_per_minute: Option<u32>,
+    /// This role's rate of typing indicators, instead of `clients.typing_per_minute`.
+    pub typing_per_minute: Option<u32>,
+    /// This role's rate of collaborative-session requests, instead of
+    /// `clients.collab_ops_per_minute`.
+    pub collab_ops_per_minute: Option<u32>,
 }
 
 /// The TOML file: every key optional; flags and env override it.
@@ -417,7 +522,7 @@ pub fn default_roles() -> BTreeMap<String, RoleConfig> {
             publish: vec![">".into()],
             subscribe: vec![">".into()],
             admin: true,
-            publish_per_minute: None,
+            ..Default::default()
         },
     )])
 }
@@ -534,6 +639,15 @@ impl NodeConfig {
                 clients.connects_per_minute_per_ip = args
                     .connects_per_minute_per_ip
                     .unwrap_or(clients.connects_per_minute_per_ip);
+                clients.subscribe_per_minute =
+                    args.subscribe_per_minute.unwrap_or(clients.subscribe_per_minute);
+                clients.typing_per_minute = args.typing_per_minute.unwrap_or(clients.typing_per_minute);
+                clients.collab_ops_per_minute = args
+                    .collab_ops_per_minute
+                    .unwrap_or(clients.collab_ops_per_minute);
+                clients.http_requests_per_minute_per_ip = args
+                    .http_requests_per_minute_per_ip
+                    .unwrap_or(clients.http_requests_per_minute_per_ip);
                 clients
             },
             presence: {
@@ -758,10 +872,6 @@ impl NodeConfig {
                 .iter()
                 .filter_map(|p| ChannelPattern::new(p.clone()).ok())
                 .collect(),
-            connects_per_ip: chorus_access::Rate {
-                per_minute: c.connects_per_minute_per_ip,
-                burst: c.connect_burst_per_ip,
-            },
         }
     }
 

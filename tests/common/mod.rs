@@ -127,12 +127,18 @@ pub struct TestNode {
     pub extra_args: Vec<String>,
     pub extra_env: Vec<(String, String)>,
     pub cluster_secret: String,
+    /// The CA that issued this node's client-facing certificate, when clients reach it over
+    /// TLS only (HTTPS, WSS; see [`Builder::client_tls`]).
+    pub client_ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl TestNode {
     pub fn url(&self) -> String {
-        format!("http://{}", self.http)
+        match self.client_ca {
+            Some(_) => format!("https://{}", self.http),
+            None => format!("http://{}", self.http),
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -149,9 +155,18 @@ pub struct Builder {
     env: Vec<(String, String)>,
     held_back: Vec<u64>,
     cluster_tls: bool,
+    client_tls: bool,
 }
 
 impl Builder {
+    /// HTTPS and WSS for clients (the HTTP port serves TLS only), with node certificates of a
+    /// CA from `chorus certs init` that the test's clients trust (also on for every test when
+    /// `CHORUS_TEST_CLIENT_TLS=1`).
+    pub fn client_tls(mut self) -> Self {
+        self.client_tls = true;
+        self
+    }
+
     /// Mutual TLS between the nodes, with certificates from `chorus certs init` (also on for
     /// every test when `CHORUS_TEST_CLUSTER_TLS=1`).
     pub fn cluster_tls(mut self) -> Self {
@@ -204,16 +219,9 @@ impl Builder {
     pub fn spawn(self) -> Result<TestCluster> {
         let dir = tempfile::tempdir()?;
         let root = self.root.clone().unwrap_or_else(|| dir.path().to_path_buf());
-        let mut nodes = BTreeMap::new();
-        for id in 1..=self.nodes {
-            let mut node = new_node(id, &root, dir.path());
-            node.extra_env = self.env.clone();
-            nodes.insert(id, node);
-        }
-        let peers = peers_arg(&nodes);
         let config_path = dir.path().join("extra.toml");
         std::fs::write(&config_path, &self.config)?;
-        let certs = if self.cluster_tls {
+        let certs = if self.cluster_tls || self.client_tls {
             let certs = dir.path().join("certs");
             // Nodes 1 to 9: room for the ones tests add later.
             let made = Command::new(chorus_bin())
@@ -227,16 +235,30 @@ impl Builder {
         } else {
             None
         };
+        let client_ca = certs
+            .as_ref()
+            .filter(|_| self.client_tls)
+            .map(|certs| certs.join("ca.pem"));
+        let mut nodes = BTreeMap::new();
+        for id in 1..=self.nodes {
+            let mut node = new_node(id, &root, dir.path(), client_ca.clone());
+            node.extra_env = self.env.clone();
+            nodes.insert(id, node);
+        }
+        let peers = peers_arg(&nodes);
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(ca) = &client_ca {
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?);
+        }
         let mut cluster = TestCluster {
             certs,
+            cluster_tls: self.cluster_tls,
             dir,
             nodes,
             peers,
             shards: self.shards,
             config_path,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
+            client: client.build()?,
             token: token("tester", &["admin"]),
         };
         let ids: Vec<u64> = cluster
@@ -252,7 +274,7 @@ impl Builder {
     }
 }
 
-fn new_node(id: u64, root: &Path, logs: &Path) -> TestNode {
+fn new_node(id: u64, root: &Path, logs: &Path, client_ca: Option<PathBuf>) -> TestNode {
     TestNode {
         id,
         http: SocketAddr::from(([127, 0, 0, 1], free_port())),
@@ -263,6 +285,7 @@ fn new_node(id: u64, root: &Path, logs: &Path) -> TestNode {
         extra_args: Vec::new(),
         extra_env: Vec::new(),
         cluster_secret: CLUSTER_SECRET.to_string(),
+        client_ca,
         child: None,
     }
 }
@@ -278,8 +301,10 @@ fn peers_arg(nodes: &BTreeMap<u64, TestNode>) -> String {
 /// Real chorus nodes on loopback; killed when dropped.
 pub struct TestCluster {
     dir: tempfile::TempDir,
-    /// Where `chorus certs init` wrote the nodes' certificates, with mutual TLS between nodes.
+    /// Where `chorus certs init` wrote the nodes' certificates, with mutual TLS between nodes
+    /// or TLS for clients.
     pub certs: Option<PathBuf>,
+    cluster_tls: bool,
     pub nodes: BTreeMap<u64, TestNode>,
     pub peers: String,
     pub shards: u32,
@@ -297,6 +322,7 @@ pub fn builder() -> Builder {
         env: Vec::new(),
         held_back: Vec::new(),
         cluster_tls: std::env::var("CHORUS_TEST_CLUSTER_TLS").is_ok_and(|v| v == "1"),
+        client_tls: std::env::var("CHORUS_TEST_CLIENT_TLS").is_ok_and(|v| v == "1"),
     }
 }
 
@@ -338,19 +364,42 @@ impl TestCluster {
             .env("CHORUS_PUBLISH_PER_MINUTE", "0")
             .env("CHORUS_CONNECTS_PER_MINUTE_PER_IP", "0")
             .env("CHORUS_DEVICE_REQUESTS_PER_MINUTE", "0")
+            .env("CHORUS_SUBSCRIBE_PER_MINUTE", "0")
+            .env("CHORUS_TYPING_PER_MINUTE", "0")
+            .env("CHORUS_COLLAB_OPS_PER_MINUTE", "0")
+            .env("CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP", "0")
             // CHORUS_TEST_LOG sets the nodes' log filter when a failure needs more detail.
             .env(
                 "CHORUS_LOG",
                 std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .envs(node.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(self.certs.iter().flat_map(|certs| {
+            .envs(self.certs.iter().filter(|_| self.cluster_tls).flat_map(|certs| {
                 [
                     ("CHORUS_CLUSTER_TLS_CA", certs.join("ca.pem")),
                     ("CHORUS_CLUSTER_TLS_CERT", certs.join(format!("node-{id}.pem"))),
                     ("CHORUS_CLUSTER_TLS_KEY", certs.join(format!("node-{id}.key"))),
                 ]
             }))
+            // Clients get the node's certificate of the cluster CA, on QUIC and HTTPS alike.
+            .envs(
+                self.certs
+                    .iter()
+                    .filter(|_| node.client_ca.is_some())
+                    .flat_map(|certs| {
+                        [
+                            ("CHORUS_HTTP_TLS", "true".into()),
+                            (
+                                "CHORUS_TLS_CERT",
+                                certs.join(format!("node-{id}.pem")).into_os_string(),
+                            ),
+                            (
+                                "CHORUS_TLS_KEY",
+                                certs.join(format!("node-{id}.key")).into_os_string(),
+                            ),
+                        ]
+                    }),
+            )
             .stdin(Stdio::null());
         if node.extra_args.iter().any(|a| a == "--join") {
             cmd.args(&node.extra_args);
@@ -386,7 +435,8 @@ impl TestCluster {
     /// Adds node `id` that joins through node `via`'s HTTP API (not started yet).
     pub fn add_joining_node(&mut self, id: u64, via: u64) {
         let root = self.node(via).data_dir.parent().unwrap().to_path_buf();
-        let mut node = new_node(id, &root, self.dir.path());
+        let client_ca = self.node(via).client_ca.clone();
+        let mut node = new_node(id, &root, self.dir.path(), client_ca);
         node.extra_args = vec!["--join".into(), self.node(via).raft.to_string()];
         self.nodes.insert(id, node);
     }
@@ -578,9 +628,13 @@ impl TestCluster {
         }
     }
 
-    /// Node `id`'s QUIC certificate (generated into its data directory at start).
+    /// What a client trusts to reach node `id`: its generated QUIC certificate (written into
+    /// its data directory at start), or with TLS for clients the CA that issued its certificate.
     pub fn cert_path(&self, id: u64) -> PathBuf {
-        self.node(id).data_dir.join("tls/cert.pem")
+        match &self.node(id).client_ca {
+            Some(ca) => ca.clone(),
+            None => self.node(id).data_dir.join("tls/cert.pem"),
+        }
     }
 
     /// An SDK client builder for nodes `ids` (tried in that order) with `token`, trusting
@@ -623,7 +677,11 @@ impl TestCluster {
 
     /// Runs the chorus CLI and returns (success, stdout+stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(chorus_bin())
+        let mut cmd = Command::new(chorus_bin());
+        if let Some(ca) = self.nodes.values().find_map(|n| n.client_ca.as_ref()) {
+            cmd.env("CHORUS_CA", ca);
+        }
+        let out = cmd
             .args(args)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
             .env_remove("CHORUS_TOKEN")

@@ -11,12 +11,37 @@ use quinn::rustls;
 use quinn::rustls::pki_types::CertificateDer;
 use quinn::rustls::pki_types::pem::PemObject;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A byte stream to a node: plain TCP, or TLS over it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// A TLS connection to `addr` (as `localhost`) that trusts only the certificates in `ca`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca: &Path,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Ok(connector
+        .connect(rustls::pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?)
+}
 
 /// A WebSocket client of `/ws`.
 pub struct WsClient {
@@ -28,8 +53,20 @@ pub struct WsClient {
 }
 
 impl WsClient {
-    pub async fn connect(http: SocketAddr, json: bool) -> Result<WsClient> {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws"))
+    /// Connects to `node`'s `/ws`: `wss://` when the node serves clients over TLS.
+    pub async fn connect(node: &super::TestNode, json: bool) -> Result<WsClient> {
+        let http = node.http;
+        let (stream, url): (Box<dyn Io>, _) = match &node.client_ca {
+            Some(ca) => (
+                Box::new(tls_connect(http, ca).await?),
+                "wss://localhost/ws".to_string(),
+            ),
+            None => (
+                Box::new(tokio::net::TcpStream::connect(http).await?),
+                format!("ws://{http}/ws"),
+            ),
+        };
+        let (ws, _) = tokio_tungstenite::client_async(url, stream)
             .await
             .context("websocket connect")?;
         Ok(WsClient {

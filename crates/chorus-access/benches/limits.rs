@@ -1,7 +1,7 @@
 //! What a publish-rate check costs, allowed and refused. A refusal must stay as cheap as an
 //! allowed check: a flood of refused publishes is exactly when it runs most.
 
-use chorus_access::{PublishLimits, Rate};
+use chorus_access::{KeyedLimits, Rate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -14,13 +14,13 @@ fn checks(c: &mut Criterion) {
         per_minute: 1,
         burst: 1,
     };
-    let limits = PublishLimits::new([unlimited_enough, tight]);
+    let limits = KeyedLimits::new([unlimited_enough, tight]);
     c.bench_function("publish_limit/allowed", |b| {
-        b.iter(|| black_box(limits.check(black_box("user-1"), unlimited_enough)))
+        b.iter(|| black_box(limits.check("publish", black_box(&"user-1"), unlimited_enough)))
     });
-    let _ = limits.check("user-2", tight); // empties the bucket
+    let _ = limits.check("publish", &"user-2", tight); // empties the bucket
     c.bench_function("publish_limit/refused", |b| {
-        b.iter(|| black_box(limits.check(black_box("user-2"), tight)))
+        b.iter(|| black_box(limits.check("publish", black_box(&"user-2"), tight)))
     });
 }
 

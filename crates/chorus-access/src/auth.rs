@@ -15,7 +15,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::limits::{PublishLimits, Rate};
+use crate::limits::{Limits, OperationClass, Rate, RateLimited, RateSettings};
+use std::net::IpAddr;
+
+impl From<RateLimited> for AuthError {
+    fn from(limited: RateLimited) -> Self {
+        AuthError::RateLimited {
+            limit: limited.limit,
+            retry_after_ms: limited.retry_after.as_millis().max(1) as u64,
+        }
+    }
+}
 
 /// The claims Chorus reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,8 +61,9 @@ pub struct RolePermissions {
     pub subscribe: Vec<ChannelPattern>,
     /// Cluster administration.
     pub admin: bool,
-    /// The role's own publish rate, instead of the node's default (`per_minute` 0: none).
-    pub publish_rate: Option<Rate>,
+    /// The role's own rates per operation class, instead of the node's (`per_minute` 0:
+    /// none). A user with several roles gets the most generous.
+    pub rates: BTreeMap<OperationClass, Rate>,
 }
 
 /// An operation checked against the role table.
@@ -118,10 +129,12 @@ pub enum AuthError {
         /// The configured maximum.
         max_s: u64,
     },
-    /// The user published faster than their rate allows.
-    #[error("too many publishes from this user; retry in {retry_after_ms} ms")]
+    /// A rate was exceeded (see [`crate::limits`]).
+    #[error("rate limit exceeded ({limit}); retry in {retry_after_ms} ms")]
     RateLimited {
-        /// When the next publish would be allowed, ms from now.
+        /// Which: an operation class (`publish`, ...), `device`, or a per-address limit.
+        limit: &'static str,
+        /// When the next request would be allowed, ms from now.
         retry_after_ms: u64,
     },
     /// The token verifies but its roles do not allow the operation.
@@ -170,27 +183,17 @@ pub struct Authenticator {
     roles: BTreeMap<String, RolePermissions>,
     max_lifetime: Duration,
     revocations: Option<RevocationCheck>,
-    default_publish_rate: Rate,
-    publish_limits: Arc<PublishLimits>,
-    /// Requests of every kind per device (user and `device` claim).
-    device_rate: Rate,
-    device_limits: Arc<PublishLimits>,
+    /// Every rate's buckets, shared by the clones.
+    limits: Arc<Limits>,
 }
 
-fn limits_for(default: Rate, roles: &BTreeMap<String, RolePermissions>) -> PublishLimits {
-    PublishLimits::new(std::iter::once(default).chain(roles.values().filter_map(|r| r.publish_rate)))
+fn limits_for(settings: RateSettings, roles: &BTreeMap<String, RolePermissions>) -> Limits {
+    Limits::new(settings, roles.values().flat_map(|r| r.rates.values().copied()))
 }
 
 /// The longest a token may still be valid for, by default: the origin document's refresh
 /// token lifetime (its access tokens live 1 h).
 pub const DEFAULT_MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Requests one device may make by default: the origin document's 500 a minute per device,
-/// after a burst of 50.
-pub const DEFAULT_DEVICE_RATE: Rate = Rate {
-    per_minute: 500,
-    burst: 50,
-};
 
 /// Seconds a token's `exp`, `nbf` and lifetime may be off by (clocks of the issuer and the
 /// node differ a little).
@@ -204,13 +207,10 @@ impl Authenticator {
             keys: Arc::new(vec![(key, Validation::new(Algorithm::HS256))]),
             issuer: None,
             audience: None,
-            publish_limits: Arc::new(limits_for(Rate::default(), &roles)),
+            limits: Arc::new(limits_for(RateSettings::default(), &roles)),
             roles,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
             revocations: None,
-            default_publish_rate: Rate::default(),
-            device_rate: DEFAULT_DEVICE_RATE,
-            device_limits: Arc::new(PublishLimits::new([DEFAULT_DEVICE_RATE])),
         }
         .with_validations()
     }
@@ -299,24 +299,21 @@ impl Authenticator {
         }
     }
 
-    /// The publish rate of users whose roles set none.
-    pub fn with_publish_rate(mut self, rate: Rate) -> Self {
-        self.default_publish_rate = rate;
-        self.publish_limits = Arc::new(limits_for(rate, &self.roles));
+    /// The node's rates (those of users whose roles set none, per device, per address).
+    pub fn with_rates(mut self, settings: RateSettings) -> Self {
+        self.limits = Arc::new(limits_for(settings, &self.roles));
         self
     }
 
-    /// Requests one device may make (`per_minute` 0: no limit).
-    pub fn with_device_rate(mut self, rate: Rate) -> Self {
-        self.device_rate = rate;
-        self.device_limits = Arc::new(PublishLimits::new([rate]));
-        self
+    /// Registers the counter of refusals, `chorus_rate_limited_total{limit}`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.limits.register(registry);
     }
 
     /// Counts one request of any kind by `claims`' device (the user and its `device` claim)
     /// against the device rate.
     pub fn check_device_rate(&self, claims: &Claims) -> Result<(), AuthError> {
-        if self.device_rate.per_minute == 0 {
+        if self.limits.settings.device.per_minute == 0 {
             return Ok(());
         }
         let device = format!(
@@ -324,34 +321,36 @@ impl Authenticator {
             claims.sub,
             claims.device.as_deref().unwrap_or_default()
         );
-        self.device_limits
-            .check(&device, self.device_rate)
-            .map_err(|limited| AuthError::RateLimited {
-                retry_after_ms: limited.retry_after.as_millis().max(1) as u64,
-            })
+        self.limits.check_device(device).map_err(AuthError::from)
     }
 
-    /// Counts a publish by `claims`' user against their rate: the most generous of their
-    /// roles' own rates, else the node's default.
-    pub fn check_publish_rate(&self, claims: &Claims) -> Result<(), AuthError> {
+    /// Counts one request of `class` by `claims`' user against their rate for it: the most
+    /// generous of their roles' own rates, else the node's.
+    pub fn check_rate(&self, claims: &Claims, class: OperationClass) -> Result<(), AuthError> {
         let own: Vec<Rate> = claims
             .roles
             .iter()
-            .filter_map(|r| self.roles.get(r)?.publish_rate)
+            .filter_map(|r| self.roles.get(r)?.rates.get(&class).copied())
             .collect();
         let rate = if own.iter().any(|r| r.per_minute == 0) {
-            Rate {
-                per_minute: 0,
-                burst: 0,
-            }
+            Rate::UNLIMITED
         } else {
-            own.into_iter().max().unwrap_or(self.default_publish_rate)
+            let default = self.limits.settings.classes.get(&class).copied();
+            own.into_iter().max().or(default).unwrap_or(Rate::UNLIMITED)
         };
-        self.publish_limits
-            .check(&claims.sub, rate)
-            .map_err(|limited| AuthError::RateLimited {
-                retry_after_ms: limited.retry_after.as_millis().max(1) as u64,
-            })
+        self.limits
+            .check_user(class, &claims.sub, rate)
+            .map_err(AuthError::from)
+    }
+
+    /// Counts one QUIC or WebSocket connect from `ip`, before its token is checked.
+    pub fn check_connect_rate(&self, ip: IpAddr) -> Result<(), AuthError> {
+        self.limits.check_connect(ip).map_err(AuthError::from)
+    }
+
+    /// Counts one HTTP API request from `ip`, before its token is checked.
+    pub fn check_http_request_rate(&self, ip: IpAddr) -> Result<(), AuthError> {
+        self.limits.check_http_request(ip).map_err(AuthError::from)
     }
 
     /// Refuses tokens that `check` finds revoked.
@@ -487,7 +486,7 @@ mod tests {
                     publish: vec![ChannelPattern::new(">").unwrap()],
                     subscribe: vec![ChannelPattern::new(">").unwrap()],
                     admin: true,
-                    publish_rate: None,
+                    rates: BTreeMap::new(),
                 },
             ),
             (
@@ -595,22 +594,23 @@ mod tests {
         roles.insert(
             "service".to_string(),
             RolePermissions {
-                publish_rate: Some(Rate {
-                    per_minute: 0,
-                    burst: 0,
-                }),
+                rates: BTreeMap::from([(OperationClass::Publish, Rate::UNLIMITED)]),
                 ..Default::default()
             },
         );
-        let auth = Authenticator::new(SECRET, roles).with_publish_rate(rate);
+        let settings = RateSettings {
+            classes: BTreeMap::from([(OperationClass::Publish, rate)]),
+            ..RateSettings::default()
+        };
+        let auth = Authenticator::new(SECRET, roles).with_rates(settings);
         let member = claims(&["member"], now() + 60);
         for _ in 0..3 {
-            auth.check_publish_rate(&member).unwrap();
+            auth.check_rate(&member, OperationClass::Publish).unwrap();
         }
-        let refused = auth.check_publish_rate(&member).unwrap_err();
+        let refused = auth.check_rate(&member, OperationClass::Publish).unwrap_err();
         assert_eq!(refused.code(), ErrorCode::RateLimited);
         assert!(
-            matches!(refused, AuthError::RateLimited { retry_after_ms } if (1..=1000).contains(&retry_after_ms)),
+            matches!(refused, AuthError::RateLimited { limit: "publish", retry_after_ms } if (1..=1000).contains(&retry_after_ms)),
             "{refused:?}"
         );
         let service = claims(&["member", "service"], now() + 60);
@@ -619,7 +619,7 @@ mod tests {
             ..service
         };
         for _ in 0..100 {
-            auth.check_publish_rate(&service).unwrap();
+            auth.check_rate(&service, OperationClass::Publish).unwrap();
         }
     }
 

@@ -8,8 +8,10 @@ pub mod keys;
 pub mod limits;
 
 pub use auth::{
-    AuthError, Authenticator, Claims, DEFAULT_DEVICE_RATE, DEFAULT_MAX_TOKEN_LIFETIME, Operation,
-    RevocationCheck, RolePermissions, mint_token,
+    AuthError, Authenticator, Claims, DEFAULT_MAX_TOKEN_LIFETIME, Operation, RevocationCheck,
+    RolePermissions, mint_token,
 };
 pub use keys::{KeyError, VerificationKey, parse_algorithm};
-pub use limits::{ConnectLimits, PublishLimits, Rate, RateLimited};
+pub use limits::{
+    DEFAULT_DEVICE_RATE, DEFAULT_IP_RATE, KeyedLimits, OperationClass, Rate, RateLimited, RateSettings,
+};

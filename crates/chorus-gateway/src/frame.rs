@@ -81,6 +81,28 @@ pub fn kind_name(frame: &ClientFrame) -> &'static str {
     }
 }
 
+/// The operation class a request counts against (besides its device's rate), if any.
+pub fn operation_class(frame: &ClientFrame) -> Option<chorus_access::OperationClass> {
+    use chorus_access::OperationClass;
+    use client_frame::Kind;
+    match frame.kind.as_ref()? {
+        Kind::Publish(_) => Some(OperationClass::Publish),
+        Kind::Subscribe(_) | Kind::History(_) => Some(OperationClass::Subscribe),
+        Kind::Typing(_) | Kind::TypingQuery(_) => Some(OperationClass::Typing),
+        Kind::SessionCreate(_) | Kind::SessionOp(_) | Kind::SessionGet(_) => Some(OperationClass::Collab),
+        Kind::Connect(_)
+        | Kind::Unsubscribe(_)
+        | Kind::Refresh(_)
+        | Kind::Ping(_)
+        | Kind::Pong(_)
+        | Kind::SetPresence(_)
+        | Kind::PresenceQuery(_)
+        | Kind::MarkRead(_)
+        | Kind::UnreadQuery(_)
+        | Kind::RosterQuery(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

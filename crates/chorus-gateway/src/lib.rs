@@ -63,8 +63,6 @@ pub struct GatewayConfig {
     pub presence_lease: Duration,
     /// Channels with a roster (who is subscribed, with join and leave notices).
     pub roster_channels: Vec<chorus_core::ChannelPattern>,
-    /// Connects one IP address may make (`per_minute` 0: no limit).
-    pub connects_per_ip: chorus_access::Rate,
 }
 
 impl Default for GatewayConfig {
@@ -84,11 +82,6 @@ impl Default for GatewayConfig {
             max_subscriptions_per_connection: 1024,
             presence_lease: Duration::from_secs(10),
             roster_channels: Vec::new(),
-            // The origin document's per-address request rate.
-            connects_per_ip: chorus_access::Rate {
-                per_minute: 2000,
-                burst: 50,
-            },
         }
     }
 }
@@ -96,7 +89,6 @@ impl Default for GatewayConfig {
 struct GatewayInner {
     cluster: ClusterNode,
     auth: Authenticator,
-    connect_limits: chorus_access::ConnectLimits,
     /// Bumped whenever revocations may have changed: every connection checks its token again.
     revocations: tokio::sync::watch::Sender<u64>,
     hub: Hub,
@@ -148,7 +140,6 @@ impl Gateway {
                 presence,
                 cluster,
                 auth,
-                connect_limits: chorus_access::ConnectLimits::new(config.connects_per_ip),
                 hub,
                 config,
                 metrics,

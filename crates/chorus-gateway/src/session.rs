@@ -179,8 +179,9 @@ impl Gateway {
                 reason,
             });
         };
-        if let Err(limited) = self.inner.connect_limits.check(remote) {
-            let retry_after_ms = limited.retry_after.as_millis().max(1) as u64;
+        if let Err(chorus_access::AuthError::RateLimited { retry_after_ms, .. }) =
+            self.inner.auth.check_connect_rate(remote)
+        {
             audit_refusal(
                 ErrorCode::RateLimited,
                 format!("connect rate; retry in {retry_after_ms} ms"),
@@ -329,7 +330,7 @@ impl Session {
     fn rate_limited(&self, id: u64, refused: &chorus_access::AuthError) {
         self.audit_refusal(refused, "request");
         let retry_after_ms = match refused {
-            chorus_access::AuthError::RateLimited { retry_after_ms } => *retry_after_ms,
+            chorus_access::AuthError::RateLimited { retry_after_ms, .. } => *retry_after_ms,
             _ => 0,
         };
         self.reply(
@@ -358,9 +359,18 @@ impl Session {
                 client_frame::Kind::Ping(_) | client_frame::Kind::Pong(_) | client_frame::Kind::Refresh(_)
             )
         );
-        if request && let Err(refused) = self.gateway.inner.auth.check_device_rate(&self.claims) {
-            self.rate_limited(id, &refused);
-            return Ok(());
+        if request {
+            let auth = &self.gateway.inner.auth;
+            let checked = auth.check_device_rate(&self.claims).and_then(|()| {
+                match crate::frame::operation_class(&frame) {
+                    Some(class) => auth.check_rate(&self.claims, class),
+                    None => Ok(()),
+                }
+            });
+            if let Err(refused) = checked {
+                self.rate_limited(id, &refused);
+                return Ok(());
+            }
         }
         match frame.kind {
             None => Err((ErrorCode::Protocol, "frame with no kind".into())),
@@ -587,9 +597,6 @@ impl Session {
         let Some(channel) = self.authorized_channel(id, publish.channel, Operation::Publish) else {
             return;
         };
-        if let Err(refused) = inner.auth.check_publish_rate(&self.claims) {
-            return self.rate_limited(id, &refused);
-        }
         let event_type = Some(publish.event_type).filter(|t| !t.is_empty());
         let key = Some(publish.idempotency_key).filter(|k| !k.is_empty());
         if let Err((code, message)) = check_publish_input(

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use chorus_access::{Authenticator, Claims, Operation};
+use chorus_access::{Authenticator, Claims, Operation, OperationClass};
 use chorus_cluster::ClusterNode;
 use chorus_core::{ChannelName, ErrorCode, PublishCommand, check_publish_input};
 use prometheus_client::registry::Registry;
@@ -75,6 +75,10 @@ pub fn router(state: Shared, http_metrics: HttpMetrics) -> Router {
             body_within_deadline,
         ))
         .layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            limit_per_address,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.cluster.audit().clone(),
             audit_refusals,
         ))
@@ -113,6 +117,27 @@ async fn body_within_deadline(
         )
         .into_response(),
     }
+}
+
+/// Counts every API request against its address's rate before its token is checked or its
+/// body read (verifying a token costs a signature check, RSA's is dear). Health, readiness
+/// and metrics are for probes and scrapers, not limited.
+async fn limit_per_address(
+    State(auth): State<Authenticator>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let remote = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(ip) = remote
+        && request.uri().path().starts_with("/api/")
+        && let Err(refused) = auth.check_http_request_rate(ip)
+    {
+        return ApiError::from(refused).into_response();
+    }
+    next.run(request).await
 }
 
 /// Records refused credentials, permissions and rates in the audit log.
@@ -158,23 +183,33 @@ fn audit_admin(state: &HttpState, headers: &HeaderMap, action: &'static str, det
         .record(chorus_cluster::audit::AuditEvent::Admin { user, action, detail });
 }
 
-/// The caller's verified claims; each call counts one request against the device's rate.
-pub(crate) fn claims(state: &HttpState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+/// The caller's verified claims; each call counts one request against the device's rate,
+/// and against the user's rate for `class` when it has one.
+pub(crate) fn claims(
+    state: &HttpState,
+    headers: &HeaderMap,
+    class: Option<OperationClass>,
+) -> Result<Claims, ApiError> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let claims = state.auth.verify_header(header)?;
     state.auth.check_device_rate(&claims)?;
+    if let Some(class) = class {
+        state.auth.check_rate(&claims, class)?;
+    }
     Ok(claims)
 }
 
 /// The caller's claims and `name` as a channel, when the name is valid and `operation` is
-/// allowed on it; publishing also needs a channel clients may write (not `presence.*`).
+/// allowed on it; publishing also needs a channel clients may write (not `presence.*`). The
+/// request counts against the caller's rate for `class`, if any.
 pub(crate) fn authorized_channel(
     state: &HttpState,
     headers: &HeaderMap,
     name: String,
     operation: Operation,
+    class: Option<OperationClass>,
 ) -> Result<(Claims, ChannelName), ApiError> {
-    let claims = claims(state, headers)?;
+    let claims = claims(state, headers, class)?;
     let channel = ChannelName::new(name)?;
     state.auth.authorize(&claims, operation, channel.as_str())?;
     if operation == Operation::Publish {
@@ -188,7 +223,7 @@ pub(crate) fn authorized_channel(
 /// they are for peers (over gRPC, with mutual TLS when configured), and a captured proof
 /// used to give admin over plain HTTP.
 fn require_admin(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let claims = claims(state, headers)?;
+    let claims = claims(state, headers, None)?;
     Ok(state.auth.authorize(&claims, Operation::Admin, "")?)
 }
 
@@ -373,8 +408,13 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Publish)?;
-    state.auth.check_publish_rate(&claims)?;
+    let (claims, channel) = authorized_channel(
+        &state,
+        &headers,
+        channel,
+        Operation::Publish,
+        Some(OperationClass::Publish),
+    )?;
     let body: PublishBody<'_> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
     let data = body
@@ -445,7 +485,13 @@ async fn history(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
+    let (_, channel) = authorized_channel(
+        &state,
+        &headers,
+        channel,
+        Operation::Subscribe,
+        Some(OperationClass::Subscribe),
+    )?;
     let since = query_number(&query, "since", 0)?;
     let limit = query_number(&query, "limit", DEFAULT_HISTORY_LIMIT as u64)?;
     if limit == 0 || limit > MAX_HISTORY_LIMIT as u64 {

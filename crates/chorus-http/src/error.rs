@@ -76,7 +76,7 @@ impl From<chorus_cluster::ClusterError> for ApiError {
 impl From<chorus_access::AuthError> for ApiError {
     fn from(err: chorus_access::AuthError) -> Self {
         let mut api = ApiError::new(err.code(), err.to_string());
-        if let chorus_access::AuthError::RateLimited { retry_after_ms } = err {
+        if let chorus_access::AuthError::RateLimited { retry_after_ms, .. } = err {
             api.retry_after_ms = Some(retry_after_ms);
         }
         api

@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chorus_access::Operation;
+use chorus_access::{Operation, OperationClass};
 use chorus_cluster::ClusterError;
 use chorus_core::collab::{ConflictPolicy, OpError, parse_op};
 use chorus_core::presence::PRESENCE_CHANNEL_PREFIX;
@@ -49,6 +49,7 @@ pub(crate) async fn presence(
         &headers,
         format!("{PRESENCE_CHANNEL_PREFIX}{user}"),
         Operation::Subscribe,
+        None,
     )?;
     let presence = state.cluster.presence(&user).await?;
     Ok(json_ok(presence.to_json(&user)))
@@ -69,7 +70,13 @@ pub(crate) async fn create_session(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (claims, channel) = authorized_channel(&state, &headers, session, Operation::Publish)?;
+    let (claims, channel) = authorized_channel(
+        &state,
+        &headers,
+        session,
+        Operation::Publish,
+        Some(OperationClass::Collab),
+    )?;
     let body: CreateBody = body(&bytes, r#"{"policy": "lww" | "reject", "document": {...}}"#)?;
     let policy = ConflictPolicy::parse(&body.policy).map_err(ApiError::bad_request)?;
     let document = body.document.unwrap_or_else(|| json!({}));
@@ -97,7 +104,13 @@ pub(crate) async fn get_session(
     Path(session): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, channel) = authorized_channel(&state, &headers, session, Operation::Subscribe)?;
+    let (_, channel) = authorized_channel(
+        &state,
+        &headers,
+        session,
+        Operation::Subscribe,
+        Some(OperationClass::Collab),
+    )?;
     let (doc, position) = state.cluster.session_snapshot(&channel).await?;
     Ok(json_ok(json!({
         "session": channel.as_str(),
@@ -127,7 +140,13 @@ pub(crate) async fn session_op(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (claims, channel) = authorized_channel(&state, &headers, session, Operation::Publish)?;
+    let (claims, channel) = authorized_channel(
+        &state,
+        &headers,
+        session,
+        Operation::Publish,
+        Some(OperationClass::Collab),
+    )?;
     if bytes.len() > state.max_payload_bytes + 4096 {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -189,7 +208,7 @@ pub(crate) async fn mark_read(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
+    let (claims, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe, None)?;
     let body: ReadBody = body(&bytes, r#"{"offset": <n>}"#)?;
     let p = state.cluster.mark_read(channel, &claims.sub, body.offset).await?;
     Ok(json_ok(read_json(&p)))
@@ -211,7 +230,7 @@ pub(crate) async fn roster(
     Path(channel): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe)?;
+    let (_, channel) = authorized_channel(&state, &headers, channel, Operation::Subscribe, None)?;
     let members: Vec<Value> = state
         .cluster
         .roster(&channel)
@@ -229,7 +248,7 @@ pub(crate) async fn unread(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let claims = claims(&state, &headers)?;
+    let claims = claims(&state, &headers, None)?;
     let mut channels = Vec::new();
     let names = query.get("channels").map_or(0, |c| c.split(',').count());
     if names > MAX_UNREAD_CHANNELS {
