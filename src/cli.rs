@@ -60,7 +60,7 @@ struct TokenArgs {
     #[arg(long)]
     sub: String,
     /// A role (repeatable).
-    #[arg(long = "role", required = true)]
+    #[arg(long = "role", required_unless_present = "channel")]
     roles: Vec<String>,
     /// Lifetime, e.g. 30s, 15m, 1h, 7d.
     #[arg(long, default_value = "1h")]
@@ -68,6 +68,10 @@ struct TokenArgs {
     /// Optional device id claim.
     #[arg(long)]
     device: Option<String>,
+    /// Mint a subscription token instead: it lets `--sub` read this one channel (a private
+    /// channel, or one beyond the user's roles), and opens no connection.
+    #[arg(long, conflicts_with = "roles")]
+    channel: Option<String>,
     /// The HS256 secret.
     #[arg(long, env = "CHORUS_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
@@ -186,6 +190,25 @@ pub fn mint(
         device,
         iat: Some(now),
         jti: None,
+        channel: None,
+    };
+    Ok(chorus_access::mint_token(secret, &claims)?)
+}
+
+/// Mints a subscription token: `sub` may read `channel` (HS256 with `secret`).
+fn mint_subscription_token(secret: &str, sub: &str, channel: &str, ttl: Duration) -> Result<String> {
+    chorus_core::ChannelName::new(channel.to_string()).with_context(|| format!("--channel {channel:?}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = chorus_access::Claims {
+        sub: sub.to_string(),
+        exp: now + ttl.as_secs(),
+        roles: Vec::new(),
+        device: None,
+        iat: Some(now),
+        jti: None,
+        channel: Some(channel.to_string()),
     };
     Ok(chorus_access::mint_token(secret, &claims)?)
 }
@@ -202,10 +225,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Client(command) => crate::client_cli::run(command).await,
         Command::Token(args) => {
             let ttl = parse_ttl(&args.ttl)?;
-            println!(
-                "{}",
-                mint(&args.jwt_secret, &args.sub, &args.roles, ttl, args.device)?
-            );
+            let token = match args.channel {
+                Some(channel) => mint_subscription_token(&args.jwt_secret, &args.sub, &channel, ttl)?,
+                None => mint(&args.jwt_secret, &args.sub, &args.roles, ttl, args.device)?,
+            };
+            println!("{token}");
             Ok(())
         }
         Command::Certs(CertsCommand::Init { dir, nodes, hosts }) => {

@@ -45,6 +45,10 @@ pub enum ClientCommand {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
+        /// A subscription token for the channel (`chorus token --channel`): needed for a
+        /// private channel.
+        #[arg(long)]
+        subscription_token: Option<String>,
         #[command(flatten)]
         connection: Connection,
     },
@@ -385,12 +389,14 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             epoch,
             types,
             count,
+            subscription_token,
             connection,
         } => {
             let client = connect(&connection).await?;
             let options = SubscribeOptions {
                 since: since.map(|offset| Position { epoch, offset }),
                 event_types: types,
+                subscription_token,
             };
             let mut subscription = client.subscribe(&target, options).await?;
             let mut seen = 0;

@@ -165,7 +165,8 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             })
         })
         .with_max_lifetime(Duration::from_secs(config.clients.max_token_lifetime_s))
-        .with_rates(config.clients.rate_settings());
+        .with_rates(config.clients.rate_settings())
+        .with_private_channels(config.auth.private_channel_patterns()?);
     auth.register_metrics(&mut registry);
     let state = Arc::new(HttpState {
         cluster: cluster.clone(),

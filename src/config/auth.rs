@@ -18,6 +18,9 @@ pub struct AuthConfig {
     pub jwks_file: Option<PathBuf>,
     /// Keys given one by one.
     pub keys: Vec<KeyConfig>,
+    /// Channel patterns read (subscribed to, history fetched) only with a subscription token
+    /// for the user and the channel, whatever the roles (see `chorus token --channel`).
+    pub private_channels: Vec<String>,
 }
 
 /// One `[[auth.keys]]` entry.
@@ -37,6 +40,17 @@ pub struct KeyConfig {
 }
 
 impl AuthConfig {
+    /// The private channel patterns, checked; the error names the bad one.
+    pub fn private_channel_patterns(&self) -> Result<Vec<chorus_core::ChannelPattern>> {
+        self.private_channels
+            .iter()
+            .map(|p| {
+                chorus_core::ChannelPattern::new(p.clone())
+                    .with_context(|| format!("`auth.private_channels`: {p:?}"))
+            })
+            .collect()
+    }
+
     /// Reads and checks every configured key; the error names the entry and what is wrong.
     pub fn verification_keys(&self) -> Result<Vec<VerificationKey>> {
         let mut keys = Vec::new();

@@ -776,6 +776,7 @@ impl NodeConfig {
         chorus_access::Authenticator::new(&self.jwt_secret, Default::default())
             .with_keys(keys)
             .context("`auth`")?;
+        self.auth.private_channel_patterns()?;
         for (name, role) in &self.roles {
             for (field, patterns) in [("publish", &role.publish), ("subscribe", &role.subscribe)] {
                 for pattern in patterns {

@@ -47,6 +47,10 @@ pub struct Claims {
     /// The token's id, for revoking this token alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// Set in a subscription token only: the one channel it lets its user read (see
+    /// [`crate::channel_token`]). Such a token opens no connection and calls no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// Says whether a verified token was revoked since (the node reads the replicated list).
@@ -137,6 +141,37 @@ pub enum AuthError {
         /// When the next request would be allowed, ms from now.
         retry_after_ms: u64,
     },
+    /// A subscription token was given where a client token belongs.
+    #[error(
+        "a subscription token (for channel {channel:?}) opens no connection and calls no API; give it with a subscribe or history request"
+    )]
+    SubscriptionTokenMisused {
+        /// The channel the token is for.
+        channel: String,
+    },
+    /// A private channel was asked for without a subscription token.
+    #[error(
+        "channel {channel:?} is private: reading it needs a subscription token for it (private_channels)"
+    )]
+    SubscriptionTokenRequired {
+        /// The private channel.
+        channel: String,
+    },
+    /// The subscription token is not this user's, or not for this channel.
+    #[error(
+        "the subscription token is for user {token_user:?} and channel {token_channel:?}, not for this user and channel {channel:?}"
+    )]
+    SubscriptionTokenMismatch {
+        /// The token's subject.
+        token_user: String,
+        /// The token's channel.
+        token_channel: String,
+        /// The channel asked for.
+        channel: String,
+    },
+    /// A client token was given as a subscription token.
+    #[error("not a subscription token (it has no `channel` claim)")]
+    NotASubscriptionToken,
     /// The token verifies but its roles do not allow the operation.
     #[error("user {user:?} with roles {roles:?} may not {operation} {target}")]
     Forbidden {
@@ -164,8 +199,12 @@ impl AuthError {
             | AuthError::Revoked { .. }
             | AuthError::Expired
             | AuthError::NotYetValid
-            | AuthError::LifetimeTooLong { .. } => ErrorCode::Unauthorized,
-            AuthError::Forbidden { .. } => ErrorCode::Forbidden,
+            | AuthError::LifetimeTooLong { .. }
+            | AuthError::SubscriptionTokenMisused { .. }
+            | AuthError::NotASubscriptionToken => ErrorCode::Unauthorized,
+            AuthError::Forbidden { .. }
+            | AuthError::SubscriptionTokenRequired { .. }
+            | AuthError::SubscriptionTokenMismatch { .. } => ErrorCode::Forbidden,
             AuthError::RateLimited { .. } => ErrorCode::RateLimited,
         }
     }
@@ -185,6 +224,8 @@ pub struct Authenticator {
     revocations: Option<RevocationCheck>,
     /// Every rate's buckets, shared by the clones.
     limits: Arc<Limits>,
+    /// Channels read only with a subscription token (`[auth] private_channels`).
+    pub(crate) private_channels: Arc<Vec<ChannelPattern>>,
 }
 
 fn limits_for(settings: RateSettings, roles: &BTreeMap<String, RolePermissions>) -> Limits {
@@ -211,6 +252,7 @@ impl Authenticator {
             roles,
             max_lifetime: DEFAULT_MAX_TOKEN_LIFETIME,
             revocations: None,
+            private_channels: Arc::new(Vec::new()),
         }
         .with_validations()
     }
@@ -388,8 +430,17 @@ impl Authenticator {
         self.verify(token.trim())
     }
 
-    /// Verifies a token.
+    /// Verifies a client token (not a subscription token).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.verify_any(token)?;
+        if let Some(channel) = claims.channel {
+            return Err(AuthError::SubscriptionTokenMisused { channel });
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a token of either kind: signature, algorithm, times, lifetime, revocation.
+    pub(crate) fn verify_any(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let (key, validation) = self.key_for(token)?;
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
@@ -508,6 +559,7 @@ mod tests {
             device: None,
             iat: None,
             jti: None,
+            channel: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! for it.
 
 pub mod auth;
+pub mod channel_token;
 pub mod keys;
 pub mod limits;
 

@@ -58,6 +58,8 @@ pub(crate) struct LocalSub {
     pub(crate) channel: String,
     pub(crate) exact: bool,
     pub(crate) event_types: Vec<String>,
+    /// The subscription token, sent with every subscribe (empty: none).
+    pub(crate) token: String,
     /// The last position handed to the application's channel (exact channels).
     pub(crate) last: Option<Position>,
     pub(crate) sender: mpsc::Sender<Event>,
@@ -474,6 +476,7 @@ impl Driver {
                 sub: wire_id,
                 channel: sub.channel.clone(),
                 event_types: sub.event_types.clone(),
+                token: sub.token.clone(),
                 since: sub.last.filter(|_| sub.exact).map(|p| wire::Position {
                     epoch: p.epoch,
                     offset: p.offset,

@@ -350,10 +350,22 @@ impl Client {
 
     /// Reads up to `limit` (1 to 1000) events after offset `since`, linearizably.
     pub async fn history(&self, channel: &str, since: u64, limit: u32) -> Result<HistoryPage, Error> {
+        self.history_with_token(channel, since, limit, "").await
+    }
+
+    /// [`Client::history`] of a channel read with a subscription token (a private channel).
+    pub async fn history_with_token(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: u32,
+        subscription_token: &str,
+    ) -> Result<HistoryPage, Error> {
         let kind = client_frame::Kind::History(wire::HistoryRequest {
             channel: channel.to_string(),
             since,
             limit,
+            token: subscription_token.to_string(),
         });
         match self.request(kind).await? {
             server_frame::Kind::History(page) => Ok(HistoryPage {
@@ -384,6 +396,7 @@ impl Client {
                 channel: channel.to_string(),
                 exact,
                 event_types: options.event_types,
+                token: options.subscription_token.unwrap_or_default(),
                 last: options.since,
                 sender,
                 incomplete: incomplete.clone(),

@@ -109,4 +109,7 @@ pub struct SubscribeOptions {
     pub since: Option<Position>,
     /// Only these event types (all when empty).
     pub event_types: Vec<String>,
+    /// Exact channels: a subscription token for this user and channel (minted by the
+    /// application's backend), needed for a private channel; sent again on every reconnect.
+    pub subscription_token: Option<String>,
 }

@@ -106,6 +106,7 @@ impl Hub {
         metrics: GatewayMetrics,
         max_per_connection: usize,
         rosters: HubRosters,
+        private_channels: Vec<ChannelPattern>,
     ) -> Hub {
         let (commands, receiver) = mpsc::unbounded_channel();
         let task = HubTask {
@@ -117,6 +118,7 @@ impl Hub {
             by_conn: HashMap::new(),
             max_per_connection,
             rosters,
+            private_channels,
         };
         tokio::spawn(task.run(feed.subscribe(), typing, receiver));
         Hub { commands }
@@ -171,6 +173,8 @@ struct HubTask {
     max_per_connection: usize,
     /// Roster memberships follow the subscriptions to roster channels.
     rosters: HubRosters,
+    /// Channels read only with a subscription token: pattern subscriptions never see them.
+    private_channels: Vec<ChannelPattern>,
 }
 
 /// Builds the frames of one event for its subscribers, compressing its data at most once.
@@ -453,11 +457,19 @@ impl HubTask {
         }
     }
 
+    /// Whether `channel` is read only with a subscription token.
+    fn is_private(&self, channel: &str) -> bool {
+        self.private_channels.iter().any(|p| p.matches(channel))
+    }
+
     fn on_event(&mut self, event: &AppliedEvent) {
         let encoder = EventEncoder::new(event.channel.as_str(), event.epoch, &event.message);
         let exact: Vec<SubKey> = self.exact.get(&event.channel).cloned().unwrap_or_default();
         for key in exact {
             self.deliver_exact(key, event, &encoder);
+        }
+        if self.is_private(event.channel.as_str()) {
+            return;
         }
         let matching: Vec<SubKey> = self
             .patterns
@@ -482,10 +494,10 @@ impl HubTask {
     fn on_notice(&mut self, notice: &AppliedNotice, priority: Priority) {
         let channel = notice.channel.as_str();
         let exact = self.exact.get(&notice.channel).into_iter().flatten();
-        let patterns = self
-            .patterns
-            .iter()
-            .filter(|key| matches!(&self.subs[*key].target, Target::Pattern(p) if p.matches(channel)));
+        let private = self.is_private(channel);
+        let patterns = self.patterns.iter().filter(|key| {
+            !private && matches!(&self.subs[*key].target, Target::Pattern(p) if p.matches(channel))
+        });
         for key in exact.chain(patterns) {
             let sub = &self.subs[key];
             if !sub.wants(Some(&notice.event_type)) {

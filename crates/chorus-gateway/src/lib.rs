@@ -128,6 +128,7 @@ impl Gateway {
             metrics.clone(),
             config.max_subscriptions_per_connection,
             presence::HubRosters::new(presence.clone(), config.roster_channels.clone()),
+            auth.private_channels().to_vec(),
         );
         let revocations = tokio::sync::watch::Sender::new(0);
         tokio::spawn(watch_revocations(

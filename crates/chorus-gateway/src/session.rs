@@ -527,7 +527,8 @@ impl Session {
                 Ok(c) => c,
                 Err(e) => return self.error(id, ErrorCode::InvalidChannel, e.to_string(), request.sub),
             };
-            if let Err(e) = auth.authorize(&self.claims, Operation::Subscribe, channel.as_str()) {
+            if let Err(e) = auth.authorize_read(&self.claims, channel.as_str(), Some(&request.token)) {
+                self.audit_refusal(&e, channel.as_str());
                 return self.error(id, e.code(), e.to_string(), request.sub);
             }
             Target::Exact(channel)
@@ -564,6 +565,40 @@ impl Session {
         name: String,
         operation: Operation,
     ) -> Option<ChannelName> {
+        let channel = self.checked_channel(id, name, |auth, channel| {
+            auth.authorize(&self.claims, operation, channel)
+        })?;
+        if operation == Operation::Publish
+            && let Err((code, message)) = chorus_core::check_client_writable(&channel)
+        {
+            self.error(id, code, message, 0);
+            return None;
+        }
+        Some(channel)
+    }
+
+    /// The channel named by request `id` when it is valid and the connection may read it
+    /// (its roles allow it, or `subscription_token` grants it; a private channel needs the
+    /// token); otherwise the error is replied and `None` returned.
+    pub(crate) fn readable_channel(
+        &self,
+        id: u64,
+        name: String,
+        subscription_token: &str,
+    ) -> Option<ChannelName> {
+        self.checked_channel(id, name, |auth, channel| {
+            auth.authorize_read(&self.claims, channel, Some(subscription_token))
+        })
+    }
+
+    /// `name` as a channel when it is valid and `check` passes; otherwise the error is
+    /// replied (and a refusal audited) and `None` returned.
+    fn checked_channel(
+        &self,
+        id: u64,
+        name: String,
+        check: impl FnOnce(&chorus_access::Authenticator, &str) -> Result<(), chorus_access::AuthError>,
+    ) -> Option<ChannelName> {
         let channel = match ChannelName::new(name) {
             Ok(c) => c,
             Err(e) => {
@@ -571,20 +606,9 @@ impl Session {
                 return None;
             }
         };
-        if let Err(e) = self
-            .gateway
-            .inner
-            .auth
-            .authorize(&self.claims, operation, channel.as_str())
-        {
+        if let Err(e) = check(&self.gateway.inner.auth, channel.as_str()) {
             self.audit_refusal(&e, channel.as_str());
             self.error(id, e.code(), e.to_string(), 0);
-            return None;
-        }
-        if operation == Operation::Publish
-            && let Err((code, message)) = chorus_core::check_client_writable(&channel)
-        {
-            self.error(id, code, message, 0);
             return None;
         }
         Some(channel)
@@ -643,7 +667,7 @@ impl Session {
 
     async fn history(&self, id: u64, request: client::HistoryRequest) {
         let inner = &self.gateway.inner;
-        let Some(channel) = self.authorized_channel(id, request.channel, Operation::Subscribe) else {
+        let Some(channel) = self.readable_channel(id, request.channel, &request.token) else {
             return;
         };
         let limit = match request.limit {

@@ -219,6 +219,23 @@ pub(crate) fn authorized_channel(
     Ok((claims, channel))
 }
 
+/// The header that carries a subscription token (for a private channel, or a channel beyond
+/// the caller's roles) with a history read.
+pub const SUBSCRIPTION_TOKEN_HEADER: &str = "x-subscription-token";
+
+/// `name` as a channel when it is valid and the caller may read it: their roles allow it,
+/// or the `X-Subscription-Token` header grants it (a private channel needs the token). The
+/// request counts against the caller's subscribe rate.
+fn readable_channel(state: &HttpState, headers: &HeaderMap, name: String) -> Result<ChannelName, ApiError> {
+    let claims = claims(state, headers, Some(OperationClass::Subscribe))?;
+    let channel = ChannelName::new(name)?;
+    let token = headers
+        .get(SUBSCRIPTION_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok());
+    state.auth.authorize_read(&claims, channel.as_str(), token)?;
+    Ok(channel)
+}
+
 /// Admin operations need an admin token. The node-to-node credentials are not accepted:
 /// they are for peers (over gRPC, with mutual TLS when configured), and a captured proof
 /// used to give admin over plain HTTP.
@@ -485,13 +502,7 @@ async fn history(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, channel) = authorized_channel(
-        &state,
-        &headers,
-        channel,
-        Operation::Subscribe,
-        Some(OperationClass::Subscribe),
-    )?;
+    let channel = readable_channel(&state, &headers, channel)?;
     let since = query_number(&query, "since", 0)?;
     let limit = query_number(&query, "limit", DEFAULT_HISTORY_LIMIT as u64)?;
     if limit == 0 || limit > MAX_HISTORY_LIMIT as u64 {
