@@ -123,6 +123,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             peers: config.peers.clone(),
             cluster_secret: config.cluster_secret.clone(),
             limits: config.history_limits(),
+            quotas: config.history_quotas(),
             heartbeat_ms: config.raft_timing.heartbeat_ms,
             election_timeout_ms: (
                 config.raft_timing.election_timeout_min_ms,

@@ -279,3 +279,64 @@ async fn api_requests_are_limited_per_address_before_the_token_is_checked() -> R
     assert_eq!(refused, 2.0);
     Ok(())
 }
+/// History quotas: a channel keeps at most `max_bytes_per_channel` bytes of event data (its
+/// oldest events dropped), and a user whose events hold `max_bytes_per_user` bytes of a shard
+/// gets `quota_exceeded`, over HTTP and QUIC alike, while others keep publishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_quotas_bound_a_channel_and_a_user() -> Result<()> {
+    let cluster = builder()
+        .nodes(1)
+        .shards(1)
+        .config("[history]\nmax_bytes_per_channel = 250\nmax_bytes_per_user = 500\n")
+        .start()
+        .await?;
+    // The leader replicates the configured quotas shortly after it is elected.
+    common::wait_for("the quotas in force", Duration::from_secs(10), || async {
+        let status = cluster.status(1).await.ok()?;
+        (status["shards"][0]["quotas"]["max_bytes_per_user"] == json!(500)).then_some(())
+    })
+    .await?;
+    let mallory = common::token("mallory", &["admin"]);
+    let data = json!("x".repeat(98)); // 100 bytes of JSON
+    // Four events to c0 (it keeps the newest two: 200 bytes), then one to each of c1, c2, ...
+    // until mallory's retained bytes would pass 500.
+    let mut refused = None;
+    for i in 0..40 {
+        let channel = if i < 4 { 0 } else { i - 3 };
+        let response = cluster
+            .client
+            .post(format!(
+                "{}/api/v1/channels/quota.c{channel}/publish",
+                cluster.url(1)
+            ))
+            .bearer_auth(&mallory)
+            .json(&json!({ "data": data }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            refused = Some((
+                i,
+                response.status().as_u16(),
+                response.json::<serde_json::Value>().await?,
+            ));
+            break;
+        }
+    }
+    let (accepted, status, body) = refused.context("mallory's 40 publishes of 100 bytes all passed")?;
+    assert_eq!((accepted, status), (7, 429), "c1 to c3 fit, c4 does not: {body}");
+    assert_eq!(body["code"], "quota_exceeded", "{body}");
+
+    let history = cluster.history(1, "quota.c0").await?;
+    let offsets: Vec<u64> = history.iter().filter_map(|m| m["offset"].as_u64()).collect();
+    assert_eq!(offsets, [3, 4], "c0 keeps its newest 250 bytes: {history:?}");
+
+    // Over QUIC too; another user is not affected.
+    let client = cluster.sdk(&[1], &mallory).connect().await?;
+    let quic = client
+        .publish("quota.c9", &data.to_string())
+        .await
+        .expect_err("mallory is over her quota");
+    assert_eq!(quic.code(), Some("quota_exceeded"), "{quic}");
+    cluster.publish(1, "quota.c0", json!("alice's"), None).await?;
+    Ok(())
+}

@@ -325,7 +325,20 @@ pub struct HistoryConfig {
     pub max_age_secs: u64,
     /// How long an idempotency key is remembered, in seconds.
     pub dedupe_window_secs: u64,
+    /// Most bytes of event data one channel retains; its oldest events are dropped beyond
+    /// (0: no quota).
+    pub max_bytes_per_channel: u64,
+    /// Most bytes of event data one user's publishes may hold in one shard's history; a
+    /// publish beyond gets `quota_exceeded` (0: no quota).
+    pub max_bytes_per_user: u64,
 }
+
+/// The default history quotas: 64 MiB per channel (instead of 10,000 events of up to 64 KiB,
+/// 640 MB), and 64 MiB per user in each shard.
+pub const DEFAULT_QUOTAS: chorus_core::HistoryQuotas = chorus_core::HistoryQuotas {
+    max_bytes_per_channel: 64 << 20,
+    max_bytes_per_user: 64 << 20,
+};
 
 impl Default for HistoryConfig {
     fn default() -> Self {
@@ -334,6 +347,8 @@ impl Default for HistoryConfig {
             max_entries: limits.max_entries,
             max_age_secs: limits.max_age_ms / 1000,
             dedupe_window_secs: limits.dedupe_window_ms / 1000,
+            max_bytes_per_channel: DEFAULT_QUOTAS.max_bytes_per_channel,
+            max_bytes_per_user: DEFAULT_QUOTAS.max_bytes_per_user,
         }
     }
 }
@@ -890,6 +905,14 @@ impl NodeConfig {
             max_entries: self.history.max_entries,
             max_age_ms: self.history.max_age_secs.saturating_mul(1000),
             dedupe_window_ms: self.history.dedupe_window_secs.saturating_mul(1000),
+        }
+    }
+
+    /// The replicated history quotas.
+    pub fn history_quotas(&self) -> chorus_core::HistoryQuotas {
+        chorus_core::HistoryQuotas {
+            max_bytes_per_channel: self.history.max_bytes_per_channel,
+            max_bytes_per_user: self.history.max_bytes_per_user,
         }
     }
 }

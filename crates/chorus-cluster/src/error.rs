@@ -48,6 +48,12 @@ pub enum ClusterError {
     /// unchanged).
     #[error("{0}")]
     Session(chorus_core::collab::OpError),
+    /// A publish was refused for its publisher's history quota (nothing was appended).
+    #[error(
+        "history quota exceeded: your events hold {} bytes of this shard's history, this one adds {}, the quota is {} (max_bytes_per_user); room comes back as older events expire",
+        .0.used, .0.adding, .0.quota
+    )]
+    QuotaExceeded(chorus_core::QuotaExceeded),
     /// A node or storage failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -62,6 +68,7 @@ impl ClusterError {
             ClusterError::Indeterminate { .. } | ClusterError::Timeout { .. } => ErrorCode::Timeout,
             ClusterError::Membership(_) | ClusterError::BadRequest(_) => ErrorCode::BadRequest,
             ClusterError::Internal(_) => ErrorCode::Internal,
+            ClusterError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
         }
     }
 }

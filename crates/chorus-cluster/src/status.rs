@@ -39,6 +39,13 @@ pub struct ShardStatus {
     /// nothing between writes, so this grows past the lease; the next write renews it.
     #[serde(default)]
     pub quorum_acked_ms_ago: Option<u64>,
+    /// The retention limits this replica applies (the leader replicates the configured ones
+    /// within a fraction of a second of taking over).
+    #[serde(default)]
+    pub limits: Option<chorus_core::HistoryLimits>,
+    /// The history quotas this replica applies.
+    #[serde(default)]
+    pub quotas: Option<chorus_core::HistoryQuotas>,
 }
 
 /// A member node.
@@ -119,6 +126,8 @@ impl ClusterNode {
                     .last_quorum_acked
                     .as_ref()
                     .map(|acked| acked.elapsed().as_millis() as u64),
+                limits: Some(shard.reader.limits()),
+                quotas: Some(shard.reader.with_state(|state| state.quotas())),
             });
         }
         let nodes = members

@@ -46,6 +46,8 @@ pub enum Command {
     RosterLeave(RosterCommand),
     /// Revokes a user's tokens or one token (in shard 0, read by every node).
     Revoke(crate::revocation::RevokeCommand),
+    /// Sets the shard's history quotas (proposed like [`Command::SetLimits`]).
+    SetQuotas(crate::quota::HistoryQuotas),
 }
 
 impl Command {
@@ -63,7 +65,7 @@ impl Command {
             Command::MarkRead(c) => c.time_ms = now_ms,
             Command::RosterJoin(c) | Command::RosterLeave(c) => c.time_ms = now_ms,
             Command::Revoke(c) => c.time_ms = now_ms,
-            Command::SetLimits(_) | Command::SetClusterId(_) => {}
+            Command::SetLimits(_) | Command::SetClusterId(_) | Command::SetQuotas(_) => {}
         }
     }
 
@@ -257,6 +259,8 @@ pub enum CommandResult {
     },
     /// A revocation was recorded.
     Revoked,
+    /// A publish was refused: its publisher's retained bytes would go over their quota.
+    QuotaExceeded(crate::quota::QuotaExceeded),
 }
 
 /// A session's version and its channel's position.

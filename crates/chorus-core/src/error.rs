@@ -43,6 +43,9 @@ pub enum ErrorCode {
     /// Too many requests of this kind from this user: try again after the time the error
     /// gives (`retry_after_ms`, or HTTP's `Retry-After`).
     RateLimited,
+    /// The user's events already hold their share of the history (`[history]
+    /// max_bytes_per_user`): room comes back as retention drops their older events.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -74,7 +78,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::IdleTimeout => 408,
-            ErrorCode::SlowConsumer | ErrorCode::RateLimited => 429,
+            ErrorCode::SlowConsumer | ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,

@@ -18,6 +18,7 @@ pub mod command;
 pub mod error;
 pub mod pattern;
 pub mod presence;
+pub mod quota;
 pub mod revocation;
 pub mod roster;
 pub mod shard;
@@ -32,8 +33,9 @@ pub use command::{
 pub use error::ErrorCode;
 pub use pattern::{ChannelPattern, PatternError};
 pub use presence::{ConnRef, PresenceStatus};
+pub use quota::{HistoryQuotas, QuotaExceeded};
 pub use shard::{ShardId, shard_for};
 pub use state::{
-    AppliedOutput, ApplyContext, HistoryLimits, HistoryPage, ShardState, ShardStateWithoutRevocations,
-    StoredMessage,
+    AppliedOutput, ApplyContext, HistoryLimits, HistoryPage, ShardState, ShardStateWithoutQuotas,
+    ShardStateWithoutRevocations, StoredMessage,
 };

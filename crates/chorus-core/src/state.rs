@@ -21,6 +21,7 @@ use crate::command::{
 use crate::presence::{
     DevicePresence, NodeLease, PRESENCE_CHANNEL_PREFIX, PresenceStatus, UserPresence, change_event_type,
 };
+use crate::quota::{HistoryBytes, HistoryQuotas, QuotaExceeded};
 use crate::roster::{Member, Rosters};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -158,9 +159,52 @@ pub struct ShardState {
     reads: BTreeMap<ChannelName, BTreeMap<String, u64>>,
     /// Who is subscribed to the channels with rosters.
     rosters: Rosters,
-    /// Revoked tokens (shard 0 only). Last: a snapshot written before it existed ends just
-    /// before it (see [`ShardStateWithoutRevocations`]).
+    /// Revoked tokens (shard 0 only). A snapshot written before it existed ends just before
+    /// it (see [`ShardStateWithoutRevocations`]).
     revocations: crate::revocation::Revocations,
+    /// History quotas (replicated, see [`Command::SetQuotas`]). New fields go last: a
+    /// snapshot of a build before quotas ends just before them ([`ShardStateWithoutQuotas`]).
+    quotas: HistoryQuotas,
+    /// Bytes of retained history per channel and per user, which the quotas bound.
+    history_bytes: HistoryBytes,
+}
+
+/// [`ShardState`] as snapshots of builds before quotas encoded it.
+#[derive(Deserialize)]
+pub struct ShardStateWithoutQuotas {
+    limits: HistoryLimits,
+    cluster_id: Option<String>,
+    clock_ms: u64,
+    channels: BTreeMap<ChannelName, ChannelLog>,
+    sessions: BTreeMap<ChannelName, SessionDoc>,
+    presence: BTreeMap<String, UserPresence>,
+    leases: BTreeMap<u64, NodeLease>,
+    reads: BTreeMap<ChannelName, BTreeMap<String, u64>>,
+    rosters: Rosters,
+    revocations: crate::revocation::Revocations,
+}
+
+impl From<ShardStateWithoutQuotas> for ShardState {
+    fn from(old: ShardStateWithoutQuotas) -> Self {
+        ShardState {
+            history_bytes: HistoryBytes::counted(
+                old.channels
+                    .iter()
+                    .map(|(channel, log)| (channel, log.messages.iter().map(|m| &**m))),
+            ),
+            limits: old.limits,
+            cluster_id: old.cluster_id,
+            clock_ms: old.clock_ms,
+            channels: old.channels,
+            sessions: old.sessions,
+            presence: old.presence,
+            leases: old.leases,
+            reads: old.reads,
+            rosters: old.rosters,
+            revocations: old.revocations,
+            quotas: HistoryQuotas::default(),
+        }
+    }
 }
 
 /// [`ShardState`] as snapshots of builds before revocations encoded it (postcard has no
@@ -180,7 +224,7 @@ pub struct ShardStateWithoutRevocations {
 
 impl From<ShardStateWithoutRevocations> for ShardState {
     fn from(old: ShardStateWithoutRevocations) -> Self {
-        ShardState {
+        ShardStateWithoutQuotas {
             limits: old.limits,
             cluster_id: old.cluster_id,
             clock_ms: old.clock_ms,
@@ -192,6 +236,7 @@ impl From<ShardStateWithoutRevocations> for ShardState {
             rosters: old.rosters,
             revocations: Default::default(),
         }
+        .into()
     }
 }
 
@@ -237,7 +282,10 @@ impl ShardState {
         out: &mut Vec<AppliedOutput>,
     ) -> CommandResult {
         match command {
-            Command::Publish(publish) => CommandResult::Published(self.publish(ctx, publish, out)),
+            Command::Publish(publish) => match self.publish(ctx, publish, out) {
+                Ok(published) => CommandResult::Published(published),
+                Err(exceeded) => CommandResult::QuotaExceeded(exceeded),
+            },
             Command::CreateSession(create) => {
                 CommandResult::SessionCreated(self.create_session(ctx, create, out))
             }
@@ -262,10 +310,12 @@ impl ShardState {
             }
             Command::SetLimits(limits) => {
                 self.limits = *limits;
-                let now = self.clock_ms;
-                for log in self.channels.values_mut() {
-                    log.enforce(limits, now);
-                }
+                self.enforce_everywhere();
+                CommandResult::LimitsSet
+            }
+            Command::SetQuotas(quotas) => {
+                self.quotas = *quotas;
+                self.enforce_everywhere();
                 CommandResult::LimitsSet
             }
             Command::SetClusterId(id) => {
@@ -303,16 +353,44 @@ impl ShardState {
         self.clock_ms
     }
 
-    fn channel_log(&mut self, ctx: ApplyContext, channel: &ChannelName) -> &mut ChannelLog {
-        self.channels
-            .entry(channel.clone())
-            .or_insert_with(|| ChannelLog {
-                epoch: ctx.log_index,
-                last_offset: 0,
-                messages: VecDeque::new(),
-                dedupe: HashMap::new(),
-                dedupe_order: VecDeque::new(),
-            })
+    /// Applies the retention limits and quotas to every channel (after they changed).
+    fn enforce_everywhere(&mut self) {
+        let now = self.clock_ms;
+        let retention = self.retention();
+        for (channel, log) in &mut self.channels {
+            log.enforce(channel, &retention, now, &mut self.history_bytes);
+        }
+    }
+
+    fn retention(&self) -> Retention {
+        Retention {
+            limits: self.limits,
+            quotas: self.quotas,
+        }
+    }
+
+    /// The history quotas in force.
+    pub fn quotas(&self) -> HistoryQuotas {
+        self.quotas
+    }
+
+    /// Bytes of retained history per channel and per user.
+    pub fn history_bytes(&self) -> &HistoryBytes {
+        &self.history_bytes
+    }
+
+    fn channel_log<'a>(
+        channels: &'a mut BTreeMap<ChannelName, ChannelLog>,
+        ctx: ApplyContext,
+        channel: &ChannelName,
+    ) -> &'a mut ChannelLog {
+        channels.entry(channel.clone()).or_insert_with(|| ChannelLog {
+            epoch: ctx.log_index,
+            last_offset: 0,
+            messages: VecDeque::new(),
+            dedupe: HashMap::new(),
+            dedupe_order: VecDeque::new(),
+        })
     }
 
     /// Appends an event produced by the cluster itself (session operations, presence).
@@ -330,8 +408,8 @@ impl ShardState {
             time_ms,
         } = event;
         let now = self.advance_clock(time_ms);
-        let limits = self.limits;
-        let log = self.channel_log(ctx, channel);
+        let retention = self.retention();
+        let log = Self::channel_log(&mut self.channels, ctx, channel);
         log.last_offset += 1;
         let message = Arc::new(StoredMessage {
             offset: log.last_offset,
@@ -341,7 +419,8 @@ impl ShardState {
             time_ms,
         });
         log.messages.push_back(message.clone());
-        log.enforce(&limits, now);
+        self.history_bytes.added(channel, &message);
+        log.enforce(channel, &retention, now, &mut self.history_bytes);
         let (epoch, offset) = (log.epoch, log.last_offset);
         out.push(AppliedOutput::Event {
             channel: channel.clone(),
@@ -356,21 +435,23 @@ impl ShardState {
         ctx: ApplyContext,
         cmd: &PublishCommand,
         out: &mut Vec<AppliedOutput>,
-    ) -> Published {
+    ) -> Result<Published, QuotaExceeded> {
         let now = self.advance_clock(cmd.time_ms);
-        let limits = self.limits;
-        let log = self.channel_log(ctx, &cmd.channel);
-        log.expire_dedupe(limits.dedupe_window_ms, now);
+        let retention = self.retention();
+        let log = Self::channel_log(&mut self.channels, ctx, &cmd.channel);
+        log.expire_dedupe(retention.limits.dedupe_window_ms, now);
         if let Some(key) = &cmd.idempotency_key
             && let Some(seen) = log.dedupe.get(key)
         {
-            return Published {
+            return Ok(Published {
                 channel: cmd.channel.clone(),
                 offset: seen.offset,
                 epoch: log.epoch,
                 duplicate: true,
-            };
+            });
         }
+        self.history_bytes
+            .check_user(&self.quotas, &cmd.publisher, cmd.data.len() as u64)?;
         log.last_offset += 1;
         let offset = log.last_offset;
         let message = Arc::new(StoredMessage {
@@ -388,19 +469,20 @@ impl ShardState {
                 .insert(key.clone(), DedupeEntry { offset, time_ms: now });
             log.dedupe_order.push_back((now, key.clone()));
         }
-        log.enforce(&limits, now);
+        self.history_bytes.added(&cmd.channel, &message);
+        log.enforce(&cmd.channel, &retention, now, &mut self.history_bytes);
         let epoch = log.epoch;
         out.push(AppliedOutput::Event {
             channel: cmd.channel.clone(),
             epoch,
             message,
         });
-        Published {
+        Ok(Published {
             channel: cmd.channel.clone(),
             offset,
             epoch,
             duplicate: false,
-        }
+        })
     }
 
     fn create_session(
@@ -810,17 +892,28 @@ impl ShardState {
     }
 }
 
+/// What bounds a channel's history.
+struct Retention {
+    limits: HistoryLimits,
+    quotas: HistoryQuotas,
+}
+
 impl ChannelLog {
-    fn enforce(&mut self, limits: &HistoryLimits, now: u64) {
-        while self.messages.len() as u64 > limits.max_entries {
-            self.messages.pop_front();
-        }
-        while self
-            .messages
-            .front()
-            .is_some_and(|m| m.time_ms.saturating_add(limits.max_age_ms) < now)
-        {
-            self.messages.pop_front();
+    /// Drops the oldest events beyond `max_entries`, older than `max_age`, and beyond the
+    /// channel's byte quota (keeping the newest), counting them out of `bytes`.
+    fn enforce(&mut self, channel: &ChannelName, retention: &Retention, now: u64, bytes: &mut HistoryBytes) {
+        let Retention { limits, quotas } = retention;
+        while let Some(oldest) = self.messages.front() {
+            let too_many = self.messages.len() as u64 > limits.max_entries;
+            let too_old = oldest.time_ms.saturating_add(limits.max_age_ms) < now;
+            let too_big = quotas.max_bytes_per_channel > 0
+                && self.messages.len() > 1
+                && bytes.of_channel(channel) > quotas.max_bytes_per_channel;
+            if !(too_many || too_old || too_big) {
+                break;
+            }
+            let dropped = self.messages.pop_front().expect("front exists");
+            bytes.removed(channel, &dropped);
         }
     }
 

@@ -197,13 +197,20 @@ impl ShardStateMachine {
     }
 }
 
-/// Decodes a snapshot's state, also in the layout of builds before revocations.
+/// Decodes a snapshot's state, also in the layouts of builds before quotas and before
+/// revocations (each ends where the next build's new fields begin).
 fn decode_state(bytes: &[u8]) -> Result<ShardState, StoreError> {
-    decode::<ShardState>("snapshot state", bytes).or_else(|error| {
-        decode::<chorus_core::ShardStateWithoutRevocations>("snapshot state", bytes)
-            .map(ShardState::from)
-            .map_err(|_| error)
-    })
+    decode::<ShardState>("snapshot state", bytes)
+        .or_else(|error| {
+            decode::<chorus_core::ShardStateWithoutQuotas>("snapshot state", bytes)
+                .map(ShardState::from)
+                .map_err(|_| error)
+        })
+        .or_else(|error| {
+            decode::<chorus_core::ShardStateWithoutRevocations>("snapshot state", bytes)
+                .map(ShardState::from)
+                .map_err(|_| error)
+        })
 }
 
 impl ShardStateMachine {
@@ -373,13 +380,13 @@ mod tests {
     use chorus_core::{ApplyContext, Command, PublishCommand};
 
     #[test]
-    fn a_snapshot_of_the_layout_before_revocations_still_loads() {
+    fn snapshots_of_the_layouts_before_quotas_and_before_revocations_still_load() {
         let mut state = ShardState::new(HistoryLimits::default());
         let channel = ChannelName::new("chat.room").unwrap();
         state.apply(
             ApplyContext { log_index: 1 },
             &Command::Publish(PublishCommand {
-                channel,
+                channel: channel.clone(),
                 data: "{\"n\":1}".into(),
                 event_type: None,
                 publisher: "alice".into(),
@@ -387,13 +394,19 @@ mod tests {
                 time_ms: 1_000,
             }),
         );
+        assert_eq!(state.history_bytes().of_channel(&channel), 7);
         let bytes = encode(&state);
-        // The old layout is the new one without the trailing (empty) revocations: two empty
-        // maps, one length byte each.
-        assert_eq!(&bytes[bytes.len() - 2..], &[0, 0]);
-        let old_layout = &bytes[..bytes.len() - 2];
-        assert!(decode::<ShardState>("snapshot state", old_layout).is_err());
-        assert_eq!(decode_state(old_layout).unwrap(), state);
+        // Each older layout is the newer one without its trailing fields: the quotas and the
+        // byte counts, then the (empty) revocations, two empty maps of one length byte each.
+        let quota_fields = encode(&(state.quotas(), state.history_bytes())).len();
+        let before_quotas = &bytes[..bytes.len() - quota_fields];
+        assert_eq!(&before_quotas[before_quotas.len() - 2..], &[0, 0]);
+        let before_revocations = &before_quotas[..before_quotas.len() - 2];
+        for old_layout in [before_quotas, before_revocations] {
+            assert!(decode::<ShardState>("snapshot state", old_layout).is_err());
+            let loaded = decode_state(old_layout).unwrap();
+            assert_eq!(loaded, state, "the byte counts are counted again on load");
+        }
         assert_eq!(decode_state(&bytes).unwrap(), state);
     }
 }

@@ -47,6 +47,8 @@ pub struct ClusterConfig {
     pub cluster_secret: String,
     /// Replicated history limits to enforce.
     pub limits: HistoryLimits,
+    /// Replicated history quotas to enforce.
+    pub quotas: chorus_core::HistoryQuotas,
     /// Heartbeat interval, ms.
     pub heartbeat_ms: u64,
     /// Election timeout range, ms.
@@ -639,6 +641,10 @@ impl ClusterNode {
             self.expire_leases(shard.id, crate::clock::unix_ms()).await;
             if shard.reader.limits() != self.inner.config.limits {
                 let request = ShardRequest::new(vec![Command::SetLimits(self.inner.config.limits)]);
+                let _ = shard.raft.client_write(request).await.map_err(write_error);
+            }
+            if shard.reader.with_state(|state| state.quotas()) != self.inner.config.quotas {
+                let request = ShardRequest::new(vec![Command::SetQuotas(self.inner.config.quotas)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
             }
         }

@@ -75,6 +75,7 @@ impl ClusterNode {
             .inc();
         match response?.0.into_iter().next() {
             Some(CommandResult::Published(published)) => Ok(published),
+            Some(CommandResult::QuotaExceeded(exceeded)) => Err(ClusterError::QuotaExceeded(exceeded)),
             other => Err(ClusterError::Internal(format!(
                 "unexpected apply result {other:?}"
             ))),
