@@ -102,7 +102,14 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     let peer_tls = config
         .cluster_tls
         .as_ref()
-        .map(|files| chorus_cluster::tls::PeerTls::load(&files.ca_file, &files.cert_file, &files.key_file))
+        .map(|files| {
+            chorus_cluster::tls::PeerTls::load(
+                &files.ca_file,
+                &files.cert_file,
+                &files.key_file,
+                &config.cluster_secret,
+            )
+        })
         .transpose()
         .context("`cluster_tls`")?;
     // Peers' handshakes are answered from now on (queued for the gRPC server, which starts

@@ -1,6 +1,7 @@
 //! Mutual TLS between nodes: a cluster on certificates of `chorus certs init` replicates and
-//! fails over, and a captured node credential is useless without a certificate of the
-//! cluster's CA.
+//! fails over; a captured node credential is useless without a certificate of the cluster's
+//! CA, and a certificate of the CA is useless without the cluster secret, which every
+//! connection proves for its own TLS session.
 
 mod common;
 
@@ -79,10 +80,12 @@ async fn a_captured_node_credential_is_useless_without_a_cluster_certificate() -
     // handshake.
     let other = tempfile::tempdir()?;
     chorus_cluster::tls::generate(other.path(), &[1], &["localhost".into()])?;
+    let secret = cluster.node(1).cluster_secret.clone();
     let stranger = PeerTls::load(
         &other.path().join("ca.pem"),
         &other.path().join("node-1.pem"),
         &other.path().join("node-1.key"),
+        &secret,
     )?;
     let handshake = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,14 +101,44 @@ async fn a_captured_node_credential_is_useless_without_a_cluster_certificate() -
     let refused = tokio::time::timeout(Duration::from_secs(10), handshake).await?;
     assert!(refused.is_err(), "a stranger's certificate was accepted");
 
-    // A certificate of the cluster's CA is let in: the refusals above were the certificates'.
-    let member = PeerTls::load(
-        &certs.join("ca.pem"),
-        &certs.join("node-9.pem"),
-        &certs.join("node-9.key"),
-    )?;
-    let stream = member.connector(tcp()).connect(&raft).await?;
-    drop(stream);
+    // A certificate of the cluster's CA with the cluster secret is answered (the refusals
+    // above were the certificates'); with another secret, or with the static proof of the
+    // right one in a header (what a node without TLS sends), it is not: the secret is
+    // proven for each TLS session, and a proof from elsewhere is worth nothing.
+    let node_info = |secret: String, header: Option<String>| {
+        let certs = certs.clone();
+        let raft = raft.clone();
+        async move {
+            let member = PeerTls::load(
+                &certs.join("ca.pem"),
+                &certs.join("node-9.pem"),
+                &certs.join("node-9.key"),
+                &secret,
+            )?;
+            let connector = member.connector(tcp());
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{raft}"))?
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let (connector, raft) = (connector.clone(), raft.clone());
+                    async move { connector.connect(&raft).await.map(hyper_util::rt::TokioIo::new) }
+                }))
+                .await?;
+            let mut request = tonic::Request::new(NodeInfoRequest {});
+            if let Some(header) = header {
+                request
+                    .metadata_mut()
+                    .insert(chorus_cluster::auth::AUTH_HEADER, header.parse()?);
+            }
+            anyhow::Ok(ClusterClient::new(channel).node_info(request).await?.into_inner())
+        }
+    };
+    let within = Duration::from_secs(10);
+    let answered = tokio::time::timeout(within, node_info(secret.clone(), None)).await??;
+    assert_eq!(answered.node_id, 1);
+    let wrong = tokio::time::timeout(within, node_info("not-the-secret".into(), Some(proof.clone()))).await?;
+    assert!(
+        wrong.is_err(),
+        "a wrong secret with the captured static proof was answered"
+    );
 
     // The keys are the owner's only.
     use std::os::unix::fs::PermissionsExt;

@@ -783,8 +783,13 @@ impl NodeConfig {
             bail!("`raft_timing.election_timeout_max_ms` must exceed `raft_timing.election_timeout_min_ms`");
         }
         if let Some(tls) = &self.cluster_tls {
-            chorus_cluster::tls::PeerTls::load(&tls.ca_file, &tls.cert_file, &tls.key_file)
-                .context("`cluster_tls`")?;
+            chorus_cluster::tls::PeerTls::load(
+                &tls.ca_file,
+                &tls.cert_file,
+                &tls.key_file,
+                &self.cluster_secret,
+            )
+            .context("`cluster_tls`")?;
         }
         // Read now so that a missing file or a bad key stops the start with its name.
         let keys = self.auth.verification_keys()?;

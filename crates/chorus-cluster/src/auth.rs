@@ -1,9 +1,12 @@
 //! Node-to-node authentication with the cluster secret.
 //!
-//! Every call carries `x-chorus-auth`: the hex SHA-256 of `"chorus-cluster-auth-v1:"` plus the
-//! secret (the secret itself never crosses the wire), and `x-chorus-cluster-id`. The receiver
-//! compares in constant time and refuses mismatches with a status that says which check
-//! failed, and logs the refusal with the caller's address.
+//! Without mutual TLS, every call carries `x-chorus-auth`: the hex SHA-256 of
+//! `"chorus-cluster-auth-v1:"` plus the secret (the secret itself never crosses the wire, but
+//! the proof is static: whoever captures it can replay it). With mutual TLS the secret proves
+//! itself once per connection instead, bound to that TLS session (`crate::tls`), and calls
+//! carry no proof. Calls also carry `x-chorus-cluster-id`. The receiver compares in constant
+//! time and refuses mismatches with a status that says which check failed, and logs the
+//! refusal with the caller's address.
 
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
@@ -19,7 +22,7 @@ pub fn secret_proof(secret: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -47,14 +50,28 @@ pub fn proof_matches(presented: &str, proof: &str) -> bool {
     constant_time_eq(presented.as_bytes(), proof.as_bytes())
 }
 
-/// Checks a call's metadata against our proof and cluster id.
-pub fn check(metadata: &MetadataMap, proof: &str, our_cluster_id: Option<&str>) -> Result<(), PeerAuthError> {
-    let presented = metadata
-        .get(AUTH_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(PeerAuthError::Missing)?;
-    if !constant_time_eq(presented.as_bytes(), proof.as_bytes()) {
-        return Err(PeerAuthError::WrongSecret);
+/// Adds the static proof to a call's metadata (`None`: the connection proved the secret).
+pub fn present(metadata: &mut MetadataMap, proof: Option<&str>) {
+    if let Some(proof) = proof {
+        metadata.insert(AUTH_HEADER, proof.parse().expect("hex is valid metadata"));
+    }
+}
+
+/// Checks a call's metadata against our proof (`None`: every connection proved the secret
+/// when it opened, see `crate::tls`) and cluster id.
+pub fn check(
+    metadata: &MetadataMap,
+    proof: Option<&str>,
+    our_cluster_id: Option<&str>,
+) -> Result<(), PeerAuthError> {
+    if let Some(proof) = proof {
+        let presented = metadata
+            .get(AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(PeerAuthError::Missing)?;
+        if !constant_time_eq(presented.as_bytes(), proof.as_bytes()) {
+            return Err(PeerAuthError::WrongSecret);
+        }
     }
     let theirs = metadata
         .get(CLUSTER_ID_HEADER)
@@ -86,20 +103,22 @@ mod tests {
     #[test]
     fn accepts_right_secret_and_refuses_others() {
         let ours = secret_proof("s3cret-one");
-        assert_eq!(check(&metadata(&ours, ""), &ours, Some("c1")), Ok(()));
-        assert_eq!(check(&metadata(&ours, "c1"), &ours, Some("c1")), Ok(()));
+        assert_eq!(check(&metadata(&ours, ""), Some(&ours), Some("c1")), Ok(()));
+        assert_eq!(check(&metadata(&ours, "c1"), Some(&ours), Some("c1")), Ok(()));
         assert_eq!(
-            check(&metadata(&secret_proof("other"), "c1"), &ours, Some("c1")),
+            check(&metadata(&secret_proof("other"), "c1"), Some(&ours), Some("c1")),
             Err(PeerAuthError::WrongSecret)
         );
         assert_eq!(
-            check(&MetadataMap::new(), &ours, None),
+            check(&MetadataMap::new(), Some(&ours), None),
             Err(PeerAuthError::Missing)
         );
         assert!(matches!(
-            check(&metadata(&ours, "c2"), &ours, Some("c1")),
+            check(&metadata(&ours, "c2"), Some(&ours), Some("c1")),
             Err(PeerAuthError::OtherCluster { .. })
         ));
         assert_ne!(ours, "s3cret-one", "the secret itself never travels");
+        // Over mutual TLS the connection proved the secret: calls need only the cluster id.
+        assert_eq!(check(&MetadataMap::new(), None, Some("c1")), Ok(()));
     }
 }

@@ -19,7 +19,7 @@
 //! writes of batches sent as unary calls (4 in flight per lane), which in turn did no better
 //! than a unary call per message.
 
-use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
+use crate::auth::CLUSTER_ID_HEADER;
 use crate::network::MAX_MESSAGE_BYTES;
 use crate::node::ClusterNode;
 use crate::service::{ShardCall, handle_shard_call};
@@ -163,8 +163,9 @@ struct Outgoing {
 pub struct LinkTarget {
     /// The peer's gRPC channel.
     pub channel: Channel,
-    /// The proof of the cluster secret.
-    pub proof: String,
+    /// The static proof of the cluster secret (`None` over mutual TLS, where the connection
+    /// proves it).
+    pub proof: Option<String>,
     /// This node's cluster id when the link opens (a new id reopens the link).
     pub cluster_id: Arc<RwLock<Option<String>>>,
 }
@@ -233,7 +234,7 @@ async fn open(target: &LinkTarget) -> Result<Open, Status> {
     let (frames, frames_rx) = mpsc::channel::<LinkFrame>(FRAMES_QUEUED);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(frames_rx));
     let meta = request.metadata_mut();
-    meta.insert(AUTH_HEADER, target.proof.parse().expect("hex is valid metadata"));
+    crate::auth::present(meta, target.proof.as_deref());
     if let Some(id) = cluster_id.as_deref()
         && let Ok(value) = id.parse()
     {

@@ -2,7 +2,7 @@
 //! requests and forwards travel on the peer's link (`crate::link`: one stream, batched
 //! frames); snapshots, node info and typing news are unary calls.
 
-use crate::auth::{AUTH_HEADER, CLUSTER_ID_HEADER};
+use crate::auth::CLUSTER_ID_HEADER;
 use crate::faults::Faults;
 use crate::link::{LinkClient, LinkError, LinkTarget};
 use crate::transport::Connector;
@@ -90,7 +90,7 @@ struct Peer {
 
 /// Cached channels and links to peers plus the credentials every call carries.
 pub struct PeerPool {
-    proof: String,
+    proof: Option<String>,
     cluster_id: Arc<RwLock<Option<String>>>,
     peers: RwLock<HashMap<u64, Peer>>,
     last_refusal_log: Mutex<HashMap<u64, Instant>>,
@@ -101,7 +101,7 @@ pub struct PeerPool {
 impl PeerPool {
     /// A pool presenting `proof` (see [`crate::auth::secret_proof`]), reaching peers through
     /// `connector`.
-    pub fn new(proof: String, faults: Arc<Faults>, connector: Arc<dyn Connector>) -> Arc<Self> {
+    pub fn new(proof: Option<String>, faults: Arc<Faults>, connector: Arc<dyn Connector>) -> Arc<Self> {
         Arc::new(PeerPool {
             proof,
             cluster_id: Arc::new(RwLock::new(None)),
@@ -216,7 +216,7 @@ impl PeerPool {
                 let mut req = tonic::Request::new(ShardMessage { shard, payload });
                 req.set_timeout(timeout);
                 let meta = req.metadata_mut();
-                meta.insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+                crate::auth::present(meta, self.proof.as_deref());
                 if let Some(id) = self.cluster_id.read().expect("lock").as_deref()
                     && let Ok(value) = id.parse()
                 {
@@ -264,8 +264,7 @@ impl PeerPool {
         let channel = self.channel(node, addr)?;
         let mut req = tonic::Request::new(NodeInfoRequest {});
         req.set_timeout(timeout);
-        req.metadata_mut()
-            .insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+        crate::auth::present(req.metadata_mut(), self.proof.as_deref());
         let reply = ClusterClient::new(channel).node_info(req).await;
         self.check_not_isolated()?;
         reply
@@ -290,8 +289,7 @@ impl PeerPool {
             raft_addr: raft_addr.to_string(),
         });
         req.set_timeout(timeout);
-        req.metadata_mut()
-            .insert(AUTH_HEADER, self.proof.parse().expect("hex is valid metadata"));
+        crate::auth::present(req.metadata_mut(), self.proof.as_deref());
         ClusterClient::new(channel)
             .join(req)
             .await

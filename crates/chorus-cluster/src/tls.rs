@@ -4,8 +4,14 @@
 //!
 //! Each node presents a certificate issued by the cluster's own CA (`chorus certs init`) and
 //! accepts only peers presenting one: a process without such a certificate cannot open a
-//! connection, whatever headers it replays, and nothing between nodes travels in clear (the
-//! cluster secret's proof included). The secret stays a second factor inside the channel.
+//! connection, whatever headers it replays, and nothing between nodes travels in clear.
+//!
+//! The cluster secret stays a second factor, proven once per connection and bound to its TLS
+//! session: right after the handshake the connecting node sends HMAC-SHA256(secret, keying
+//! material exported from this TLS session, RFC 5705/8446), and the accepting node checks it
+//! before a byte of gRPC is read. The proof is worth nothing on any other connection, so
+//! there is nothing to capture and replay: a stolen certificate without the secret, or the
+//! secret without a certificate, opens nothing. No static proof travels in the calls.
 //!
 //! A peer's certificate is checked against the CA, not against the address it was reached
 //! at: every certificate the cluster CA issued is a node of this cluster, and operators need
@@ -24,8 +30,24 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a peer may take to complete its TLS handshake.
+/// How long a peer may take to complete its TLS handshake and prove the secret.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The label of the keying material a connection's secret proof is computed over.
+const PROOF_LABEL: &[u8] = b"EXPORTER-chorus-cluster-secret-v1";
+
+/// The proof a connection carries: HMAC-SHA256 of the session's keying material, keyed with
+/// the cluster secret.
+fn session_proof(secret: &[u8], keying_material: &[u8; 32]) -> [u8; 32] {
+    use hmac::{Mac, SimpleHmac};
+    let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(keying_material);
+    mac.finalize().into_bytes().into()
+}
+
+fn exporter_error(e: rustls::Error) -> io::Error {
+    io::Error::other(format!("exporting TLS keying material: {e}"))
+}
 
 /// Why the node-to-node TLS files cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +87,8 @@ pub enum PeerTlsError {
 pub struct PeerTls {
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
+    /// The cluster secret, which every connection proves (see the module's documentation).
+    secret: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -78,8 +102,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl PeerTls {
-    /// Loads the cluster CA certificate, this node's certificate (chain) and its key.
-    pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<Self, PeerTlsError> {
+    /// Loads the cluster CA certificate, this node's certificate (chain) and its key; every
+    /// connection also proves `cluster_secret`.
+    pub fn load(ca: &Path, cert: &Path, key: &Path, cluster_secret: &str) -> Result<Self, PeerTlsError> {
         let pem_error = |path: &Path, what: String| PeerTlsError::Pem {
             path: path.to_path_buf(),
             what,
@@ -130,6 +155,7 @@ impl PeerTls {
         Ok(PeerTls {
             client: Arc::new(client),
             server: Arc::new(server),
+            secret: Arc::from(cluster_secret.as_bytes()),
         })
     }
 
@@ -138,15 +164,18 @@ impl PeerTls {
         Arc::new(TlsConnector {
             inner,
             tls: tokio_rustls::TlsConnector::from(self.client.clone()),
+            secret: self.secret.clone(),
         })
     }
 
     /// The connections accepted on `listener` whose TLS handshake succeeded (with a
-    /// certificate of the cluster CA), for the gRPC server. Failed handshakes are dropped
-    /// (and logged at debug): they never reach gRPC.
+    /// certificate of the cluster CA) and that proved the cluster secret for their session,
+    /// for the gRPC server. Failed handshakes are dropped (and logged at debug), wrong
+    /// proofs too (logged as warnings): they never reach gRPC.
     pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<TlsPeer>> {
         let (accepted, stream) = tokio::sync::mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.server.clone());
+        let secret = self.secret.clone();
         tokio::spawn(async move {
             loop {
                 let (tcp, remote) = match listener.accept().await {
@@ -159,9 +188,30 @@ impl PeerTls {
                 };
                 let _ = tcp.set_nodelay(true);
                 let local = tcp.local_addr().ok();
-                let (acceptor, sender) = (acceptor.clone(), accepted.clone());
+                let (acceptor, sender, secret) = (acceptor.clone(), accepted.clone(), secret.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let verified = async {
+                        use tokio::io::AsyncReadExt;
+                        let mut stream = acceptor.accept(tcp).await?;
+                        let material = stream
+                            .get_ref()
+                            .1
+                            .export_keying_material([0u8; 32], PROOF_LABEL, None)
+                            .map_err(exporter_error)?;
+                        let mut presented = [0u8; 32];
+                        stream.read_exact(&mut presented).await?;
+                        if !crate::auth::constant_time_eq(&presented, &session_proof(&secret, &material)) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::PermissionDenied,
+                                "wrong cluster secret",
+                            ));
+                        }
+                        Ok(stream)
+                    };
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, verified).await {
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                            tracing::warn!(%remote, "peer with a certificate of the cluster CA but a wrong cluster secret refused");
+                        }
                         Ok(Ok(stream)) => {
                             let _ = sender
                                 .send(Ok(TlsPeer {
@@ -187,11 +237,13 @@ impl PeerTls {
 struct TlsConnector {
     inner: Arc<dyn Connector>,
     tls: tokio_rustls::TlsConnector,
+    secret: Arc<[u8]>,
 }
 
 impl Connector for TlsConnector {
     fn connect(&self, addr: &str) -> Connecting {
         let (stream, tls, addr) = (self.inner.connect(addr), self.tls.clone(), addr.to_string());
+        let secret = self.secret.clone();
         Box::pin(async move {
             let stream = stream.await?;
             let host = addr
@@ -201,7 +253,19 @@ impl Connector for TlsConnector {
                 .trim_end_matches(']');
             let name = ServerName::try_from(host.to_string())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
-            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(name, stream))
+            let proven = async {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = tls.connect(name, stream).await?;
+                let material = stream
+                    .get_ref()
+                    .1
+                    .export_keying_material([0u8; 32], PROOF_LABEL, None)
+                    .map_err(exporter_error)?;
+                stream.write_all(&session_proof(&secret, &material)).await?;
+                stream.flush().await?;
+                io::Result::Ok(stream)
+            };
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, proven)
                 .await
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {addr}"))

@@ -100,7 +100,11 @@ mod tests {
     #[tokio::test]
     async fn peers_are_reached_only_through_the_connector() {
         let connector = Arc::new(Recording::default());
-        let pool = PeerPool::new("proof".into(), Arc::new(Faults::default()), connector.clone());
+        let pool = PeerPool::new(
+            Some("proof".into()),
+            Arc::new(Faults::default()),
+            connector.clone(),
+        );
         // A name no resolver knows: only the connector gives it a meaning.
         let result = pool
             .call::<_, ()>(

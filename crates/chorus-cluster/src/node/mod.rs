@@ -82,7 +82,7 @@ struct Inner {
     config: ClusterConfig,
     shards: Vec<Shard>,
     pool: Arc<PeerPool>,
-    proof: String,
+    proof: Option<String>,
     store: NodeStore,
     metrics: ClusterMetrics,
     cluster_id: RwLock<Option<String>>,
@@ -165,7 +165,12 @@ impl ClusterNode {
         metrics: ClusterMetrics,
         connector: Arc<dyn crate::transport::Connector>,
     ) -> Result<ClusterNode, ClusterError> {
-        let proof = crate::auth::secret_proof(&config.cluster_secret);
+        // Over mutual TLS the secret is proven per connection, bound to its TLS session
+        // (`crate::tls`): no static, replayable proof is sent or accepted.
+        let proof = config
+            .peer_tls
+            .is_none()
+            .then(|| crate::auth::secret_proof(&config.cluster_secret));
         let pool = PeerPool::new(
             proof.clone(),
             Arc::new(crate::faults::Faults::from_env()),
@@ -360,9 +365,9 @@ impl ClusterNode {
         self.inner.incarnation
     }
 
-    /// The proof of the cluster secret that peers present.
-    pub fn secret_proof(&self) -> &str {
-        &self.inner.proof
+    /// The static proof of the cluster secret that peers present (`None` over mutual TLS).
+    pub fn secret_proof(&self) -> Option<&str> {
+        self.inner.proof.as_deref()
     }
 
     /// The node's fault-injection switches (test-only; see [`crate::faults`]).
