@@ -13,7 +13,7 @@ BIN=${CHORUS_BIN:-target/release/chorus}
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
 # The load generator publishes as one user: no per-user publish limit.
 export CHORUS_PUBLISH_PER_MINUTE=0 CHORUS_CONNECTS_PER_MINUTE_PER_IP=0 CHORUS_DEVICE_REQUESTS_PER_MINUTE=0 \
-  CHORUS_SUBSCRIBE_PER_MINUTE=0 CHORUS_TYPING_PER_MINUTE=0 CHORUS_COLLAB_OPS_PER_MINUTE=0 CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP=0
+  CHORUS_SUBSCRIBE_PER_MINUTE=0 CHORUS_TYPING_PER_MINUTE=0 CHORUS_COLLAB_OPS_PER_MINUTE=0 CHORUS_CONNECTS_PER_MINUTE=0 CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP=0
 D=$(mktemp -d /tmp/chorus-restart.XXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$D"; }

@@ -148,21 +148,23 @@ async fn request_code(ws: &mut WsClient, id: u64, kind: client_frame::Kind) -> R
     .await
 }
 
-/// Each operation class (publish, subscribe, typing, collaborative sessions) has its own
-/// budget per user, on every face: a client that floods typing indicators still publishes,
-/// subscribes and edits; a role can have its own rate; every refusal is counted by limit.
+/// Each operation class (publish, subscribe, typing, collaborative sessions, connect) has its
+/// own budget per user, on every face: a client that floods typing indicators still
+/// publishes, subscribes and edits; a role can have its own rate; every refusal is counted
+/// by limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_operation_class_has_its_own_budget_per_user() -> Result<()> {
     let cluster = builder()
         .nodes(1)
         .config(
-            "[clients]\ntyping_burst = 3\nsubscribe_burst = 3\ncollab_ops_burst = 3\n\
+            "[clients]\ntyping_burst = 3\nsubscribe_burst = 3\ncollab_ops_burst = 3\nconnect_burst = 2\n\
              [roles.admin]\npublish = [\">\"]\nsubscribe = [\">\"]\nadmin = true\n\
              [roles.typist]\npublish = [\">\"]\nsubscribe = [\">\"]\ntyping_per_minute = 0\n",
         )
         .env("CHORUS_TYPING_PER_MINUTE", "1")
         .env("CHORUS_SUBSCRIBE_PER_MINUTE", "1")
         .env("CHORUS_COLLAB_OPS_PER_MINUTE", "1")
+        .env("CHORUS_CONNECTS_PER_MINUTE", "1")
         .start()
         .await?;
     let erin = common::token("erin", &["admin"]);
@@ -217,6 +219,14 @@ async fn each_operation_class_has_its_own_budget_per_user() -> Result<()> {
     }
     assert_eq!(statuses, [200, 200, 200, 429]);
 
+    // Connects: erin's second passes, her third is refused (from the same address, whose
+    // own connect rate is not limited here).
+    let mut second = WsClient::connect(cluster.node(1), false).await?;
+    second.handshake(&erin).await?;
+    let mut third = WsClient::connect(cluster.node(1), false).await?;
+    let refused = third.handshake(&erin).await.expect_err("a third connect");
+    assert!(refused.to_string().contains("rate_limited"), "{refused}");
+
     // A role with its own typing rate (none) is not limited.
     let tess = common::token("tess", &["typist"]);
     let mut typist = WsClient::connect(cluster.node(1), false).await?;
@@ -225,7 +235,7 @@ async fn each_operation_class_has_its_own_budget_per_user() -> Result<()> {
         assert_eq!(request_code(&mut typist, id, typing()).await?.0, "ok");
     }
 
-    for limit in ["typing", "collab", "subscribe"] {
+    for limit in ["typing", "collab", "subscribe", "connect"] {
         let refused = cluster
             .metric(1, &format!("chorus_rate_limited_total{{limit=\"{limit}\"}}"))
             .await?;

@@ -90,6 +90,9 @@ pub struct NodeArgs {
     /// Collaborative-session requests a minute one user may make on this node (0: no limit).
     #[arg(long, env = "CHORUS_COLLAB_OPS_PER_MINUTE")]
     pub collab_ops_per_minute: Option<u32>,
+    /// Client connects a minute one user may make on this node (0: no limit).
+    #[arg(long, env = "CHORUS_CONNECTS_PER_MINUTE")]
+    pub connects_per_minute: Option<u32>,
     /// HTTP API requests a minute one IP address may make (0: no limit).
     #[arg(long, env = "CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP")]
     pub http_requests_per_minute_per_ip: Option<u32>,
@@ -191,6 +194,11 @@ pub struct ClientsConfig {
     pub collab_ops_per_minute: u32,
     /// Collaborative-session requests at once.
     pub collab_ops_burst: u32,
+    /// QUIC and WebSocket connects a minute one user may make on this node, counted after
+    /// the token is checked (0: no limit; `roles.<name>.connects_per_minute` per role).
+    pub connects_per_minute: u32,
+    /// Connects one user may make at once.
+    pub connect_burst: u32,
     /// HTTP API requests (`/api/...`) a minute one IP address may make, counted before the
     /// token is checked (0: no limit). Probes and scrapes (`/health`, `/ready`, `/metrics`)
     /// are not counted.
@@ -241,6 +249,10 @@ impl ClientsConfig {
                     OperationClass::Collab,
                     rate(self.collab_ops_per_minute, self.collab_ops_burst),
                 ),
+                (
+                    OperationClass::Connect,
+                    rate(self.connects_per_minute, self.connect_burst),
+                ),
             ]),
             device: rate(self.device_requests_per_minute, self.device_request_burst),
             connects_per_ip: rate(self.connects_per_minute_per_ip, self.connect_burst_per_ip),
@@ -259,6 +271,7 @@ impl ClientsConfig {
             (OperationClass::Subscribe, role.subscribe_per_minute),
             (OperationClass::Typing, role.typing_per_minute),
             (OperationClass::Collab, role.collab_ops_per_minute),
+            (OperationClass::Connect, role.connects_per_minute),
         ]
         .into_iter()
         .filter_map(|(class, per_minute)| {
@@ -301,6 +314,8 @@ impl Default for ClientsConfig {
             typing_burst: rates.classes[&OperationClass::Typing].burst,
             collab_ops_per_minute: rates.classes[&OperationClass::Collab].per_minute,
             collab_ops_burst: rates.classes[&OperationClass::Collab].burst,
+            connects_per_minute: rates.classes[&OperationClass::Connect].per_minute,
+            connect_burst: rates.classes[&OperationClass::Connect].burst,
             http_requests_per_minute_per_ip: rates.http_requests_per_ip.per_minute,
             http_request_burst_per_ip: rates.http_requests_per_ip.burst,
             http_header_timeout_ms: chorus_http::server::ServeLimits::default()
@@ -436,6 +451,8 @@ pub struct RoleConfig {
     /// This role's rate of collaborative-session requests, instead of
     /// `clients.collab_ops_per_minute`.
     pub collab_ops_per_minute: Option<u32>,
+    /// This role's connect rate, instead of `clients.connects_per_minute`.
+    pub connects_per_minute: Option<u32>,
 }
 
 /// The TOML file: every key optional; flags and env override it.
@@ -660,6 +677,7 @@ impl NodeConfig {
                 clients.collab_ops_per_minute = args
                     .collab_ops_per_minute
                     .unwrap_or(clients.collab_ops_per_minute);
+                clients.connects_per_minute = args.connects_per_minute.unwrap_or(clients.connects_per_minute);
                 clients.http_requests_per_minute_per_ip = args
                     .http_requests_per_minute_per_ip
                     .unwrap_or(clients.http_requests_per_minute_per_ip);

@@ -367,6 +367,7 @@ impl TestCluster {
             .env("CHORUS_SUBSCRIBE_PER_MINUTE", "0")
             .env("CHORUS_TYPING_PER_MINUTE", "0")
             .env("CHORUS_COLLAB_OPS_PER_MINUTE", "0")
+            .env("CHORUS_CONNECTS_PER_MINUTE", "0")
             .env("CHORUS_HTTP_REQUESTS_PER_MINUTE_PER_IP", "0")
             // CHORUS_TEST_LOG sets the nodes' log filter when a failure needs more detail.
             .env(

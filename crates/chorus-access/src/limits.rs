@@ -66,15 +66,19 @@ pub enum OperationClass {
     Typing,
     /// Collaborative sessions: creating one, applying an operation, reading one.
     Collab,
+    /// Opening a QUIC or WebSocket connection (after its token is checked; the address's
+    /// own connect rate is counted before).
+    Connect,
 }
 
 impl OperationClass {
     /// Every class.
-    pub const ALL: [OperationClass; 4] = [
+    pub const ALL: [OperationClass; 5] = [
         OperationClass::Publish,
         OperationClass::Subscribe,
         OperationClass::Typing,
         OperationClass::Collab,
+        OperationClass::Connect,
     ];
 
     /// The class's name in configuration and metrics.
@@ -84,6 +88,7 @@ impl OperationClass {
             OperationClass::Subscribe => "subscribe",
             OperationClass::Typing => "typing",
             OperationClass::Collab => "collab",
+            OperationClass::Connect => "connect",
         }
     }
 }
@@ -252,7 +257,7 @@ impl Limits {
     pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "chorus_rate_limited",
-            "Requests refused for a rate, by limit (publish, subscribe, typing, collab, device, connects_per_ip, http_requests_per_ip)",
+            "Requests refused for a rate, by limit (publish, subscribe, typing, collab, connect, device, connects_per_ip, http_requests_per_ip)",
             self.refusals.clone(),
         );
     }

@@ -90,6 +90,7 @@ pub fn operation_class(frame: &ClientFrame) -> Option<chorus_access::OperationCl
         Kind::Subscribe(_) | Kind::History(_) => Some(OperationClass::Subscribe),
         Kind::Typing(_) | Kind::TypingQuery(_) => Some(OperationClass::Typing),
         Kind::SessionCreate(_) | Kind::SessionOp(_) | Kind::SessionGet(_) => Some(OperationClass::Collab),
+        // Counted when the connection opens, not as a request on it.
         Kind::Connect(_)
         | Kind::Unsubscribe(_)
         | Kind::Refresh(_)

@@ -203,6 +203,16 @@ impl Gateway {
                 return disconnect(outbox, e.code(), e.to_string(), false);
             }
         };
+        // The user's own connect rate (each connect writes presence through Raft, from
+        // however many addresses the user connects).
+        if let Err(refused @ chorus_access::AuthError::RateLimited { retry_after_ms, .. }) = self
+            .inner
+            .auth
+            .check_rate(&claims, chorus_access::OperationClass::Connect)
+        {
+            audit_refusal(refused.code(), refused.to_string());
+            return disconnect_after(outbox, refused.code(), refused.to_string(), true, retry_after_ms);
+        }
         let deflate = connect.accept_compression.iter().any(|c| c == "deflate");
         let device = claims
             .device
