@@ -148,3 +148,29 @@ async fn a_captured_node_credential_is_useless_without_a_cluster_certificate() -
     }
     Ok(())
 }
+
+/// The secret is proven both ways: a node sends nothing over a connection to a peer that has
+/// a certificate of the cluster CA (stolen, say) but cannot prove the cluster secret for the
+/// session, so taking over a node's address is not enough to receive its traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_sends_nothing_to_a_peer_without_the_cluster_secret() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    chorus_cluster::tls::generate(dir.path(), &[1, 2], &["localhost".into()])?;
+    let tls_of = |id: u64, secret: &str| {
+        PeerTls::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join(format!("node-{id}.pem")),
+            &dir.path().join(format!("node-{id}.key")),
+            secret,
+        )
+    };
+    let node = tls_of(1, "the-cluster-secret")?.connector(tcp());
+    for (peer_secret, answered) in [("not-the-secret", false), ("the-cluster-secret", true)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let _accepted = tls_of(2, peer_secret)?.incoming(listener);
+        let connected = tokio::time::timeout(Duration::from_secs(10), node.connect(&addr)).await?;
+        assert_eq!(connected.is_ok(), answered, "a peer with secret {peer_secret:?}");
+    }
+    Ok(())
+}

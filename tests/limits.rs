@@ -350,3 +350,46 @@ async fn history_quotas_bound_a_channel_and_a_user() -> Result<()> {
     cluster.publish(1, "quota.c0", json!("alice's"), None).await?;
     Ok(())
 }
+
+/// A client with more subscriptions than the node's subscribe burst keeps all of them across
+/// a reconnect: the SDK sends the resubscribes the node refuses for their rate again after
+/// the retry-after, instead of ending those subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resubscribes_over_the_rate_wait_instead_of_ending() -> Result<()> {
+    let mut cluster = builder()
+        .config("[clients]\nsubscribe_burst = 3\n")
+        .env("CHORUS_SUBSCRIBE_PER_MINUTE", "120")
+        .start()
+        .await?;
+    let token = common::token("sam", &["admin"]);
+    let client = cluster.sdk(&[1, 2], &token).connect().await?;
+    let mut subscriptions = Vec::new();
+    for i in 0..5 {
+        let channel = format!("many.c{i}");
+        let subscription =
+            common::wait_for("a subscribe within the rate", Duration::from_secs(20), || async {
+                client
+                    .subscribe(&channel, chorus_client::SubscribeOptions::default())
+                    .await
+                    .ok()
+            })
+            .await?;
+        subscriptions.push(subscription);
+    }
+    // Node 2 sees five resubscribes at once: three pass, two wait for the rate.
+    cluster.kill(1);
+    for i in 0..5 {
+        common::wait_for("a publish through node 2", Duration::from_secs(20), || async {
+            cluster
+                .publish(2, &format!("many.c{i}"), json!(i), None)
+                .await
+                .ok()
+        })
+        .await?;
+    }
+    for (i, subscription) in subscriptions.iter_mut().enumerate() {
+        let events = common::take(subscription, 1, Duration::from_secs(20)).await?;
+        assert_eq!(events[0].data, i.to_string(), "subscription {i}");
+    }
+    Ok(())
+}

@@ -82,6 +82,26 @@ async fn a_private_channel_is_read_with_a_subscription_token_only() -> Result<()
         .err()
         .context("another channel with alice-bob's token")?;
     assert_eq!(other.code(), Some("forbidden"), "{other}");
+    // Collaborative sessions are not served on private channels (a session's document is its
+    // channel's events), even to roles that allow everything.
+    let (status, body) = cluster
+        .call(
+            1,
+            "PUT",
+            &format!("/api/v1/sessions/{DM}"),
+            Some(json!({"policy": "lww", "document": {}})),
+        )
+        .await?;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, _) = cluster
+        .call(1, "GET", &format!("/api/v1/sessions/{DM}"), None)
+        .await?;
+    assert_eq!(status, 403);
+
     let connect = cluster.sdk(&[1], &grant).connect().await;
     assert!(
         connect

@@ -172,6 +172,13 @@ pub enum AuthError {
     /// A client token was given as a subscription token.
     #[error("not a subscription token (it has no `channel` claim)")]
     NotASubscriptionToken,
+    /// Collaborative sessions are not served on private channels (a session's document is
+    /// its channel's events, which only subscription tokens may read).
+    #[error("channel {channel:?} is private: collaborative sessions are not served on private channels")]
+    PrivateSession {
+        /// The private channel.
+        channel: String,
+    },
     /// The token verifies but its roles do not allow the operation.
     #[error("user {user:?} with roles {roles:?} may not {operation} {target}")]
     Forbidden {
@@ -204,7 +211,8 @@ impl AuthError {
             | AuthError::NotASubscriptionToken => ErrorCode::Unauthorized,
             AuthError::Forbidden { .. }
             | AuthError::SubscriptionTokenRequired { .. }
-            | AuthError::SubscriptionTokenMismatch { .. } => ErrorCode::Forbidden,
+            | AuthError::SubscriptionTokenMismatch { .. }
+            | AuthError::PrivateSession { .. } => ErrorCode::Forbidden,
             AuthError::RateLimited { .. } => ErrorCode::RateLimited,
         }
     }

@@ -12,7 +12,12 @@
 //! - Any other channel is read when the user's roles allow it, or with a subscription token
 //!   for it (a grant beyond the roles).
 //! - A subscription token opens no connection and calls no API; a client token is no
-//!   subscription token. Revoking the user revokes their subscription tokens too.
+//!   subscription token. Revoking the user refuses their subscription tokens from then on
+//!   (and closes their connections, with every subscription on them); revoking a
+//!   subscription token's id refuses it from then on, while a subscription already made with
+//!   it lasts until its connection closes.
+//! - Collaborative sessions are not served on private channels: a session's document is its
+//!   channel's events, and session requests carry no subscription token.
 //!
 //! The token is checked when the subscription is made (and made again after a reconnect),
 //! not again when it expires: an application that must cut a reader off revokes the user or
@@ -37,6 +42,16 @@ impl Authenticator {
     /// Whether `channel` is read only with a subscription token.
     pub fn is_private(&self, channel: &str) -> bool {
         self.private_channels.iter().any(|p| p.matches(channel))
+    }
+
+    /// Refuses collaborative-session requests on a private channel.
+    pub fn check_session_channel(&self, channel: &str) -> Result<(), AuthError> {
+        if self.is_private(channel) {
+            return Err(AuthError::PrivateSession {
+                channel: channel.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Verifies a subscription token: a token of this node's keys with a `channel` claim.

@@ -170,6 +170,9 @@ pub(crate) struct Driver {
     /// The last subscribe reply per subscription (a subscribe command that arrives after
     /// `restore` already subscribed it is answered from here).
     established: HashMap<u64, SubscribeInfo>,
+    /// Resubscribes the node refused for a rate, and when to send them again: a client with
+    /// more subscriptions than the node's burst must not lose some at every reconnect.
+    deferred: Vec<(Instant, u64)>,
 }
 
 fn now_secs() -> u64 {
@@ -235,6 +238,7 @@ impl Driver {
             retry: Vec::new(),
             waiting_subscribe: HashMap::new(),
             established: HashMap::new(),
+            deferred: Vec::new(),
         }
     }
 
@@ -424,6 +428,7 @@ impl Driver {
 
     /// Resubscribes every subscription from its last position and resends retried requests.
     async fn restore(&mut self, live: &mut Live) -> Result<(), String> {
+        self.deferred.clear();
         let locals: Vec<u64> = {
             let mut subs = self.shared.subs.lock().expect("subs lock");
             subs.wire_to_local.clear();
@@ -498,6 +503,7 @@ impl Driver {
         }
         let mut stall_check = tokio::time::interval(STALL_CHECK);
         loop {
+            let (deferred_at, has_deferred) = (self.next_deferred(), !self.deferred.is_empty());
             let result = tokio::select! {
                 _ = stall_check.tick() => self.check_stalled(live).await,
                 command = self.commands.recv() => match command {
@@ -513,6 +519,9 @@ impl Driver {
                         .close_reason()
                         .map_or("connection lost".to_string(), |r| r.to_string())),
                     Some(frame) => self.on_frame(live, frame).await,
+                },
+                _ = tokio::time::sleep_until(deferred_at), if has_deferred => {
+                    self.send_deferred(live).await
                 },
                 _ = tokio::time::sleep_until(live.refresh_at), if self.options.token_refresher.is_some() => {
                     // Until RefreshOk moves it: try again in 5 s.
@@ -748,6 +757,35 @@ impl Driver {
         }
     }
 
+    /// When the earliest deferred resubscribe is due.
+    fn next_deferred(&self) -> Instant {
+        self.deferred
+            .iter()
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Sends the deferred resubscribes that are due (of subscriptions still wanted).
+    async fn send_deferred(&mut self, live: &mut Live) -> Result<(), String> {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.deferred.drain(..).partition(|(at, _)| *at <= now);
+        self.deferred = later;
+        for (_, local) in due {
+            let wanted = self
+                .shared
+                .subs
+                .lock()
+                .expect("subs lock")
+                .by_local
+                .contains_key(&local);
+            if wanted {
+                self.send_subscribe(live, local).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops every trace of a subscription the node refused (its stream ends).
     fn forget(&mut self, local: u64) {
         self.established.remove(&local);
@@ -786,6 +824,17 @@ impl Driver {
                 if let Some(reply) = waiting {
                     let _ = reply.send(Ok(info));
                 }
+            }
+            server_frame::Kind::Error(e) if e.code == "rate_limited" && waiting.is_none() => {
+                // A resubscribe (after a reconnect or a resync) over the node's rate: send it
+                // again when the node says, instead of ending the subscription.
+                self.shared
+                    .subs
+                    .lock()
+                    .expect("subs lock")
+                    .drop_wire_ids(local, &[]);
+                let wait = Duration::from_millis(e.retry_after_ms.max(1));
+                self.deferred.push((Instant::now() + wait, local));
             }
             server_frame::Kind::Error(e) => {
                 self.forget(local);

@@ -6,12 +6,14 @@
 //! accepts only peers presenting one: a process without such a certificate cannot open a
 //! connection, whatever headers it replays, and nothing between nodes travels in clear.
 //!
-//! The cluster secret stays a second factor, proven once per connection and bound to its TLS
-//! session: right after the handshake the connecting node sends HMAC-SHA256(secret, keying
-//! material exported from this TLS session, RFC 5705/8446), and the accepting node checks it
-//! before a byte of gRPC is read. The proof is worth nothing on any other connection, so
-//! there is nothing to capture and replay: a stolen certificate without the secret, or the
-//! secret without a certificate, opens nothing. No static proof travels in the calls.
+//! The cluster secret stays a second factor, proven by both ends of every connection and bound
+//! to its TLS session: right after the handshake the connecting node sends HMAC-SHA256(secret,
+//! "client" and keying material exported from this TLS session, RFC 5705/8446); the accepting
+//! node checks it before a byte of gRPC is read, and answers with its own (over "server"),
+//! which the connecting node checks before it sends anything else. A proof is worth nothing
+//! on any other connection, so there is nothing to capture and replay: a stolen certificate
+//! without the secret, or the secret without a certificate, neither opens a connection nor
+//! receives one. No static proof travels in the calls.
 //!
 //! A peer's certificate is checked against the CA, not against the address it was reached
 //! at: every certificate the cluster CA issued is a node of this cluster, and operators need
@@ -36,11 +38,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The label of the keying material a connection's secret proof is computed over.
 const PROOF_LABEL: &[u8] = b"EXPORTER-chorus-cluster-secret-v1";
 
-/// The proof a connection carries: HMAC-SHA256 of the session's keying material, keyed with
-/// the cluster secret.
-fn session_proof(secret: &[u8], keying_material: &[u8; 32]) -> [u8; 32] {
+/// Which end of a connection a proof is from (each end proves the secret; the two proofs
+/// differ, so one cannot be reflected back as the other).
+#[derive(Clone, Copy)]
+enum End {
+    Connecting,
+    Accepting,
+}
+
+/// The proof one end of a connection gives: HMAC-SHA256 of its end and the session's keying
+/// material, keyed with the cluster secret.
+fn session_proof(secret: &[u8], end: End, keying_material: &[u8; 32]) -> [u8; 32] {
     use hmac::{Mac, SimpleHmac};
     let mut mac = SimpleHmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(match end {
+        End::Connecting => b"client",
+        End::Accepting => b"server",
+    });
     mac.update(keying_material);
     mac.finalize().into_bytes().into()
 }
@@ -191,7 +205,7 @@ impl PeerTls {
                 let (acceptor, sender, secret) = (acceptor.clone(), accepted.clone(), secret.clone());
                 tokio::spawn(async move {
                     let verified = async {
-                        use tokio::io::AsyncReadExt;
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         let mut stream = acceptor.accept(tcp).await?;
                         let material = stream
                             .get_ref()
@@ -200,12 +214,17 @@ impl PeerTls {
                             .map_err(exporter_error)?;
                         let mut presented = [0u8; 32];
                         stream.read_exact(&mut presented).await?;
-                        if !crate::auth::constant_time_eq(&presented, &session_proof(&secret, &material)) {
+                        let expected = session_proof(&secret, End::Connecting, &material);
+                        if !crate::auth::constant_time_eq(&presented, &expected) {
                             return Err(io::Error::new(
                                 io::ErrorKind::PermissionDenied,
                                 "wrong cluster secret",
                             ));
                         }
+                        stream
+                            .write_all(&session_proof(&secret, End::Accepting, &material))
+                            .await?;
+                        stream.flush().await?;
                         Ok(stream)
                     };
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, verified).await {
@@ -254,15 +273,27 @@ impl Connector for TlsConnector {
             let name = ServerName::try_from(host.to_string())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
             let proven = async {
-                use tokio::io::AsyncWriteExt;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut stream = tls.connect(name, stream).await?;
                 let material = stream
                     .get_ref()
                     .1
                     .export_keying_material([0u8; 32], PROOF_LABEL, None)
                     .map_err(exporter_error)?;
-                stream.write_all(&session_proof(&secret, &material)).await?;
+                stream
+                    .write_all(&session_proof(&secret, End::Connecting, &material))
+                    .await?;
                 stream.flush().await?;
+                // Nothing is sent to a node that has not proven the secret in turn.
+                let mut answered = [0u8; 32];
+                stream.read_exact(&mut answered).await?;
+                let expected = session_proof(&secret, End::Accepting, &material);
+                if !crate::auth::constant_time_eq(&answered, &expected) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{addr} has a certificate of the cluster CA but not the cluster secret"),
+                    ));
+                }
                 io::Result::Ok(stream)
             };
             let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, proven)

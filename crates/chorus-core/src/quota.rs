@@ -143,6 +143,17 @@ mod tests {
         user: &str,
         key: Option<&str>,
     ) -> CommandResult {
+        publish_at(state, index, index, channel, user, key)
+    }
+
+    fn publish_at(
+        state: &mut ShardState,
+        index: u64,
+        time_ms: u64,
+        channel: &str,
+        user: &str,
+        key: Option<&str>,
+    ) -> CommandResult {
         state.apply(
             ApplyContext { log_index: index },
             &Command::Publish(PublishCommand {
@@ -151,7 +162,7 @@ mod tests {
                 event_type: None,
                 publisher: user.into(),
                 idempotency_key: key.map(str::to_string),
-                time_ms: index,
+                time_ms,
             }),
         )
     }
@@ -225,5 +236,29 @@ mod tests {
             publish(&mut state, 24, "d", "mallory", None),
             CommandResult::Published(_)
         ));
+    }
+
+    #[test]
+    fn events_past_their_age_in_quiet_channels_stop_counting() {
+        let mut state = ShardState::new(HistoryLimits {
+            max_age_ms: 1_000,
+            ..HistoryLimits::default()
+        });
+        state.apply(ApplyContext { log_index: 1 }, &quotas(0, 20));
+        for (i, channel) in ["a", "b"].iter().enumerate() {
+            let result = publish_at(&mut state, 10 + i as u64, 10, channel, "mallory", None);
+            assert!(matches!(result, CommandResult::Published(_)), "{result:?}");
+        }
+        let refused = publish_at(&mut state, 20, 500, "c", "mallory", None);
+        assert!(matches!(refused, CommandResult::QuotaExceeded(_)), "{refused:?}");
+        assert_eq!(
+            state.channel_count(),
+            2,
+            "a refused publish leaves no channel behind"
+        );
+        // Channels a and b are never written again, but their events expire.
+        let later = publish_at(&mut state, 21, 2_000, "c", "mallory", None);
+        assert!(matches!(later, CommandResult::Published(_)), "{later:?}");
+        assert_eq!(state.history_bytes().of_user("mallory"), 10);
     }
 }

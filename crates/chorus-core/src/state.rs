@@ -438,20 +438,34 @@ impl ShardState {
     ) -> Result<Published, QuotaExceeded> {
         let now = self.advance_clock(cmd.time_ms);
         let retention = self.retention();
-        let log = Self::channel_log(&mut self.channels, ctx, &cmd.channel);
-        log.expire_dedupe(retention.limits.dedupe_window_ms, now);
-        if let Some(key) = &cmd.idempotency_key
-            && let Some(seen) = log.dedupe.get(key)
-        {
-            return Ok(Published {
-                channel: cmd.channel.clone(),
-                offset: seen.offset,
-                epoch: log.epoch,
-                duplicate: true,
-            });
+        if let Some(log) = self.channels.get_mut(&cmd.channel) {
+            log.expire_dedupe(retention.limits.dedupe_window_ms, now);
+            if let Some(key) = &cmd.idempotency_key
+                && let Some(seen) = log.dedupe.get(key)
+            {
+                return Ok(Published {
+                    channel: cmd.channel.clone(),
+                    offset: seen.offset,
+                    epoch: log.epoch,
+                    duplicate: true,
+                });
+            }
         }
-        self.history_bytes
-            .check_user(&self.quotas, &cmd.publisher, cmd.data.len() as u64)?;
+        let adding = cmd.data.len() as u64;
+        if self
+            .history_bytes
+            .check_user(&self.quotas, &cmd.publisher, adding)
+            .is_err()
+        {
+            // Retention runs on a channel when it is written: events past their age in
+            // channels written to since still count. Drop them everywhere, then look again
+            // (only a user at their quota pays for the walk).
+            self.enforce_everywhere();
+            self.history_bytes
+                .check_user(&self.quotas, &cmd.publisher, adding)?;
+        }
+        // Created only now: a refused publish leaves no trace.
+        let log = Self::channel_log(&mut self.channels, ctx, &cmd.channel);
         log.last_offset += 1;
         let offset = log.last_offset;
         let message = Arc::new(StoredMessage {

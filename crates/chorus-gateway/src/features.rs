@@ -196,7 +196,7 @@ impl Session {
     }
 
     pub(crate) fn session_create(&self, id: u64, request: client::SessionCreate) {
-        let Some(channel) = self.authorized_channel(id, request.session, Operation::Publish) else {
+        let Some(channel) = self.session_channel(id, request.session, Operation::Publish) else {
             return;
         };
         let policy = match ConflictPolicy::parse(&request.policy) {
@@ -232,7 +232,7 @@ impl Session {
     }
 
     pub(crate) fn session_op(&self, id: u64, request: client::SessionOp) {
-        let Some(channel) = self.authorized_channel(id, request.session, Operation::Publish) else {
+        let Some(channel) = self.session_channel(id, request.session, Operation::Publish) else {
             return;
         };
         let value = if request.op == "delete" || request.value.is_empty() {
@@ -274,7 +274,7 @@ impl Session {
     }
 
     pub(crate) fn session_get(&self, id: u64, request: client::SessionGet) {
-        let Some(channel) = self.authorized_channel(id, request.session, Operation::Subscribe) else {
+        let Some(channel) = self.session_channel(id, request.session, Operation::Subscribe) else {
             return;
         };
         let cluster = self.gateway.inner.cluster.clone();

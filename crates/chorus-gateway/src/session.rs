@@ -601,6 +601,15 @@ impl Session {
         })
     }
 
+    /// The channel of a collaborative-session request `id` when it is valid, `operation` is
+    /// allowed on it, and it is not private; otherwise the error is replied.
+    pub(crate) fn session_channel(&self, id: u64, name: String, operation: Operation) -> Option<ChannelName> {
+        self.checked_channel(id, name, |auth, channel| {
+            auth.authorize(&self.claims, operation, channel)?;
+            auth.check_session_channel(channel)
+        })
+    }
+
     /// `name` as a channel when it is valid and `check` passes; otherwise the error is
     /// replied (and a refusal audited) and `None` returned.
     fn checked_channel(

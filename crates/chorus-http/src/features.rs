@@ -77,6 +77,7 @@ pub(crate) async fn create_session(
         Operation::Publish,
         Some(OperationClass::Collab),
     )?;
+    state.auth.check_session_channel(channel.as_str())?;
     let body: CreateBody = body(&bytes, r#"{"policy": "lww" | "reject", "document": {...}}"#)?;
     let policy = ConflictPolicy::parse(&body.policy).map_err(ApiError::bad_request)?;
     let document = body.document.unwrap_or_else(|| json!({}));
@@ -111,6 +112,7 @@ pub(crate) async fn get_session(
         Operation::Subscribe,
         Some(OperationClass::Collab),
     )?;
+    state.auth.check_session_channel(channel.as_str())?;
     let (doc, position) = state.cluster.session_snapshot(&channel).await?;
     Ok(json_ok(json!({
         "session": channel.as_str(),
@@ -147,6 +149,7 @@ pub(crate) async fn session_op(
         Operation::Publish,
         Some(OperationClass::Collab),
     )?;
+    state.auth.check_session_channel(channel.as_str())?;
     if bytes.len() > state.max_payload_bytes + 4096 {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
