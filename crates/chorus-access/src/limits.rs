@@ -192,6 +192,19 @@ impl Default for RateSettings {
     }
 }
 
+/// The bucket an address counts against: an IPv4 address (also when written as IPv6), or the
+/// /64 network of an IPv6 address, which one host holds whole (it could otherwise rotate
+/// through 2^64 addresses, each with a full bucket).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// The buckets of a node: per user and class, per device, per IP address.
 pub(crate) struct Limits {
     pub(crate) settings: RateSettings,
@@ -241,14 +254,14 @@ impl Limits {
     pub(crate) fn check_connect(&self, ip: IpAddr) -> Result<(), RateLimited> {
         self.counted(
             self.connects
-                .check("connects_per_ip", &ip, self.settings.connects_per_ip),
+                .check("connects_per_ip", &address_key(ip), self.settings.connects_per_ip),
         )
     }
 
     pub(crate) fn check_http_request(&self, ip: IpAddr) -> Result<(), RateLimited> {
         self.counted(self.http_requests.check(
             "http_requests_per_ip",
-            &ip,
+            &address_key(ip),
             self.settings.http_requests_per_ip,
         ))
     }
@@ -333,13 +346,27 @@ mod tests {
             limits.check_connect([10, 0, 0, 1].into()).is_ok(),
             "another address has its own bucket"
         );
+        // An IPv6 host holds a whole /64: rotating through it does not refill the bucket.
+        let host: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limits.check_connect(host).is_ok());
+        }
+        let same_network: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(limits.check_connect(same_network).is_err());
+        assert!(limits.check_connect("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        assert!(
+            limits.check_connect("::ffff:10.0.0.66".parse().unwrap()).is_err(),
+            "an IPv4 address written as IPv6 is the same address"
+        );
         let mut registry = Registry::default();
         limits.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        for limit in ["typing", "connects_per_ip", "http_requests_per_ip"] {
+        for (limit, refused) in [("typing", 1), ("connects_per_ip", 3), ("http_requests_per_ip", 1)] {
             assert!(
-                text.contains(&format!("chorus_rate_limited_total{{limit=\"{limit}\"}} 1")),
+                text.contains(&format!(
+                    "chorus_rate_limited_total{{limit=\"{limit}\"}} {refused}"
+                )),
                 "{limit}: {text}"
             );
         }
