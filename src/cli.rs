@@ -180,36 +180,40 @@ pub fn mint(
     ttl: Duration,
     device: Option<String>,
 ) -> Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let claims = chorus_access::Claims {
-        sub: sub.to_string(),
-        exp: now + ttl.as_secs(),
-        roles: roles.to_vec(),
-        device,
-        iat: Some(now),
-        jti: None,
-        channel: None,
-    };
-    Ok(chorus_access::mint_token(secret, &claims)?)
+    mint_claims(secret, sub, ttl, |claims| {
+        claims.roles = roles.to_vec();
+        claims.device = device;
+    })
 }
 
 /// Mints a subscription token: `sub` may read `channel` (HS256 with `secret`).
 fn mint_subscription_token(secret: &str, sub: &str, channel: &str, ttl: Duration) -> Result<String> {
     chorus_core::ChannelName::new(channel.to_string()).with_context(|| format!("--channel {channel:?}"))?;
+    mint_claims(secret, sub, ttl, |claims| {
+        claims.channel = Some(channel.to_string())
+    })
+}
+
+/// Mints a token for `sub` issued now and valid for `ttl`, with what `fill` adds.
+fn mint_claims(
+    secret: &str,
+    sub: &str,
+    ttl: Duration,
+    fill: impl FnOnce(&mut chorus_access::Claims),
+) -> Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let claims = chorus_access::Claims {
+    let mut claims = chorus_access::Claims {
         sub: sub.to_string(),
         exp: now + ttl.as_secs(),
         roles: Vec::new(),
         device: None,
         iat: Some(now),
         jti: None,
-        channel: Some(channel.to_string()),
+        channel: None,
     };
+    fill(&mut claims);
     Ok(chorus_access::mint_token(secret, &claims)?)
 }
 

@@ -38,6 +38,21 @@ fn json_ok(value: Value) -> Response {
     Json(value).into_response()
 }
 
+/// The caller's claims and the channel of a collaborative-session request, when `operation`
+/// is allowed on it and it is not private (sessions are not served on private channels).
+/// Counts against the caller's collab rate.
+fn session_channel(
+    state: &crate::api::HttpState,
+    headers: &HeaderMap,
+    session: String,
+    operation: Operation,
+) -> Result<(chorus_access::Claims, ChannelName), ApiError> {
+    let (claims, channel) =
+        authorized_channel(state, headers, session, operation, Some(OperationClass::Collab))?;
+    state.auth.check_session_channel(channel.as_str())?;
+    Ok((claims, channel))
+}
+
 /// `GET /api/v1/presence/{user}`.
 pub(crate) async fn presence(
     State(state): State<Shared>,
@@ -70,14 +85,7 @@ pub(crate) async fn create_session(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (claims, channel) = authorized_channel(
-        &state,
-        &headers,
-        session,
-        Operation::Publish,
-        Some(OperationClass::Collab),
-    )?;
-    state.auth.check_session_channel(channel.as_str())?;
+    let (claims, channel) = session_channel(&state, &headers, session, Operation::Publish)?;
     let body: CreateBody = body(&bytes, r#"{"policy": "lww" | "reject", "document": {...}}"#)?;
     let policy = ConflictPolicy::parse(&body.policy).map_err(ApiError::bad_request)?;
     let document = body.document.unwrap_or_else(|| json!({}));
@@ -105,14 +113,7 @@ pub(crate) async fn get_session(
     Path(session): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (_, channel) = authorized_channel(
-        &state,
-        &headers,
-        session,
-        Operation::Subscribe,
-        Some(OperationClass::Collab),
-    )?;
-    state.auth.check_session_channel(channel.as_str())?;
+    let (_, channel) = session_channel(&state, &headers, session, Operation::Subscribe)?;
     let (doc, position) = state.cluster.session_snapshot(&channel).await?;
     Ok(json_ok(json!({
         "session": channel.as_str(),
@@ -142,14 +143,7 @@ pub(crate) async fn session_op(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
-    let (claims, channel) = authorized_channel(
-        &state,
-        &headers,
-        session,
-        Operation::Publish,
-        Some(OperationClass::Collab),
-    )?;
-    state.auth.check_session_channel(channel.as_str())?;
+    let (claims, channel) = session_channel(&state, &headers, session, Operation::Publish)?;
     if bytes.len() > state.max_payload_bytes + 4096 {
         return Err(ApiError::new(
             ErrorCode::PayloadTooLarge,
