@@ -134,9 +134,20 @@ enum Pending {
     Ignore,
 }
 
+/// Most commands handled (and so frames queued) before the driver writes them out.
+const MAX_COMMANDS_PER_WRITE: usize = 256;
+/// Most bytes queued before the driver writes them out.
+const MAX_BYTES_PER_WRITE: usize = 256 * 1024;
+
+/// Whether the driver goes on after a batch of commands.
+enum Flow {
+    Continue,
+    Close,
+}
+
 struct Live {
     connection: quinn::Connection,
-    send: quinn::SendStream,
+    send: Outgoing,
     frames: mpsc::Receiver<ServerFrame>,
     /// When to ask the refresher for a new token.
     refresh_at: Instant,
@@ -374,7 +385,8 @@ impl Driver {
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let (mut send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let mut send = Outgoing::new(send);
         let (frames_tx, mut frames) = mpsc::channel(256);
         tokio::spawn(read_stream(recv, self.shared.clone(), frames_tx.clone()));
         let acceptor = connection.clone();
@@ -395,9 +407,8 @@ impl Driver {
             },
             client_name: self.options.client_name.clone(),
         };
-        write_frame(&mut send, id, client_frame::Kind::Connect(connect))
-            .await
-            .map_err(|e| e.to_string())?;
+        send.queue(id, client_frame::Kind::Connect(connect));
+        send.flush().await?;
         let reply = frames.recv().await.ok_or_else(|| {
             connection
                 .close_reason()
@@ -447,26 +458,19 @@ impl Driver {
         if let Some(presence) = presence {
             let id = self.next_id();
             self.pending.insert(id, Pending::Ignore);
-            write_frame(&mut live.send, id, client_frame::Kind::SetPresence(presence))
-                .await
-                .map_err(|e| e.to_string())?;
+            live.send.queue(id, client_frame::Kind::SetPresence(presence));
         }
-        let mut retries = std::mem::take(&mut self.retry).into_iter();
-        while let Some((kind, reply)) = retries.next() {
+        for (kind, reply) in std::mem::take(&mut self.retry) {
             if reply.is_closed() {
                 continue;
             }
             let id = self.next_id();
-            // Registered before writing: if the write fails, `requeue` keeps it (and the ones
-            // not sent yet stay queued) for the next connection.
-            let sent = write_frame(&mut live.send, id, kind.clone()).await;
+            // Pending until answered: if the flush fails, `requeue` keeps it for the next
+            // connection.
+            let kind = live.send.queue(id, kind);
             self.pending.insert(id, Pending::Request { kind, reply });
-            if let Err(e) = sent {
-                self.retry.extend(retries);
-                return Err(e.to_string());
-            }
         }
-        Ok(())
+        live.send.flush().await
     }
 
     async fn send_subscribe(&mut self, live: &mut Live, local: u64) -> Result<(), String> {
@@ -492,9 +496,8 @@ impl Driver {
         };
         let id = self.next_id();
         self.pending.insert(id, Pending::Subscribe { local });
-        write_frame(&mut live.send, id, client_frame::Kind::Subscribe(request))
-            .await
-            .map_err(|e| e.to_string())
+        live.send.queue(id, client_frame::Kind::Subscribe(request));
+        Ok(())
     }
 
     async fn serve(&mut self, live: &mut Live) -> Outcome {
@@ -506,19 +509,22 @@ impl Driver {
             let (deferred_at, has_deferred) = (self.next_deferred(), !self.deferred.is_empty());
             let result = tokio::select! {
                 _ = stall_check.tick() => self.check_stalled(live).await,
-                command = self.commands.recv() => match command {
-                    None | Some(Command::Close) => {
+                command = self.commands.recv() => match self.on_commands(live, command).await {
+                    Ok(Flow::Close) => {
+                        // What was queued before the close goes first.
+                        let _ = live.send.flush().await;
                         live.connection.close(0u32.into(), b"client closed");
                         return Outcome::Closed;
                     }
-                    Some(command) => self.on_command(live, command).await,
+                    Ok(Flow::Continue) => Ok(()),
+                    Err(e) => Err(e),
                 },
                 frame = live.frames.recv() => match frame {
                     None => Err(live
                         .connection
                         .close_reason()
                         .map_or("connection lost".to_string(), |r| r.to_string())),
-                    Some(frame) => self.on_frame(live, frame).await,
+                    Some(frame) => self.on_frames(live, frame).await,
                 },
                 _ = tokio::time::sleep_until(deferred_at), if has_deferred => {
                     self.send_deferred(live).await
@@ -529,10 +535,48 @@ impl Driver {
                     self.refresh(live).await
                 },
             };
-            if let Err(reason) = result {
+            if let Err(reason) = result.and(live.send.flush().await) {
                 live.connection.close(0u32.into(), b"reconnecting");
                 return Outcome::Lost(reason);
             }
+        }
+    }
+
+    /// Handles `first` and the frames that arrived with it (up to a bound): the replies of a
+    /// burst all reach their callers before any of them sends again.
+    async fn on_frames(&mut self, live: &mut Live, first: ServerFrame) -> Result<(), String> {
+        self.on_frame(live, first).await?;
+        for _ in 1..MAX_COMMANDS_PER_WRITE {
+            match live.frames.try_recv() {
+                Ok(frame) => self.on_frame(live, frame).await?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles `first` and the commands queued behind it (up to a bound), so that a burst of
+    /// requests leaves in one write.
+    async fn on_commands(&mut self, live: &mut Live, first: Option<Command>) -> Result<Flow, String> {
+        let mut next = first;
+        let mut handled = 0;
+        // The tasks woken by the replies just handed out send their next requests when they
+        // run: let them run first (else each one's request left alone, in its own packet).
+        tokio::task::yield_now().await;
+        loop {
+            match next {
+                None | Some(Command::Close) => return Ok(Flow::Close),
+                Some(command) => self.on_command(live, command).await?,
+            }
+            handled += 1;
+            if handled >= MAX_COMMANDS_PER_WRITE || live.send.queued() >= MAX_BYTES_PER_WRITE {
+                return Ok(Flow::Continue);
+            }
+            next = match self.commands.try_recv() {
+                Ok(command) => Some(command),
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(Flow::Continue),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            };
         }
     }
 
@@ -545,13 +589,9 @@ impl Driver {
                 self.token = token.clone();
                 let id = self.next_id();
                 self.pending.insert(id, Pending::Ignore);
-                write_frame(
-                    &mut live.send,
-                    id,
-                    client_frame::Kind::Refresh(wire::RefreshToken { token }),
-                )
-                .await
-                .map_err(|e| e.to_string())
+                live.send
+                    .queue(id, client_frame::Kind::Refresh(wire::RefreshToken { token }));
+                Ok(())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "token refresher failed; retrying in 5 s");
@@ -564,9 +604,9 @@ impl Driver {
         match command {
             Command::Request { kind, reply } => {
                 let id = self.next_id();
-                let sent = write_frame(&mut live.send, id, kind.clone()).await;
+                let kind = live.send.queue(id, kind);
                 self.pending.insert(id, Pending::Request { kind, reply });
-                sent.map_err(|e| e.to_string())
+                Ok(())
             }
             Command::Subscribe { local, reply } => {
                 // `restore` may have subscribed it already (it was registered before the
@@ -609,13 +649,8 @@ impl Driver {
         for sub in wire_ids {
             let id = self.next_id();
             self.pending.insert(id, Pending::Ignore);
-            write_frame(
-                &mut live.send,
-                id,
-                client_frame::Kind::Unsubscribe(wire::Unsubscribe { sub }),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            live.send
+                .queue(id, client_frame::Kind::Unsubscribe(wire::Unsubscribe { sub }));
         }
         Ok(())
     }
@@ -702,9 +737,8 @@ impl Driver {
         }
         match kind {
             server_frame::Kind::Ping(_) => {
-                write_frame(&mut live.send, 0, client_frame::Kind::Pong(wire::Pong {}))
-                    .await
-                    .map_err(|e| e.to_string())
+                live.send.queue(0, client_frame::Kind::Pong(wire::Pong {}));
+                Ok(())
             }
             server_frame::Kind::Resync(resync) => {
                 // The old id keeps mapping to the subscription: events the node queued before
@@ -852,15 +886,44 @@ impl Driver {
     }
 }
 
-async fn write_frame(
-    send: &mut quinn::SendStream,
-    id: u64,
-    kind: client_frame::Kind,
-) -> Result<(), quinn::WriteError> {
-    let frame = ClientFrame { id, kind: Some(kind) };
-    let mut buf = BytesMut::with_capacity(frame.encoded_len() + 4);
-    put_length_delimited(&frame, &mut buf);
-    send.write_all(&buf).await
+/// The control stream's sending half with a buffer. Frames are queued while the driver handles
+/// one wake-up (a burst of requests from many tasks, say) and leave in one write at its end:
+/// quinn then packs them into as few packets as hold them. Written one by one, each frame
+/// left in a packet of its own (1.26 datagrams per publish under `chorus bench publish`).
+struct Outgoing {
+    stream: quinn::SendStream,
+    buf: BytesMut,
+}
+
+impl Outgoing {
+    fn new(stream: quinn::SendStream) -> Outgoing {
+        Outgoing {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Queues a frame for the next [`Outgoing::flush`]; gives `kind` back (a request keeps it
+    /// to send again on another connection).
+    fn queue(&mut self, id: u64, kind: client_frame::Kind) -> client_frame::Kind {
+        let frame = ClientFrame { id, kind: Some(kind) };
+        put_length_delimited(&frame, &mut self.buf);
+        frame.kind.expect("set above")
+    }
+
+    /// Bytes queued and not yet written.
+    fn queued(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes what is queued.
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.stream.write_chunk(chunk).await.map_err(|e| e.to_string())
+    }
 }
 
 /// Reads a stream of server frames: events go to their subscription, the rest to the driver.

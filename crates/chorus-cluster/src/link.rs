@@ -74,10 +74,19 @@ fn take_ready<T>(first: T, rx: &mut mpsc::UnboundedReceiver<T>, payload_len: imp
     batch
 }
 
+/// Lets the rest of a burst arrive. A message usually comes with others (the answers of one
+/// commit, the appends of several shards): the task that sent the first one woke this task,
+/// which tokio runs right after it, before the senders of the others; yielding once lets them
+/// queue theirs, so that the burst leaves in one frame instead of a frame each.
+async fn burst() {
+    tokio::task::yield_now().await;
+}
+
 /// Frames from a queue of messages: waits for one, then takes what else is ready.
 fn frames(rx: mpsc::UnboundedReceiver<LinkMessage>) -> impl Stream<Item = Result<LinkFrame, Status>> + Send {
     futures::stream::unfold(rx, |mut rx| async move {
         let first = rx.recv().await?;
+        burst().await;
         let messages = take_ready(first, &mut rx, |m| m.payload.len());
         Some((Ok(LinkFrame { messages }), rx))
     })
@@ -280,6 +289,7 @@ async fn run(target: LinkTarget, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let mut link: Option<Open> = None;
     let mut next_id = 0u64;
     while let Some(first) = queue.recv().await {
+        burst().await;
         let mut batch = take_ready(first, &mut queue, |o| o.payload.len());
         // Their callers gave up (timed out): not worth sending.
         batch.retain(|outgoing| outgoing.reply.as_ref().is_none_or(|reply| !reply.is_closed()));

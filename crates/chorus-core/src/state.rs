@@ -77,6 +77,14 @@ struct DedupeEntry {
     time_ms: u64,
 }
 
+/// A channel's recorded idempotency keys. Every publish with a key looks one up and inserts
+/// one, on every replica. Hashed with foldhash, seeded per process as the standard SipHash
+/// is but several times faster on short keys: SipHash and these inserts were 3-4 % of
+/// the cluster's CPU in a profile under `chorus bench publish`. The seed never reaches the
+/// state's encoding or its results, only the map's layout in memory. Keys are shared with
+/// the expiry queue: one allocation per key.
+type DedupeKeys = HashMap<Arc<str>, DedupeEntry, foldhash::quality::RandomState>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ChannelLog {
     epoch: u64,
@@ -85,9 +93,9 @@ struct ChannelLog {
     messages: VecDeque<Arc<StoredMessage>>,
     /// Keyed by the command's key as it is in the log (the edge scopes a client's key to its
     /// publisher: see [`crate::scoped_idempotency_key`]).
-    dedupe: HashMap<String, DedupeEntry>,
-    /// Keys in the order they were recorded, for expiry.
-    dedupe_order: VecDeque<(u64, String)>,
+    dedupe: DedupeKeys,
+    /// Keys in the order they were recorded, for expiry (shared with `dedupe`).
+    dedupe_order: VecDeque<(u64, Arc<str>)>,
 }
 
 /// A page of a channel's history.
@@ -388,7 +396,7 @@ impl ShardState {
             epoch: ctx.log_index,
             last_offset: 0,
             messages: VecDeque::new(),
-            dedupe: HashMap::new(),
+            dedupe: DedupeKeys::default(),
             dedupe_order: VecDeque::new(),
         })
     }
@@ -441,7 +449,7 @@ impl ShardState {
         if let Some(log) = self.channels.get_mut(&cmd.channel) {
             log.expire_dedupe(retention.limits.dedupe_window_ms, now);
             if let Some(key) = &cmd.idempotency_key
-                && let Some(seen) = log.dedupe.get(key)
+                && let Some(seen) = log.dedupe.get(key.as_str())
             {
                 return Ok(Published {
                     channel: cmd.channel.clone(),
@@ -479,9 +487,10 @@ impl ShardState {
         if let Some(key) = &cmd.idempotency_key {
             // Recorded at the shard's clock (not the command's own time), so that the expiry
             // order stays monotonic even if a new leader's clock is behind the old one's.
+            let key: Arc<str> = key.as_str().into();
             log.dedupe
                 .insert(key.clone(), DedupeEntry { offset, time_ms: now });
-            log.dedupe_order.push_back((now, key.clone()));
+            log.dedupe_order.push_back((now, key));
         }
         self.history_bytes.added(&cmd.channel, &message);
         log.enforce(&cmd.channel, &retention, now, &mut self.history_bytes);
@@ -939,10 +948,10 @@ impl ChannelLog {
             let (_, key) = self.dedupe_order.pop_front().expect("front exists");
             if self
                 .dedupe
-                .get(&key)
+                .get(&*key)
                 .is_some_and(|e| e.time_ms.saturating_add(window_ms) < now)
             {
-                self.dedupe.remove(&key);
+                self.dedupe.remove(&*key);
             }
         }
     }

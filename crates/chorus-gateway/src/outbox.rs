@@ -154,6 +154,10 @@ impl Outbox {
                 }
             }
             self.ready[class].notified().await;
+            // Woken by the first frame of a burst (the replies of one commit, the events of
+            // one apply): let the tasks queueing the others run before taking, so that the
+            // burst leaves in one write (and few packets) instead of a write each.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -188,6 +192,7 @@ impl Outbox {
                 }
             }
             self.ready_any.notified().await;
+            tokio::task::yield_now().await; // as in `next_of`
         }
     }
 
