@@ -408,7 +408,7 @@ impl Driver {
             client_name: self.options.client_name.clone(),
         };
         send.queue(id, client_frame::Kind::Connect(connect));
-        send.flush().await?;
+        send.flush().await.map_err(|e| e.reason)?;
         let reply = frames.recv().await.ok_or_else(|| {
             connection
                 .close_reason()
@@ -470,7 +470,21 @@ impl Driver {
             let kind = live.send.queue(id, kind);
             self.pending.insert(id, Pending::Request { kind, reply });
         }
-        live.send.flush().await
+        self.flush(live).await
+    }
+
+    /// Writes what is queued. Requests that did not leave are kept to be sent again on the
+    /// next connection, whatever they ask: the node never saw them (`requeue` answers the
+    /// session operations that may have been applied with `Indeterminate`).
+    async fn flush(&mut self, live: &mut Live) -> Result<(), String> {
+        live.send.flush().await.map_err(|failed| {
+            for id in failed.unsent {
+                if let Some(Pending::Request { kind, reply }) = self.pending.remove(&id) {
+                    self.retry.push((kind, reply));
+                }
+            }
+            failed.reason
+        })
     }
 
     async fn send_subscribe(&mut self, live: &mut Live, local: u64) -> Result<(), String> {
@@ -512,7 +526,7 @@ impl Driver {
                 command = self.commands.recv() => match self.on_commands(live, command).await {
                     Ok(Flow::Close) => {
                         // What was queued before the close goes first.
-                        let _ = live.send.flush().await;
+                        let _ = self.flush(live).await;
                         live.connection.close(0u32.into(), b"client closed");
                         return Outcome::Closed;
                     }
@@ -535,7 +549,12 @@ impl Driver {
                     self.refresh(live).await
                 },
             };
-            if let Err(reason) = result.and(live.send.flush().await) {
+            // Nothing more is written to a connection being given up.
+            let result = match result {
+                Ok(()) => self.flush(live).await,
+                failed => failed,
+            };
+            if let Err(reason) = result {
                 live.connection.close(0u32.into(), b"reconnecting");
                 return Outcome::Lost(reason);
             }
@@ -893,6 +912,16 @@ impl Driver {
 struct Outgoing {
     stream: quinn::SendStream,
     buf: BytesMut,
+    /// Id and end offset in `buf` of each queued frame, to tell after a failed write which
+    /// ones never left whole.
+    frames: Vec<(u64, usize)>,
+}
+
+/// A write that failed, and the queued frames that did not leave whole (their requests were
+/// never seen by the node: safe to send again, whatever they ask).
+struct FlushError {
+    reason: String,
+    unsent: Vec<u64>,
 }
 
 impl Outgoing {
@@ -900,6 +929,7 @@ impl Outgoing {
         Outgoing {
             stream,
             buf: BytesMut::new(),
+            frames: Vec::new(),
         }
     }
 
@@ -908,6 +938,7 @@ impl Outgoing {
     fn queue(&mut self, id: u64, kind: client_frame::Kind) -> client_frame::Kind {
         let frame = ClientFrame { id, kind: Some(kind) };
         put_length_delimited(&frame, &mut self.buf);
+        self.frames.push((id, self.buf.len()));
         frame.kind.expect("set above")
     }
 
@@ -917,12 +948,31 @@ impl Outgoing {
     }
 
     /// Writes what is queued.
-    async fn flush(&mut self) -> Result<(), String> {
-        if self.buf.is_empty() {
-            return Ok(());
+    async fn flush(&mut self) -> Result<(), FlushError> {
+        let mut written = 0;
+        let mut result = Ok(());
+        while written < self.buf.len() {
+            match self.stream.write(&self.buf[written..]).await {
+                Ok(n) => written += n,
+                Err(e) => {
+                    // A frame cut short is never decoded by the node.
+                    let unsent = self
+                        .frames
+                        .iter()
+                        .filter(|(_, end)| *end > written)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    result = Err(FlushError {
+                        reason: e.to_string(),
+                        unsent,
+                    });
+                    break;
+                }
+            }
         }
-        let chunk = self.buf.split().freeze();
-        self.stream.write_chunk(chunk).await.map_err(|e| e.to_string())
+        self.buf.clear();
+        self.frames.clear();
+        result
     }
 }
 
