@@ -139,6 +139,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             snapshot_every_entries: config.raft_timing.snapshot_every_entries,
             logs_kept_after_snapshot: config.raft_timing.logs_kept_after_snapshot,
             max_batch_commands: config.raft_timing.max_batch_commands,
+            node_entries_in_flight: config.raft_timing.node_entries_in_flight,
             typing: config.typing(),
             peer_tls: peer_tls.clone(),
             audit: match &config.audit_file {

@@ -384,6 +384,9 @@ pub struct RaftTiming {
     pub logs_kept_after_snapshot: u64,
     /// Most client commands the shard leader puts in one Raft entry; 1 turns batching off.
     pub max_batch_commands: usize,
+    /// Most Raft entries in flight (proposed, not yet committed) over all the shards a node
+    /// leads: while they are, writes queue and the next entries take more of them.
+    pub node_entries_in_flight: usize,
 }
 
 impl Default for RaftTiming {
@@ -395,6 +398,7 @@ impl Default for RaftTiming {
             snapshot_every_entries: 5_000,
             logs_kept_after_snapshot: 1_000,
             max_batch_commands: chorus_cluster::proposer::DEFAULT_MAX_BATCH_COMMANDS,
+            node_entries_in_flight: chorus_cluster::proposer::DEFAULT_NODE_ENTRIES_IN_FLIGHT,
         }
     }
 }
@@ -790,6 +794,9 @@ impl NodeConfig {
         }
         if t.max_batch_commands == 0 {
             bail!("`raft_timing.max_batch_commands` must be at least 1 (1 turns batching off)");
+        }
+        if t.node_entries_in_flight == 0 {
+            bail!("`raft_timing.node_entries_in_flight` must be at least 1");
         }
         if self.storage.segment_bytes < 64 * 1024 {
             bail!("`storage.segment_bytes` must be at least 65536");

@@ -25,6 +25,7 @@ pub mod placement;
 pub mod proposer;
 mod quiet;
 pub mod service;
+mod snapshots;
 pub mod status;
 pub mod tls;
 pub mod transport;

@@ -10,6 +10,14 @@
 //! the slots are busy, writes queue, and the next free slot takes everything queued (up to
 //! the configured maximum) as one entry: one log write, one replication message and one apply
 //! call for all of them on every node.
+//!
+//! A proposal takes two slots: one of its shard ([`MAX_IN_FLIGHT`]) and one of the node
+//! ([`NodeSlots`], shared by every shard the node leads). Without the node's, the entries in
+//! flight grow with the shards a node leads, and each gets that much smaller: at 12 shards
+//! (4 led per node) entries held 5.5 commands under `chorus bench publish`, with 3 slots per
+//! node 13-14, and the cluster carried about 1.07x the writes (docs/benchmarks.md). A shard
+//! that cannot commit (its quorum gone) must not stall the others: it gives its node slot
+//! back after [`NODE_SLOT_HOLD`] and waits on its own slot alone.
 
 use crate::ShardRaft;
 use crate::forward::{ForwardResponse, ForwardResult};
@@ -17,6 +25,7 @@ use chorus_core::Command;
 use chorus_store::{ShardRequest, ShardResponse};
 use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Default of the most commands in one Raft entry.
@@ -28,6 +37,22 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// on the 2-core machine 8 in flight gave 1.07x over no batching, 2 gave 1.49x, 1 gave 1.55x
 /// (docs/benchmarks.md); 2 keeps some pipelining for links with real latency.
 pub const MAX_IN_FLIGHT: usize = 2;
+/// Default of the entries in flight on a node, over all the shards it leads.
+pub const DEFAULT_NODE_ENTRIES_IN_FLIGHT: usize = 3;
+/// The longest one proposal keeps a node slot (the commit of an entry under load takes a few
+/// milliseconds).
+pub const NODE_SLOT_HOLD: Duration = Duration::from_millis(20);
+
+/// The node's proposal slots, shared by the proposers of every shard it leads.
+#[derive(Clone)]
+pub(crate) struct NodeSlots(Arc<Semaphore>);
+
+impl NodeSlots {
+    /// `count` entries in flight at most, over all shards.
+    pub(crate) fn new(count: usize) -> NodeSlots {
+        NodeSlots(Arc::new(Semaphore::new(count.max(1))))
+    }
+}
 
 struct Pending {
     commands: Vec<Command>,
@@ -42,9 +67,14 @@ pub(crate) struct Proposer {
 
 impl Proposer {
     /// Starts the batching task of a shard.
-    pub(crate) fn start(raft: ShardRaft, max_batch: usize, commands_per_entry: Histogram) -> Proposer {
+    pub(crate) fn start(
+        raft: ShardRaft,
+        max_batch: usize,
+        node_slots: NodeSlots,
+        commands_per_entry: Histogram,
+    ) -> Proposer {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, max_batch, commands_per_entry));
+        tokio::spawn(run(raft, rx, max_batch, node_slots, commands_per_entry));
         Proposer { queue }
     }
 
@@ -73,6 +103,7 @@ async fn run(
     raft: ShardRaft,
     mut queue: mpsc::UnboundedReceiver<Pending>,
     max_batch: usize,
+    node_slots: NodeSlots,
     commands_per_entry: Histogram,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -87,6 +118,10 @@ async fn run(
             },
         };
         let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Writes keep queueing while the node's other shards hold the node's slots.
+        let Ok(node_slot) = node_slots.0.clone().acquire_owned().await else {
             return;
         };
         let mut count = first.commands.len();
@@ -124,7 +159,15 @@ async fn run(
                 replies.push(pending.reply);
                 commands.extend(pending.commands);
             }
-            let result = raft.client_write(ShardRequest::new(commands)).await;
+            let write = raft.client_write(ShardRequest::new(commands));
+            tokio::pin!(write);
+            let result = tokio::select! {
+                result = &mut write => result,
+                () = tokio::time::sleep(NODE_SLOT_HOLD) => {
+                    drop(node_slot);
+                    write.await
+                }
+            };
             drop(slot);
             match result {
                 Ok(response) => {

@@ -21,6 +21,7 @@ pub mod feed;
 pub mod log_store;
 pub mod metrics;
 pub mod node_store;
+pub mod snapshot_pace;
 pub mod state_machine;
 pub mod types;
 

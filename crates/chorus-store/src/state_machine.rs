@@ -8,6 +8,7 @@
 use crate::engine::LogEngine;
 use crate::error::{StoreError, decode, encode};
 use crate::feed::{AppliedEvent, AppliedNotice, EventFeed, FeedItem};
+use crate::snapshot_pace::SnapshotPace;
 use crate::types::{ShardResponse, TypeConfig};
 use chorus_core::{
     AppliedOutput, ApplyContext, ChannelName, HistoryLimits, HistoryPage, ShardId, ShardState,
@@ -47,6 +48,8 @@ struct Shared {
     feed: EventFeed,
     /// The node's log, purged up to an installed snapshot at once (see `install_snapshot`).
     log: LogEngine,
+    /// What was applied since the last snapshot, against its size (`crate::snapshot_pace`).
+    pace: SnapshotPace,
 }
 
 /// The openraft state machine of one shard. Cloning shares it.
@@ -103,6 +106,12 @@ impl ShardReader {
     pub fn shard(&self) -> ShardId {
         self.shared.shard
     }
+
+    /// Bytes applied since the last snapshot, and that snapshot's size
+    /// (`crate::snapshot_pace`).
+    pub fn snapshot_pace(&self) -> (u64, u64) {
+        self.shared.pace.since_last()
+    }
 }
 
 impl ShardStateMachine {
@@ -124,6 +133,7 @@ impl ShardStateMachine {
                 snapshot_write: std::sync::Mutex::new(None),
                 feed,
                 log,
+                pace: SnapshotPace::default(),
             }),
         }
     }
@@ -252,13 +262,13 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         // Copy under the lock (apply waits only for the copy); encode and write outside it.
-        let (meta, state) = {
+        let (meta, state, applied_at) = {
             let applied = self.shared.applied.read().expect("state lock poisoned");
             let meta = SnapshotMetaOf::<TypeConfig> {
                 last_log_id: applied.last_applied,
                 last_membership: applied.last_membership.clone(),
             };
-            (meta, applied.state.clone())
+            (meta, applied.state.clone(), self.shared.pace.applied_so_far())
         };
         let this = self.clone();
         let file = tokio::task::spawn_blocking(move || {
@@ -270,6 +280,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
         })
         .await
         .map_err(io::Error::other)??;
+        self.shared.pace.snapshot_taken(applied_at, file.data.len());
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta: file.meta,
             snapshot: file.data,
@@ -306,6 +317,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                         let results = applied
                             .state
                             .apply_batch_with_output(ctx, &request.0, &mut outputs);
+                        for command in request.0.iter() {
+                            self.shared.pace.applied(command.payload_bytes());
+                        }
                         // Reported while the state lock is held, so that a reader of the
                         // state and a receiver of the feed agree on what came first.
                         self.report_applied(outputs);
@@ -335,6 +349,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let state = decode_state(&snapshot).map_err(io::Error::from)?;
+        let snapshot_bytes = snapshot.len();
         let file = SnapshotFile {
             meta: meta.clone(),
             data: snapshot,
@@ -356,6 +371,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
+        self.shared
+            .pace
+            .snapshot_taken(self.shared.pace.applied_so_far(), snapshot_bytes);
         self.shared
             .feed
             .send(FeedItem::SnapshotInstalled(self.shared.shard));

@@ -5,7 +5,7 @@ use crate::error::ClusterError;
 use crate::forward::ForwardRequest;
 use crate::network::{PeerPool, ShardNetworkFactory};
 use crate::placement;
-use crate::proposer::Proposer;
+use crate::proposer::{NodeSlots, Proposer};
 use chorus_core::{Command, HistoryLimits, ShardId};
 use chorus_store::{ChorusNode, NodeStore, ShardReader, ShardRequest, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
@@ -59,6 +59,8 @@ pub struct ClusterConfig {
     pub logs_kept_after_snapshot: u64,
     /// Most client commands in one Raft entry; 1 turns proposal batching off.
     pub max_batch_commands: usize,
+    /// Most entries in flight over all the shards this node leads (`crate::proposer`).
+    pub node_entries_in_flight: usize,
     /// Typing indicator timers.
     pub typing: crate::typing::TypingConfig,
     /// Mutual TLS with peers (`None`: plain TCP).
@@ -184,7 +186,8 @@ impl ClusterNode {
             install_snapshot_timeout: 10_000,
             // Bounds one AppendEntries message: with batched entries of up to 1 MiB.
             max_payload_entries: 64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            // Snapshots are built when `crate::snapshots` says, by entries and bytes.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             // A restarted leader stands for election instead of resuming its term. Resuming is
             // what made replicas diverge after power losses: a leader may lose the tail of its
@@ -219,6 +222,7 @@ impl ClusterNode {
         )
         .await?;
         let mut shards = Vec::with_capacity(config.shard_count as usize);
+        let node_slots = NodeSlots::new(config.node_entries_in_flight);
         for s in 0..config.shard_count {
             let id = ShardId(s);
             let log = store.log_store(id);
@@ -235,6 +239,7 @@ impl ClusterNode {
                 Proposer::start(
                     raft.clone(),
                     config.max_batch_commands,
+                    node_slots.clone(),
                     metrics.commands_per_entry.clone(),
                 )
             });
@@ -291,6 +296,7 @@ impl ClusterNode {
         let upkeep = node.clone();
         tokio::spawn(async move { upkeep.upkeep_loop().await });
         tokio::spawn(node.clone().quiet_loop());
+        tokio::spawn(node.clone().snapshot_loop());
         if node.shards().iter().any(|s| node.is_recovering(s.id)) {
             let recovery = node.clone();
             tokio::spawn(async move { recovery.recover_shards().await });
