@@ -378,7 +378,8 @@ pub struct RaftTiming {
     pub election_timeout_min_ms: u64,
     /// Upper bound of the randomized election timeout, ms.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Build a snapshot after this many entries since the last one (and once as many bytes
+    /// were applied as that one had: `chorus_store::snapshot_pace`).
     pub snapshot_every_entries: u64,
     /// Log entries kept after a snapshot (for followers that are a little behind).
     pub logs_kept_after_snapshot: u64,

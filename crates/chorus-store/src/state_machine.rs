@@ -22,6 +22,9 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
+/// A snapshot file is written and synced this many bytes at a time.
+const SNAPSHOT_SYNC_BYTES: usize = 256 * 1024;
+
 /// What is applied, shared with readers.
 #[derive(Debug, Default)]
 struct Applied {
@@ -192,8 +195,12 @@ impl ShardStateMachine {
                 .open(&tmp)
         }
         .map_err(|e| io("creating snapshot", e))?;
-        out.write_all(&encode(file))
-            .map_err(|e| io("writing snapshot", e))?;
+        // Synced a piece at a time: the Raft log's fsyncs share the disk, and one that comes
+        // while megabytes of snapshot are being written back waits for all of them.
+        for piece in encode(file).chunks(SNAPSHOT_SYNC_BYTES) {
+            out.write_all(piece).map_err(|e| io("writing snapshot", e))?;
+            out.sync_data().map_err(|e| io("fsyncing snapshot", e))?;
+        }
         out.sync_all().map_err(|e| io("fsyncing snapshot", e))?;
         drop(out);
         std::fs::rename(&tmp, path).map_err(|e| io("renaming snapshot", e))?;
