@@ -796,8 +796,8 @@ impl NodeConfig {
         if t.max_batch_commands == 0 {
             bail!("`raft_timing.max_batch_commands` must be at least 1 (1 turns batching off)");
         }
-        if t.node_entries_in_flight == 0 {
-            bail!("`raft_timing.node_entries_in_flight` must be at least 1");
+        if t.node_entries_in_flight == 0 || t.node_entries_in_flight > 4096 {
+            bail!("`raft_timing.node_entries_in_flight` must be 1 to 4096");
         }
         if self.storage.segment_bytes < 64 * 1024 {
             bail!("`storage.segment_bytes` must be at least 65536");
@@ -843,6 +843,15 @@ impl NodeConfig {
                 "`clients.idle_timeout_ms` ({}) must exceed `clients.heartbeat_interval_ms` ({}): clients answer pings",
                 c.idle_timeout_ms,
                 c.heartbeat_interval_ms
+            );
+        }
+        if c.idle_timeout_ms <= c.connect_timeout_ms {
+            // A client that opened no stream yet would be dropped by the idle timeout without
+            // the `protocol_error` the connect timeout gives it.
+            bail!(
+                "`clients.idle_timeout_ms` ({}) must exceed `clients.connect_timeout_ms` ({}): a new connection is idle until it sends its connect frame",
+                c.idle_timeout_ms,
+                c.connect_timeout_ms
             );
         }
         if c.connect_timeout_ms == 0
@@ -1000,5 +1009,27 @@ mod tests {
                 .contains("`peers`")
         );
         assert_eq!(parse_peers("1=127.0.0.1:1, 2=127.0.0.1:2").unwrap().len(), 2);
+    }
+
+    /// Found by a third-party client: with the idle timeout below the connect timeout, a
+    /// client that opened no stream was dropped silently, never told why.
+    #[test]
+    fn an_idle_timeout_within_the_connect_timeout_is_refused() {
+        let mut args = args_with_secrets();
+        args.config = Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/cluster/node1.toml"
+        )));
+        let mut config = NodeConfig::load(&args).unwrap();
+        config.clients.heartbeat_interval_ms = 300;
+        config.clients.idle_timeout_ms = 1_500;
+        config.clients.connect_timeout_ms = 2_000;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("`clients.idle_timeout_ms` (1500) must exceed `clients.connect_timeout_ms` (2000)"),
+            "{err}"
+        );
+        config.clients.connect_timeout_ms = 1_000;
+        config.validate().unwrap();
     }
 }

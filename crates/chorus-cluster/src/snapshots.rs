@@ -29,6 +29,7 @@ impl ClusterNode {
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut building: Option<Building> = None;
+        let mut next = 0;
         loop {
             tick.tick().await;
             let progress: Vec<(u64, u64)> = self
@@ -48,17 +49,26 @@ impl ClusterNode {
                 continue;
             }
             building = None;
-            for (i, s) in self.shards().iter().enumerate() {
+            // Round robin from after the last shard picked: a shard whose builds never finish
+            // (its Raft stopped on an I/O error) must not keep the others from theirs.
+            let count = self.shards().len();
+            for step in 1..=count {
+                let i = (next + step - 1) % count;
+                let s = &self.shards()[i];
                 let (applied, snapshot) = progress[i];
                 let (bytes_since, snapshot_bytes) = s.reader.snapshot_pace();
-                if snapshot_due(
+                if !snapshot_due(
                     applied.saturating_sub(snapshot),
                     every,
                     bytes_since,
                     snapshot_bytes,
                 ) {
-                    // Dropped by openraft while a build of this shard is under way.
-                    let _ = s.raft.trigger().snapshot().await;
+                    continue;
+                }
+                next = i + 1;
+                // Dropped by openraft while a build of this shard is under way; an error means
+                // the shard's Raft has stopped.
+                if s.raft.trigger().snapshot().await.is_ok() {
                     building = Some(Building {
                         shard: i,
                         before: snapshot,

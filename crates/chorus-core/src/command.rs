@@ -424,7 +424,15 @@ pub fn check_publish_input(
                 format!("type must be 1 to {MAX_EVENT_TYPE_LEN} bytes"),
             ));
         }
-        if let Some(prefix) = RESERVED_EVENT_TYPES.iter().find(|p| event_type.starts_with(*p)) {
+        // In any case: a subscriber that compares types without regard to case must not take
+        // `Session.op` for the cluster's `session.op`.
+        let reserved = |prefix: &&&str| {
+            event_type
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        if let Some(prefix) = RESERVED_EVENT_TYPES.iter().find(reserved) {
             return Err((
                 ErrorCode::BadRequest,
                 format!(
@@ -456,6 +464,13 @@ mod tests {
         let long = "x".repeat(MAX_EVENT_TYPE_LEN + 1);
         let forged = check_publish_input("1", 10, Some("session.operation_applied"), None);
         assert!(forged.unwrap_err().1.contains("cluster only"));
+        // Found by a third-party client: the check ignored other cases.
+        for forged in ["Session.op", "PRESENCE.join", "Typing.started", "Message.Read"] {
+            let refused = check_publish_input("1", 10, Some(forged), None);
+            assert!(refused.unwrap_err().1.contains("cluster only"), "{forged}");
+        }
+        assert!(check_publish_input("1", 10, Some("sessions"), None).is_ok());
+        assert!(check_publish_input("1", 10, Some("é"), None).is_ok());
         assert!(
             check_publish_input("1", 10, Some(&long), None)
                 .unwrap_err()

@@ -36,10 +36,17 @@ pub(crate) struct Ending {
     pub(crate) reason: String,
 }
 
-/// When a token expiring at `exp` (Unix seconds) stops being honoured.
+/// When a token expiring at `exp` (Unix seconds) stops being honoured: `exp` + `grace`, also
+/// for a token accepted just after `exp` (within the validation leeway), whose grace has
+/// partly run already.
 fn token_deadline(exp: u64, grace: Duration) -> Instant {
-    let left_ms = (exp.saturating_mul(1000)).saturating_sub(clock::unix_ms());
-    Instant::from(clock::now()) + Duration::from_millis(left_ms) + grace
+    let now = Instant::from(clock::now());
+    let (exp_ms, now_ms) = (exp.saturating_mul(1000), clock::unix_ms());
+    if exp_ms >= now_ms {
+        now + Duration::from_millis(exp_ms - now_ms) + grace
+    } else {
+        now + grace.saturating_sub(Duration::from_millis(now_ms - exp_ms))
+    }
 }
 
 pub(crate) struct Session {
@@ -752,5 +759,32 @@ impl Session {
             }
             drop(permit);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by a third-party client: a token accepted 3.5 s after its `exp` (inside the
+    /// validation leeway) was honoured until connect time + grace, 13.5 s after `exp`.
+    #[test]
+    fn a_token_accepted_after_its_exp_keeps_only_what_is_left_of_its_grace() {
+        let grace = Duration::from_secs(10);
+        let now = Instant::from(clock::now());
+        let now_s = clock::unix_ms() / 1000;
+        // `exp` is whole seconds: up to a second of it is in the past already.
+        let expired = token_deadline(now_s - 3, grace) - now;
+        assert!(
+            expired > Duration::from_millis(5_900) && expired <= Duration::from_millis(7_100),
+            "{expired:?}"
+        );
+        let long_expired = token_deadline(now_s - 60, grace);
+        assert!(long_expired <= Instant::from(clock::now()));
+        let fresh = token_deadline(now_s + 60, grace) - now;
+        assert!(
+            fresh > Duration::from_secs(68) && fresh <= Duration::from_secs(70),
+            "{fresh:?}"
+        );
     }
 }

@@ -116,7 +116,10 @@ impl Gateway {
         let writer_outbox = outbox.clone();
         let writer = tokio::spawn(async move {
             // The client's first frame decides; a connection closed before it gets protobuf.
+            // Biased: a first frame that fails closes the outbox right after its encoding is
+            // known, and an unbiased pick then answered a JSON client in protobuf now and then.
             let encoding = tokio::select! {
+                biased;
                 encoding = encoding_rx => encoding.unwrap_or(Encoding::Protobuf),
                 _ = writer_outbox.wait_closed() => Encoding::Protobuf,
             };

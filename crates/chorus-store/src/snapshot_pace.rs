@@ -8,14 +8,21 @@
 //! on snapshots: three 10-second rounds of `chorus bench publish` on one cluster that keeps
 //! every message went 21,922 / 22,819 / 19,464 msgs/s with ack p99 22 / 21 / 38 ms, and
 //! 22,854 / 21,567 / 21,648 with p99 21 / 23 / 22 ms when no snapshot was built. Tied to bytes,
-//! each byte applied pays for at most one byte of snapshot, and the log between two snapshots
-//! stays about as large as the state at most.
+//! each byte applied pays for at most about one byte of snapshot, and the log between two
+//! snapshots of a shard holds about the smaller of its state and
+//! [`MAX_BYTES_BETWEEN_SNAPSHOTS`] (bytes are counted from the commands, a little less than
+//! their log records take).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes counted for a command besides its payload (its log id, channel, ids), so that
 /// commands without payload still move the pace.
 const COMMAND_OVERHEAD: u64 = 32;
+
+/// The most bytes applied since the last snapshot that a shard waits for, however large its
+/// state: the log is one for all shards, and a segment is deleted only once every shard's
+/// snapshot has passed it, so one shard with a large state must not keep the whole node's log.
+pub const MAX_BYTES_BETWEEN_SNAPSHOTS: u64 = 64 * 1024 * 1024;
 
 /// Whether a snapshot is due, from what happened since the last one.
 pub fn snapshot_due(
@@ -24,7 +31,7 @@ pub fn snapshot_due(
     bytes_since: u64,
     last_snapshot_bytes: u64,
 ) -> bool {
-    entries_since >= every_entries && bytes_since >= last_snapshot_bytes
+    entries_since >= every_entries && bytes_since >= last_snapshot_bytes.min(MAX_BYTES_BETWEEN_SNAPSHOTS)
 }
 
 /// Bytes applied and the size of the last snapshot of one shard (shared with its reader).
@@ -83,6 +90,10 @@ mod tests {
         assert!(snapshot_due(5_000, 100, 1_000_000, 1_000_000));
         // Enough bytes in a few large entries: the entry count still holds it back.
         assert!(!snapshot_due(10, 100, 10_000_000, 1_000_000));
+        // A state larger than the cap waits for the cap only.
+        let huge = 10 * MAX_BYTES_BETWEEN_SNAPSHOTS;
+        assert!(!snapshot_due(5_000, 100, MAX_BYTES_BETWEEN_SNAPSHOTS - 1, huge));
+        assert!(snapshot_due(5_000, 100, MAX_BYTES_BETWEEN_SNAPSHOTS, huge));
     }
 
     #[test]

@@ -283,11 +283,15 @@ impl RaftSnapshotBuilder<TypeConfig> for ShardStateMachine {
                 meta,
                 data: encode(&state),
             };
-            this.write_snapshot_file(&file).map(|_| file)
+            this.write_snapshot_file(&file).map(|written| (file, written))
         })
         .await
         .map_err(io::Error::other)??;
-        self.shared.pace.snapshot_taken(applied_at, file.data.len());
+        let (file, written) = file;
+        // Not written: a newer snapshot was installed meanwhile, and the pace counts from it.
+        if written {
+            self.shared.pace.snapshot_taken(applied_at, file.data.len());
+        }
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta: file.meta,
             snapshot: file.data,
