@@ -969,33 +969,33 @@ mod tests {
         }
     }
 
+    /// The secrets and the config file `cluster/<file>` of this repository.
+    fn args_with_file(file: &str) -> NodeArgs {
+        NodeArgs {
+            config: Some(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("cluster")
+                    .join(file),
+            ),
+            ..args_with_secrets()
+        }
+    }
+
     #[test]
     fn the_example_config_file_is_valid() {
-        let mut args = args_with_secrets();
-        args.config = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/cluster/chorus.example.toml"
-        )));
+        let args = args_with_file("chorus.example.toml");
         let config = NodeConfig::load(&args).expect("example config loads");
         assert_eq!(config.peers.len(), 3);
         assert!(config.roles.contains_key("member"));
         for n in 1..=3 {
-            let mut args = args_with_secrets();
-            args.config = Some(PathBuf::from(format!(
-                "{}/cluster/node{n}.toml",
-                env!("CARGO_MANIFEST_DIR")
-            )));
+            let args = args_with_file(&format!("node{n}.toml"));
             assert_eq!(NodeConfig::load(&args).expect("local cluster config loads").id, n);
         }
     }
 
     #[test]
     fn flags_override_the_file_and_errors_name_the_field() {
-        let mut args = args_with_secrets();
-        args.config = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/cluster/node2.toml"
-        )));
+        let mut args = args_with_file("node2.toml");
         args.shards = Some(6);
         let config = NodeConfig::load(&args).unwrap();
         assert_eq!((config.id, config.shards), (2, 6));
@@ -1015,12 +1015,7 @@ mod tests {
     /// client that opened no stream was dropped silently, never told why.
     #[test]
     fn an_idle_timeout_within_the_connect_timeout_is_refused() {
-        let mut args = args_with_secrets();
-        args.config = Some(PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/cluster/node1.toml"
-        )));
-        let mut config = NodeConfig::load(&args).unwrap();
+        let mut config = NodeConfig::load(&args_with_file("node1.toml")).unwrap();
         config.clients.heartbeat_interval_ms = 300;
         config.clients.idle_timeout_ms = 1_500;
         config.clients.connect_timeout_ms = 2_000;
