@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pure hot path: applying publishes and session operations, placing
-//! channels on shards, matching permission patterns, decoding and encoding client frames. Run
+//! channels on shards, matching permission patterns, decoding and encoding client frames,
+//! copying and encoding a shard's state for a snapshot. Run
 //! with `make bench-core` (criterion).
 
 use chorus_core::collab::{ConflictPolicy, DocPath, OpKind};
@@ -12,6 +13,10 @@ use chorus_proto::client::{ClientFrame, Publish, ServerFrame, client_frame, serv
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use prost::Message;
 use std::hint::black_box;
+
+/// The allocator the node runs with: buffer growth costs differ between allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn publish(channel: &ChannelName, i: u64, key: bool) -> Command {
     Command::Publish(PublishCommand {
@@ -51,6 +56,45 @@ fn apply(c: &mut Criterion) {
             )
         },
     );
+}
+
+/// What a snapshot costs per shard: the copy taken under the state lock, the encoding, and
+/// the decoding at install (100,000 messages of 128 B over 8 channels, kept whole).
+fn snapshot(c: &mut Criterion) {
+    let channels: Vec<ChannelName> = (0..8)
+        .map(|i| ChannelName::new(format!("bench.ch-{i}")).unwrap())
+        .collect();
+    let data: std::sync::Arc<str> = format!("\"{}\"", "x".repeat(126)).into();
+    let mut state = ShardState::new(chorus_core::HistoryLimits {
+        max_entries: u64::MAX,
+        max_age_ms: u64::MAX,
+        dedupe_window_ms: 60_000,
+    });
+    for i in 0..100_000u64 {
+        let command = Command::Publish(PublishCommand {
+            channel: channels[(i % 8) as usize].clone(),
+            event_type: None,
+            data: data.clone(),
+            publisher: "bench".into(),
+            idempotency_key: None,
+            time_ms: 1_800_000_000_000 + i,
+        });
+        state.apply(ApplyContext { log_index: i + 1 }, &command);
+    }
+    let encoded = postcard::to_stdvec(&state).unwrap();
+    let mut group = c.benchmark_group("snapshot of 100,000 messages (128 B)");
+    group.sample_size(10);
+    group.bench_function("clone", |b| b.iter(|| black_box(state.clone())));
+    group.bench_function("encode into a growing buffer", |b| {
+        b.iter(|| black_box(postcard::to_stdvec(&state).unwrap()))
+    });
+    group.bench_function("encode into a buffer of its size", |b| {
+        b.iter(|| black_box(chorus_store::state_machine::encode_state(&state)))
+    });
+    group.bench_function("decode", |b| {
+        b.iter(|| black_box(postcard::from_bytes::<ShardState>(&encoded).unwrap()))
+    });
+    group.finish();
 }
 
 fn placement(c: &mut Criterion) {
@@ -183,5 +227,5 @@ fn frames(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, apply, session_ops, placement, patterns, frames);
+criterion_group!(benches, apply, snapshot, session_ops, placement, patterns, frames);
 criterion_main!(benches);

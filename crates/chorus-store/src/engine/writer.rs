@@ -49,11 +49,13 @@ fn next_batch(shared: &Arc<Shared>) -> Option<Taken> {
                 _ => break,
             }
         };
+        state.writer_idle = true;
         state = shared
             .wake
             .wait_timeout(state, wait)
             .expect("log engine lock poisoned")
             .0;
+        state.writer_idle = false;
     }
     Some(take(&mut state))
 }
