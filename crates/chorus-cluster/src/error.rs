@@ -38,6 +38,12 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// A membership change named a node that no shard has.
+    #[error("node {node} is not a member of the cluster")]
+    NotMember {
+        /// The id given.
+        node: u64,
+    },
     /// A membership change was refused.
     #[error("membership change refused: {0}")]
     Membership(String),
@@ -69,6 +75,7 @@ impl ClusterError {
             ClusterError::Membership(_) | ClusterError::BadRequest(_) => ErrorCode::BadRequest,
             ClusterError::Internal(_) => ErrorCode::Internal,
             ClusterError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            ClusterError::NotMember { .. } => ErrorCode::NotFound,
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use crate::ShardRaft;
 use crate::error::ClusterError;
-use crate::forward::ForwardRequest;
 use crate::network::{PeerPool, ShardNetworkFactory};
 use crate::placement;
 use crate::proposer::{NodeSlots, Proposer};
@@ -16,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+mod membership;
 mod metrics;
 mod routing;
 
@@ -538,57 +538,6 @@ impl ClusterNode {
                 node: 0,
                 reason: format!("joining through {member}: {e}"),
             })
-    }
-
-    /// Adds node `id` at `raft_addr` to every shard: as a learner that catches up (from a
-    /// snapshot when the log was purged), then as a voter.
-    pub async fn add_node(&self, id: u64, raft_addr: String) -> Result<(), ClusterError> {
-        if id == 0 {
-            return Err(ClusterError::BadRequest("node id must be positive".into()));
-        }
-        for shard in self.shards() {
-            let node = ChorusNode {
-                raft_addr: raft_addr.clone(),
-            };
-            self.leader_call(shard.id, ForwardRequest::AddLearner { id, node })
-                .await?;
-            self.leader_call(shard.id, ForwardRequest::AddVoter { id })
-                .await?;
-            tracing::info!(node = id, shard = shard.id.0, "node added as voter");
-        }
-        self.audit().record(crate::audit::AuditEvent::Membership {
-            action: "added",
-            node: id,
-            raft_addr: Some(raft_addr),
-        });
-        Ok(())
-    }
-
-    /// Removes node `id` from every shard.
-    pub async fn remove_node(&self, id: u64) -> Result<(), ClusterError> {
-        for shard in self.shards() {
-            let voters: Vec<u64> = self
-                .metrics_of(shard)
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
-            if voters.len() <= 1 && voters.contains(&id) {
-                return Err(ClusterError::Membership(format!(
-                    "node {id} is the last voter of shard {}",
-                    shard.id
-                )));
-            }
-            self.leader_call(shard.id, ForwardRequest::RemoveNode { id })
-                .await?;
-            tracing::info!(node = id, shard = shard.id.0, "node removed");
-        }
-        self.audit().record(crate::audit::AuditEvent::Membership {
-            action: "removed",
-            node: id,
-            raft_addr: None,
-        });
-        Ok(())
     }
 
     /// Where this node's security-relevant events go.

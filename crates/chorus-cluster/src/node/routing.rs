@@ -1,6 +1,7 @@
 //! Routing: writes and reads go to the shard's leader, here or on a peer (the forward lane of
 //! `crate::link`), and a leader handles what is routed to it (`handle_forward`).
 
+use super::membership::{LearnerWait, not_caught_up};
 use super::metrics::OutcomeLabel;
 use super::{MEMBERSHIP_DEADLINE, RETRY_PAUSE, ROUTE_DEADLINE};
 use crate::ClusterNode;
@@ -322,13 +323,31 @@ impl ClusterNode {
                 Ok(ForwardResponse::ReadIndex(read.index()))
             }
             ForwardRequest::AddLearner { id, node } => {
+                let added_at = std::sync::atomic::AtomicU64::new(0);
                 self.with_fresh_lease(raft, || async {
-                    raft.add_learner(id, node.clone(), true)
+                    let added = raft
+                        .add_learner(id, node.clone(), false)
                         .await
                         .map_err(write_error)?;
+                    added_at.store(added.log_id.index, std::sync::atomic::Ordering::Relaxed);
                     Ok(ForwardResponse::Done)
                 })
-                .await
+                .await?;
+                let added_at = added_at.into_inner();
+                match self.wait_for_learner(raft, id, added_at).await? {
+                    LearnerWait::CaughtUp => Ok(ForwardResponse::Done),
+                    LearnerWait::Stalled { acknowledged } => {
+                        tracing::warn!(node = id, raft_addr = %node.raft_addr, shard = shard.0, "joining node made no progress; taking it out");
+                        self.with_fresh_lease(raft, || async {
+                            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                                .await
+                                .map_err(write_error)?;
+                            Ok(ForwardResponse::Done)
+                        })
+                        .await?;
+                        Err(not_caught_up(id, &node.raft_addr, shard, acknowledged))
+                    }
+                }
             }
             ForwardRequest::AddVoter { id } => {
                 self.with_fresh_lease(raft, || async {
