@@ -1,6 +1,9 @@
 # Chorus: the commands a developer and an operator need.
 CARGO ?= cargo
 BIN    = target/debug/chorus
+# cargo-nextest runs every test in a process of its own, in parallel (`.ci/run` installs it);
+# without it, cargo's own runner (slower; `cargo install cargo-nextest --locked` to get it).
+NEXTEST = $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "$(CARGO) nextest run --no-fail-fast" || echo "$(CARGO) test --no-fail-fast")
 
 .PHONY: run test test-tls lint fmt build bench bench-nats bench-e2e bench-features bench-core bench-log chaos fuzz cluster-up cluster-down clean-data
 
@@ -16,7 +19,7 @@ build:
 ## test-tls
 test:
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) nextest run --workspace --no-fail-fast
+	$(NEXTEST) --workspace
 	$(CARGO) test --workspace --doc
 	$(MAKE) test-tls
 
@@ -24,7 +27,7 @@ test:
 ## HTTPS/WSS (and QUIC) for clients with certificates of a cluster CA (`chorus certs init`)
 test-tls:
 	CHORUS_TEST_CLUSTER_TLS=1 CHORUS_TEST_CLIENT_TLS=1 \
-	  $(CARGO) nextest run --no-fail-fast --test cluster --test client --test client_wire --test chaos
+	  $(NEXTEST) --test cluster --test client --test client_wire --test chaos
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -133,7 +133,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     let token = mint(
         &jwt_secret,
-        "dev",
+        DEV_USER,
         &["admin".to_string()],
         Duration::from_secs(24 * 3600),
         None,
@@ -151,7 +151,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
             args.data_dir.join(format!("node{n}.log")).display()
         );
     }
-    println!("\nAdmin token (24 h):\n  export CHORUS_TOKEN={token}\n");
+    println!("\nAdmin token (24 h, user {DEV_USER}):\n  export CHORUS_TOKEN={token}\n");
+    // The binary as it was run (`make run` does not put it on the PATH), so that every line
+    // below can be pasted as it is.
+    let chorus = this_binary();
     println!("Try:");
     println!(
         "  curl -s -H \"Authorization: Bearer $CHORUS_TOKEN\" -d '{{\"data\":{{\"text\":\"hello\"}}}}' http://127.0.0.1:{}/api/v1/channels/chat.lobby/publish",
@@ -162,7 +165,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         port(0, 2)
     );
     println!(
-        "  chorus cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)",
+        "  {chorus} cluster status --node http://127.0.0.1:{}   (with CHORUS_TOKEN set)",
         port(0, 3)
     );
     let trust: String = (1..=3u64)
@@ -175,19 +178,19 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .collect();
     println!("\nClients (QUIC, with the Rust SDK underneath; certificates generated per node):");
     println!(
-        "  chorus client subscribe 'chat.>' --node 127.0.0.1:{}{trust}",
+        "  {chorus} client subscribe 'chat.>' --node 127.0.0.1:{}{trust}",
         port(200, 1)
     );
     println!(
-        "  chorus client publish chat.lobby '{{\"text\":\"hi\"}}' --node 127.0.0.1:{}{trust}",
+        "  {chorus} client publish chat.lobby '{{\"text\":\"hi\"}}' --node 127.0.0.1:{}{trust}",
         port(200, 2)
     );
     println!(
-        "  chorus client session-create doc.plan --policy reject --node 127.0.0.1:{}{trust}",
+        "  {chorus} client session-create doc.plan --policy reject --node 127.0.0.1:{}{trust}",
         port(200, 3)
     );
     println!(
-        "  chorus client presence admin --node 127.0.0.1:{}{trust}   (also: typing, session-op, read, unread, roster)",
+        "  {chorus} client presence {DEV_USER} --node 127.0.0.1:{}{trust}   (also: typing, session-op, read, unread, roster)",
         port(200, 1)
     );
     println!(
@@ -200,4 +203,19 @@ pub async fn run(args: DevArgs) -> Result<()> {
     children.stop();
     println!("stopped.");
     Ok(())
+}
+
+/// The subject of the admin token `chorus dev` prints.
+const DEV_USER: &str = "dev";
+
+/// How to run this binary again from the current directory: relative when it lies below it
+/// (`target/debug/chorus`), else its full path.
+fn this_binary() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "chorus".to_string();
+    };
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|dir| exe.strip_prefix(dir).ok().map(std::path::Path::to_path_buf));
+    relative.unwrap_or(exe).display().to_string()
 }
