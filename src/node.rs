@@ -131,6 +131,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
             cluster_secret: config.cluster_secret.clone(),
             limits: config.history_limits(),
             quotas: config.history_quotas(),
+            sweep_interval: Duration::from_secs(config.history.sweep_interval_secs),
             heartbeat_ms: config.raft_timing.heartbeat_ms,
             election_timeout_ms: (
                 config.raft_timing.election_timeout_min_ms,

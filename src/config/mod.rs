@@ -346,6 +346,10 @@ pub struct HistoryConfig {
     /// Most bytes of event data one user's publishes may hold in one shard's history; a
     /// publish beyond gets `quota_exceeded` (0: no quota).
     pub max_bytes_per_user: u64,
+    /// How often each shard leader looks for events past `max_age_secs` and keys past the
+    /// dedupe window in channels nobody writes to (a write applies retention to its own
+    /// channel), in seconds.
+    pub sweep_interval_secs: u64,
 }
 
 /// The default history quotas: 64 MiB per channel (instead of 10,000 events of up to 64 KiB,
@@ -364,6 +368,7 @@ impl Default for HistoryConfig {
             dedupe_window_secs: limits.dedupe_window_ms / 1000,
             max_bytes_per_channel: DEFAULT_QUOTAS.max_bytes_per_channel,
             max_bytes_per_user: DEFAULT_QUOTAS.max_bytes_per_user,
+            sweep_interval_secs: 60,
         }
     }
 }
@@ -785,6 +790,9 @@ impl NodeConfig {
         }
         if self.max_payload_bytes == 0 {
             bail!("`max_payload_bytes` must be positive");
+        }
+        if self.history.sweep_interval_secs == 0 {
+            bail!("`history.sweep_interval_secs` must be positive (seconds between retention sweeps)");
         }
         if self.history.max_entries == 0 {
             bail!("`history.max_entries` must be positive");

@@ -297,6 +297,24 @@ impl ClusterNode {
     }
 }
 
+impl ClusterNode {
+    /// Leader duty: proposes a retention sweep of `shard` when one would change anything (an
+    /// idle shard stays quiet otherwise).
+    pub(crate) async fn sweep_history(&self, shard: ShardId, now_ms: u64) {
+        if !self.read_state(shard, |state| state.sweep_due(now_ms)) {
+            return;
+        }
+        let command = Command::Sweep(chorus_core::command::SweepCommand { time_ms: 0 });
+        match self.submit(shard, command).await {
+            Ok(CommandResult::Swept { events, channels }) => {
+                tracing::debug!(shard = shard.0, events, channels, "history swept");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(shard = shard.0, error = %e, "history sweep not written"),
+        }
+    }
+}
+
 fn unexpected(result: CommandResult) -> ClusterError {
     ClusterError::Internal(format!("unexpected apply result {result:?}"))
 }

@@ -48,6 +48,9 @@ pub enum Command {
     Revoke(crate::revocation::RevokeCommand),
     /// Sets the shard's history quotas (proposed like [`Command::SetLimits`]).
     SetQuotas(crate::quota::HistoryQuotas),
+    /// Runs retention over every channel, the idle ones too, and forgets the channels left
+    /// with nothing (proposed by the shard leader when one is due: `ShardState::sweep_due`).
+    Sweep(SweepCommand),
 }
 
 impl Command {
@@ -65,6 +68,7 @@ impl Command {
             Command::MarkRead(c) => c.time_ms = now_ms,
             Command::RosterJoin(c) | Command::RosterLeave(c) => c.time_ms = now_ms,
             Command::Revoke(c) => c.time_ms = now_ms,
+            Command::Sweep(c) => c.time_ms = now_ms,
             Command::SetLimits(_) | Command::SetClusterId(_) | Command::SetQuotas(_) => {}
         }
     }
@@ -173,6 +177,13 @@ pub struct ExpireLeaseCommand {
     pub time_ms: u64,
 }
 
+/// A retention sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepCommand {
+    /// Stamped by the shard leader: what "too old" is measured against.
+    pub time_ms: u64,
+}
+
 /// A roster membership: one connection's subscription to a channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RosterCommand {
@@ -261,6 +272,13 @@ pub enum CommandResult {
     Revoked,
     /// A publish was refused: its publisher's retained bytes would go over their quota.
     QuotaExceeded(crate::quota::QuotaExceeded),
+    /// A retention sweep ran.
+    Swept {
+        /// Events dropped.
+        events: u64,
+        /// Channels forgotten.
+        channels: u64,
+    },
 }
 
 /// A session's version and its channel's position.

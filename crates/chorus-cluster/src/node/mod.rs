@@ -49,6 +49,8 @@ pub struct ClusterConfig {
     pub limits: HistoryLimits,
     /// Replicated history quotas to enforce.
     pub quotas: chorus_core::HistoryQuotas,
+    /// How often the shards this node leads are swept for expired history.
+    pub sweep_interval: Duration,
     /// Heartbeat interval, ms.
     pub heartbeat_ms: u64,
     /// Election timeout range, ms.
@@ -96,6 +98,8 @@ struct Inner {
     liveness: crate::liveness::Liveness,
     /// Shards whose leadership this node began to hand over (`crate::quiet`).
     hand_overs: crate::liveness::HandOvers,
+    /// When the shards this node leads are next swept for expired history.
+    next_sweep: std::sync::Mutex<Instant>,
 }
 
 /// The cluster core of a node. Cloning is cheap and shares it.
@@ -287,6 +291,7 @@ impl ClusterNode {
                 started: crate::clock::now(),
                 liveness: crate::liveness::Liveness::default(),
                 hand_overs: Default::default(),
+                next_sweep: std::sync::Mutex::new(Instant::now()),
             }),
         };
         node.refresh_cluster_id();
@@ -588,6 +593,15 @@ impl ClusterNode {
     /// One round of leader duties: record the cluster id, replicate configured limits, and
     /// hand leadership to each shard's preferred node so every node leads its share.
     async fn upkeep(&self) -> Result<(), ClusterError> {
+        let sweep = {
+            let mut next = self.inner.next_sweep.lock().expect("lock");
+            let now = Instant::now();
+            let due = now >= *next;
+            if due {
+                *next = now + self.inner.config.sweep_interval;
+            }
+            due
+        };
         for shard in self.shards() {
             let metrics = self.metrics_of(shard);
             if metrics.state != ServerState::Leader {
@@ -599,6 +613,9 @@ impl ClusterNode {
                 let _ = shard.raft.client_write(request).await.map_err(write_error);
             }
             self.expire_leases(shard.id, crate::clock::unix_ms()).await;
+            if sweep {
+                self.sweep_history(shard.id, crate::clock::unix_ms()).await;
+            }
             if shard.reader.limits() != self.inner.config.limits {
                 let request = ShardRequest::new(vec![Command::SetLimits(self.inner.config.limits)]);
                 let _ = shard.raft.client_write(request).await.map_err(write_error);

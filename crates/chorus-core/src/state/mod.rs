@@ -12,7 +12,8 @@
 //! committed log after them on restart, so the same inputs always rebuild the same state.
 //!
 //! Here: [`ShardState`], its `apply` dispatch, sessions, rosters and read positions. A
-//! channel's history, retention and dedupe are in `channel_log`; presence and node leases in
+//! channel's history, retention (with the sweep over idle channels) and dedupe are in
+//! `channel_log`; presence and node leases in
 //! `leases`; the layouts of earlier builds' snapshots in `layouts`.
 
 use crate::channel::ChannelName;
@@ -217,6 +218,7 @@ impl ShardState {
             Command::SetClusterId(id) => {
                 CommandResult::ClusterId(self.cluster_id.get_or_insert_with(|| id.clone()).clone())
             }
+            Command::Sweep(sweep) => self.sweep(sweep.time_ms),
             Command::Revoke(revoke) => {
                 let now = self.advance_clock(revoke.time_ms);
                 self.revocations.revoke(revoke, now);

@@ -132,6 +132,68 @@ fn history_is_bounded_by_entries_and_age() {
     assert_eq!(page.last_offset, 6);
 }
 
+/// Retention used to run only when a channel was written: an idle channel kept its events
+/// forever, and channels were never forgotten.
+#[test]
+fn a_sweep_expires_idle_channels_and_forgets_the_empty_ones() {
+    let limits = HistoryLimits {
+        max_entries: 100,
+        max_age_ms: 1_000,
+        dedupe_window_ms: 5_000,
+    };
+    let mut state = ShardState::new(limits);
+    let sweep = |time_ms| Command::Sweep(crate::command::SweepCommand { time_ms });
+    state.apply(ApplyContext { log_index: 1 }, &publish("idle", "1", None, 100));
+    state.apply(
+        ApplyContext { log_index: 2 },
+        &publish("keyed", "1", Some("k"), 100),
+    );
+    state.apply(ApplyContext { log_index: 3 }, &publish("read", "1", None, 100));
+    state.apply(
+        ApplyContext { log_index: 4 },
+        &Command::MarkRead(MarkReadCommand {
+            channel: ch("read"),
+            user: "al".into(),
+            offset: 1,
+            time_ms: 100,
+        }),
+    );
+    assert!(!state.sweep_due(1_000), "nothing is old yet");
+    assert!(state.sweep_due(1_200));
+    assert_eq!(
+        state.apply(ApplyContext { log_index: 5 }, &sweep(1_200)),
+        CommandResult::Swept {
+            events: 3,
+            channels: 1
+        }
+    );
+    // The empty channel is forgotten; one with a live idempotency key or a read position stays.
+    assert_eq!(state.history(&ch("idle"), 0, 10).epoch, 0);
+    for kept in ["keyed", "read"] {
+        let page = state.history(&ch(kept), 0, 10);
+        assert_eq!(
+            (page.epoch, page.last_offset, page.messages.len()),
+            (if kept == "keyed" { 2 } else { 3 }, 1, 0),
+            "{kept}"
+        );
+    }
+    assert!(!state.sweep_due(1_300), "a sweep leaves nothing due");
+    // Once the key's window has passed, its channel goes too; a new write starts a new epoch.
+    assert_eq!(
+        state.apply(ApplyContext { log_index: 6 }, &sweep(5_200)),
+        CommandResult::Swept {
+            events: 0,
+            channels: 1
+        }
+    );
+    let again = published(state.apply(
+        ApplyContext { log_index: 7 },
+        &publish("keyed", "2", Some("k"), 5_300),
+    ));
+    assert_eq!((again.epoch, again.offset, again.duplicate), (7, 1, false));
+    assert_eq!(state.channel_count(), 2);
+}
+
 #[test]
 fn history_reads_after_since_with_limit() {
     let mut state = ShardState::default();
