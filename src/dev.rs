@@ -209,7 +209,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
 const DEV_USER: &str = "dev";
 
 /// How to run this binary again from the current directory: relative when it lies below it
-/// (`target/debug/chorus`), else its full path.
+/// (`target/debug/chorus`, `./chorus`: never a bare name, which the shell would look up on
+/// the PATH), else its full path.
 fn this_binary() -> String {
     let Ok(exe) = std::env::current_exe() else {
         return "chorus".to_string();
@@ -217,5 +218,11 @@ fn this_binary() -> String {
     let relative = std::env::current_dir()
         .ok()
         .and_then(|dir| exe.strip_prefix(dir).ok().map(std::path::Path::to_path_buf));
-    relative.unwrap_or(exe).display().to_string()
+    match relative {
+        Some(path) if path.parent().is_some_and(|p| p.as_os_str().is_empty()) => {
+            format!("./{}", path.display())
+        }
+        Some(path) => path.display().to_string(),
+        None => exe.display().to_string(),
+    }
 }

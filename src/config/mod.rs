@@ -330,6 +330,9 @@ impl Default for ClientsConfig {
     }
 }
 
+/// The longest `[history] sweep_interval_secs`: a year.
+const MAX_SWEEP_INTERVAL_SECS: u64 = 365 * 24 * 3600;
+
 /// The `[history]` table.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -348,7 +351,7 @@ pub struct HistoryConfig {
     pub max_bytes_per_user: u64,
     /// How often each shard leader looks for events past `max_age_secs` and keys past the
     /// dedupe window in channels nobody writes to (a write applies retention to its own
-    /// channel), in seconds.
+    /// channel), in seconds; 0: never (a node of the previous release cannot read a sweep).
     pub sweep_interval_secs: u64,
 }
 
@@ -791,8 +794,11 @@ impl NodeConfig {
         if self.max_payload_bytes == 0 {
             bail!("`max_payload_bytes` must be positive");
         }
-        if self.history.sweep_interval_secs == 0 {
-            bail!("`history.sweep_interval_secs` must be positive (seconds between retention sweeps)");
+        if self.history.sweep_interval_secs > MAX_SWEEP_INTERVAL_SECS {
+            bail!(
+                "`history.sweep_interval_secs` must be at most {MAX_SWEEP_INTERVAL_SECS} (a year; 0 turns sweeps off), got {}",
+                self.history.sweep_interval_secs
+            );
         }
         if self.history.max_entries == 0 {
             bail!("`history.max_entries` must be positive");

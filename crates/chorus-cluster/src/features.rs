@@ -306,8 +306,8 @@ impl ClusterNode {
         }
         let command = Command::Sweep(chorus_core::command::SweepCommand { time_ms: 0 });
         match self.submit(shard, command).await {
-            Ok(CommandResult::Swept { events, channels }) => {
-                tracing::debug!(shard = shard.0, events, channels, "history swept");
+            Ok(CommandResult::Swept { events, keys }) => {
+                tracing::debug!(shard = shard.0, events, keys, "history swept");
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(shard = shard.0, error = %e, "history sweep not written"),

@@ -48,8 +48,8 @@ pub enum Command {
     Revoke(crate::revocation::RevokeCommand),
     /// Sets the shard's history quotas (proposed like [`Command::SetLimits`]).
     SetQuotas(crate::quota::HistoryQuotas),
-    /// Runs retention over every channel, the idle ones too, and forgets the channels left
-    /// with nothing (proposed by the shard leader when one is due: `ShardState::sweep_due`).
+    /// Runs retention over every channel, the idle ones too (proposed by the shard leader
+    /// when one is due: `ShardState::sweep_due`).
     Sweep(SweepCommand),
 }
 
@@ -276,8 +276,8 @@ pub enum CommandResult {
     Swept {
         /// Events dropped.
         events: u64,
-        /// Channels forgotten.
-        channels: u64,
+        /// Idempotency keys forgotten.
+        keys: u64,
     },
 }
 

@@ -49,13 +49,6 @@ impl Rosters {
         members.values().any(|m| m.user == user)
     }
 
-    /// Whether `channel` has members.
-    pub fn has_members(&self, channel: &ChannelName) -> bool {
-        self.channels
-            .get(channel)
-            .is_some_and(|members| !members.is_empty())
-    }
-
     /// Connection `conn` of `member` subscribed to `channel`. Returns the member count.
     pub fn join(
         &mut self,

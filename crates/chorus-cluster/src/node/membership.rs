@@ -13,8 +13,13 @@ use openraft::RaftMetrics;
 use std::time::Duration;
 
 /// How long a joining node may show no replication progress on a shard before its join is
-/// given up: progress, not a total deadline, so that a large shard may take its time.
-pub(super) const CATCH_UP_STALL: Duration = Duration::from_secs(10);
+/// given up. A node that does not answer at all is refused before it is added (see
+/// `add_node`); this catches one that stops answering, or never takes what it is sent. Long
+/// enough for a snapshot, which shows as progress only once installed; the whole step stays
+/// within the membership request's deadline (`MEMBERSHIP_DEADLINE`, 120 s).
+pub(super) const CATCH_UP_STALL: Duration = Duration::from_secs(60);
+/// How long the node to add has to say who it is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a learner stands, from its leader's metrics.
 #[derive(Debug, PartialEq)]
@@ -81,7 +86,27 @@ impl ClusterNode {
         if id == 0 {
             return Err(ClusterError::BadRequest("node id must be positive".into()));
         }
+        // Another address for a member would also repoint this node's links to it.
+        let known = self
+            .shards()
+            .iter()
+            .find_map(|shard| self.raft_addr_of(shard, id));
+        if let Some(known) = known.filter(|known| *known != raft_addr) {
+            return Err(ClusterError::Membership(format!(
+                "node {id} is already a member, at {known}: remove it first to move it to {raft_addr}"
+            )));
+        }
+        self.probe_joining_node(id, &raft_addr).await?;
         for shard in self.shards() {
+            let already = self
+                .metrics_of(shard)
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|voter| voter == id);
+            if already {
+                continue;
+            }
             let node = ChorusNode {
                 raft_addr: raft_addr.clone(),
             };
@@ -96,6 +121,35 @@ impl ClusterNode {
             node: id,
             raft_addr: Some(raft_addr),
         });
+        Ok(())
+    }
+
+    /// Asks the node at `raft_addr` who it is, before it is added anywhere: one that does not
+    /// answer, or is another node, or runs another shard count, is refused at once.
+    async fn probe_joining_node(&self, id: u64, raft_addr: &str) -> Result<(), ClusterError> {
+        let refuse = |why: String| {
+            ClusterError::Membership(format!("node {id} at {raft_addr} {why}: it was not made a voter"))
+        };
+        let info = self
+            .inner
+            .pool
+            .node_info(id, raft_addr, PROBE_TIMEOUT)
+            .await
+            .map_err(|e| {
+                refuse(format!(
+                    "did not answer ({e}); is it running, and reachable at that address from this node?"
+                ))
+            })?;
+        if info.node_id != id {
+            return Err(refuse(format!("answered as node {}", info.node_id)));
+        }
+        if info.shard_count != self.shard_count() {
+            return Err(refuse(format!(
+                "runs {} shards, this cluster {}",
+                info.shard_count,
+                self.shard_count()
+            )));
+        }
         Ok(())
     }
 

@@ -49,7 +49,7 @@ pub struct ClusterConfig {
     pub limits: HistoryLimits,
     /// Replicated history quotas to enforce.
     pub quotas: chorus_core::HistoryQuotas,
-    /// How often the shards this node leads are swept for expired history.
+    /// How often the shards this node leads are swept for expired history; zero: never.
     pub sweep_interval: Duration,
     /// Heartbeat interval, ms.
     pub heartbeat_ms: u64,
@@ -594,11 +594,12 @@ impl ClusterNode {
     /// hand leadership to each shard's preferred node so every node leads its share.
     async fn upkeep(&self) -> Result<(), ClusterError> {
         let sweep = {
+            let interval = self.inner.config.sweep_interval;
             let mut next = self.inner.next_sweep.lock().expect("lock");
             let now = Instant::now();
-            let due = now >= *next;
+            let due = !interval.is_zero() && now >= *next;
             if due {
-                *next = now + self.inner.config.sweep_interval;
+                *next = now.checked_add(interval).unwrap_or(now);
             }
             due
         };

@@ -235,12 +235,12 @@ impl ShardState {
         })
     }
 
-    /// Whether a sweep at `now_ms` would change anything: an event past `max_age`, an
-    /// idempotency key past the dedupe window, or a channel left with nothing. The leader asks
-    /// before it proposes one, so that an idle shard stays quiet.
+    /// Whether a sweep at `now_ms` would change anything: an event past `max_age` or an
+    /// idempotency key past the dedupe window. The leader asks before it proposes one, so that
+    /// an idle shard stays quiet.
     pub fn sweep_due(&self, now_ms: u64) -> bool {
         let limits = self.limits;
-        self.channels.iter().any(|(channel, log)| {
+        self.channels.values().any(|log| {
             log.messages
                 .front()
                 .is_some_and(|oldest| oldest.time_ms.saturating_add(limits.max_age_ms) < now_ms)
@@ -248,46 +248,26 @@ impl ShardState {
                     .dedupe_order
                     .front()
                     .is_some_and(|(time_ms, _)| time_ms.saturating_add(limits.dedupe_window_ms) < now_ms)
-                || self.forgettable(channel, log)
         })
     }
 
     /// Retention at `time_ms` over every channel, also those nobody writes to any more, which
-    /// publishes never reach; then the channels left with nothing are forgotten. A channel
-    /// written again later starts over with a new epoch, as a reset history does.
+    /// publishes never reach. A channel left empty keeps its epoch and last offset: its
+    /// subscribers are not replicated, and a channel started over under a new epoch would
+    /// make each of them resynchronize and miss the event that restarted it.
     pub(super) fn sweep(&mut self, time_ms: u64) -> CommandResult {
         let now = self.advance_clock(time_ms);
         let retention = self.retention();
         let mut events = 0;
+        let mut keys = 0;
         for (channel, log) in &mut self.channels {
-            let before = log.messages.len();
+            let (messages, dedupe) = (log.messages.len(), log.dedupe.len());
             log.enforce(channel, &retention, now, &mut self.history_bytes);
             log.expire_dedupe(retention.limits.dedupe_window_ms, now);
-            events += (before - log.messages.len()) as u64;
+            events += (messages - log.messages.len()) as u64;
+            keys += (dedupe - log.dedupe.len()) as u64;
         }
-        let forgotten: Vec<ChannelName> = self
-            .channels
-            .iter()
-            .filter(|(channel, log)| self.forgettable(channel, log))
-            .map(|(channel, _)| channel.clone())
-            .collect();
-        for channel in &forgotten {
-            self.channels.remove(channel);
-        }
-        CommandResult::Swept {
-            events,
-            channels: forgotten.len() as u64,
-        }
-    }
-
-    /// A channel with no events, no idempotency keys, and no session, roster or read
-    /// positions that refer to its offsets.
-    fn forgettable(&self, channel: &ChannelName, log: &ChannelLog) -> bool {
-        log.messages.is_empty()
-            && log.dedupe.is_empty()
-            && !self.sessions.contains_key(channel)
-            && !self.reads.contains_key(channel)
-            && !self.rosters.has_members(channel)
+        CommandResult::Swept { events, keys }
     }
 
     /// Reads events of `channel` with offsets greater than `since`, at most `limit`.

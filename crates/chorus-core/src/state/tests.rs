@@ -133,9 +133,9 @@ fn history_is_bounded_by_entries_and_age() {
 }
 
 /// Retention used to run only when a channel was written: an idle channel kept its events
-/// forever, and channels were never forgotten.
+/// and idempotency keys for ever.
 #[test]
-fn a_sweep_expires_idle_channels_and_forgets_the_empty_ones() {
+fn a_sweep_expires_the_events_and_keys_of_idle_channels() {
     let limits = HistoryLimits {
         max_entries: 100,
         max_age_ms: 1_000,
@@ -148,50 +148,40 @@ fn a_sweep_expires_idle_channels_and_forgets_the_empty_ones() {
         ApplyContext { log_index: 2 },
         &publish("keyed", "1", Some("k"), 100),
     );
-    state.apply(ApplyContext { log_index: 3 }, &publish("read", "1", None, 100));
-    state.apply(
-        ApplyContext { log_index: 4 },
-        &Command::MarkRead(MarkReadCommand {
-            channel: ch("read"),
-            user: "al".into(),
-            offset: 1,
-            time_ms: 100,
-        }),
-    );
+    state.apply(ApplyContext { log_index: 3 }, &publish("keyed", "2", None, 900));
     assert!(!state.sweep_due(1_000), "nothing is old yet");
     assert!(state.sweep_due(1_200));
     assert_eq!(
-        state.apply(ApplyContext { log_index: 5 }, &sweep(1_200)),
-        CommandResult::Swept {
-            events: 3,
-            channels: 1
-        }
+        state.apply(ApplyContext { log_index: 4 }, &sweep(1_200)),
+        CommandResult::Swept { events: 2, keys: 0 }
     );
-    // The empty channel is forgotten; one with a live idempotency key or a read position stays.
-    assert_eq!(state.history(&ch("idle"), 0, 10).epoch, 0);
-    for kept in ["keyed", "read"] {
-        let page = state.history(&ch(kept), 0, 10);
-        assert_eq!(
-            (page.epoch, page.last_offset, page.messages.len()),
-            (if kept == "keyed" { 2 } else { 3 }, 1, 0),
-            "{kept}"
-        );
-    }
+    let page = state.history(&ch("idle"), 0, 10);
+    assert_eq!((page.epoch, page.last_offset, page.first_retained), (1, 1, 2));
+    assert!(page.messages.is_empty());
+    let page = state.history(&ch("keyed"), 0, 10);
+    assert_eq!(
+        page.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![2]
+    );
     assert!(!state.sweep_due(1_300), "a sweep leaves nothing due");
-    // Once the key's window has passed, its channel goes too; a new write starts a new epoch.
+    // The key is remembered for its window, then forgotten: the same key appends again.
+    let retry = published(state.apply(
+        ApplyContext { log_index: 5 },
+        &publish("keyed", "1", Some("k"), 1_400),
+    ));
+    assert_eq!((retry.offset, retry.duplicate), (1, true));
     assert_eq!(
         state.apply(ApplyContext { log_index: 6 }, &sweep(5_200)),
-        CommandResult::Swept {
-            events: 0,
-            channels: 1
-        }
+        CommandResult::Swept { events: 1, keys: 1 }
     );
     let again = published(state.apply(
         ApplyContext { log_index: 7 },
-        &publish("keyed", "2", Some("k"), 5_300),
+        &publish("keyed", "3", Some("k"), 5_300),
     ));
-    assert_eq!((again.epoch, again.offset, again.duplicate), (7, 1, false));
-    assert_eq!(state.channel_count(), 2);
+    assert_eq!((again.epoch, again.offset, again.duplicate), (2, 3, false));
+    // An emptied channel goes on from its last offset under the same epoch.
+    let idle = published(state.apply(ApplyContext { log_index: 8 }, &publish("idle", "2", None, 5_300)));
+    assert_eq!((idle.epoch, idle.offset), (1, 2));
 }
 
 #[test]
