@@ -126,10 +126,22 @@ async fn joining_an_unreachable_address_is_refused_and_removing_an_unknown_id_is
             assert_eq!(shard["learners"], json!([]), "node {node}: {shard}");
         }
     }
-    // One real node paused: the other two are still a quorum of every shard.
-    cluster.signal(3, libc::SIGSTOP);
-    let written = cluster.publish(1, "members.after", json!("after"), None).await;
-    cluster.signal(3, libc::SIGCONT);
+    // One real follower paused: the leader and the other node are still a quorum (with the
+    // unreachable address a voter too, they were 2 of 4).
+    let shard = common::shard_of("members.after", cluster.shards);
+    let leader = cluster
+        .leader_of(1, shard)
+        .await?
+        .expect("a leader of every shard");
+    let paused = [2, 3]
+        .into_iter()
+        .find(|node| *node != leader)
+        .expect("a follower");
+    cluster.signal(paused, libc::SIGSTOP);
+    let written = cluster
+        .publish(leader, "members.after", json!("after"), None)
+        .await;
+    cluster.signal(paused, libc::SIGCONT);
     written?;
 
     let (status, body) = cluster
