@@ -98,13 +98,7 @@ impl ClusterNode {
         }
         self.probe_joining_node(id, &raft_addr).await?;
         for shard in self.shards() {
-            let already = self
-                .metrics_of(shard)
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|voter| voter == id);
-            if already {
+            if self.voters_of(shard).contains(&id) {
                 continue;
             }
             let node = ChorusNode {
@@ -185,6 +179,15 @@ impl ClusterNode {
         }
     }
 
+    /// The voters of `shard` as this node knows them.
+    fn voters_of(&self, shard: &super::Shard) -> Vec<u64> {
+        self.metrics_of(shard)
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Removes node `id` from every shard; an id no shard knows is an error.
     pub async fn remove_node(&self, id: u64) -> Result<(), ClusterError> {
         let known = self.shards().iter().any(|shard| {
@@ -198,12 +201,7 @@ impl ClusterNode {
             return Err(ClusterError::NotMember { node: id });
         }
         for shard in self.shards() {
-            let voters: Vec<u64> = self
-                .metrics_of(shard)
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
+            let voters = self.voters_of(shard);
             if voters.len() <= 1 && voters.contains(&id) {
                 return Err(ClusterError::Membership(format!(
                     "node {id} is the last voter of shard {}",
