@@ -1,12 +1,12 @@
 //! Micro-benchmarks of the pure hot path: applying publishes and session operations, placing
-//! channels on shards, matching permission patterns, decoding and encoding client frames,
+//! channels on shards, matching permission patterns and pattern subscriptions, decoding and encoding client frames,
 //! copying and encoding a shard's state for a snapshot. Run
 //! with `make bench-core` (criterion).
 
 use chorus_core::collab::{ConflictPolicy, DocPath, OpKind};
 use chorus_core::command::{CreateSessionCommand, SessionOpCommand};
 use chorus_core::{
-    ApplyContext, ChannelName, ChannelPattern, Command, PublishCommand, ShardState, shard_for,
+    ApplyContext, ChannelName, ChannelPattern, Command, PatternIndex, PublishCommand, ShardState, shard_for,
 };
 use chorus_gateway::frame::{Encoding, decode_client_frame, encode_server_frame};
 use chorus_proto::client::{ClientFrame, Publish, ServerFrame, client_frame, server_frame};
@@ -120,6 +120,41 @@ fn patterns(c: &mut Criterion) {
     });
 }
 
+/// The hub's question for every event: which of N pattern subscriptions match its channel.
+/// The index (a token trie) against asking each pattern in turn, as the hub did before.
+fn pattern_subscriptions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pattern subscriptions matching one event");
+    for count in [10u32, 1_000, 100_000] {
+        // Three shapes, each with its own literal: `chat.7.*`, `user.8.>`, `*.9.typing`.
+        let patterns: Vec<ChannelPattern> = (0..count)
+            .map(|i| match i % 3 {
+                0 => format!("chat.{i}.*"),
+                1 => format!("user.{i}.>"),
+                _ => format!("*.{i}.typing"),
+            })
+            .map(|p| ChannelPattern::new(p).unwrap())
+            .collect();
+        let mut index = PatternIndex::new();
+        for (key, pattern) in patterns.iter().enumerate() {
+            index.insert(pattern, key);
+        }
+        // Matched by `chat.3.*` (when present) and nothing else.
+        let channel = "chat.3.message";
+        let mut out = Vec::new();
+        group.bench_function(format!("index, {count} patterns"), |b| {
+            b.iter(|| {
+                out.clear();
+                index.matching(black_box(channel), &mut out);
+                out.len()
+            })
+        });
+        group.bench_function(format!("each pattern in turn, {count} patterns"), |b| {
+            b.iter(|| patterns.iter().filter(|p| p.matches(black_box(channel))).count())
+        });
+    }
+    group.finish();
+}
+
 fn session_ops(c: &mut Criterion) {
     let channel = ChannelName::new("doc.bench").unwrap();
     let create = Command::CreateSession(CreateSessionCommand {
@@ -227,5 +262,14 @@ fn frames(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, apply, snapshot, session_ops, placement, patterns, frames);
+criterion_group!(
+    benches,
+    apply,
+    snapshot,
+    session_ops,
+    placement,
+    patterns,
+    pattern_subscriptions,
+    frames
+);
 criterion_main!(benches);

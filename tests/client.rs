@@ -252,9 +252,9 @@ async fn subscriber_survives_sigkill_of_its_node() -> Result<()> {
     let mut cluster = common::builder().start().await?;
     let admin = token("sub", &["admin"]);
     let channel = "chat.failover";
+    // The SDK's default idle timeout: what notices the dead node.
     let subscriber = cluster
         .sdk(&[1, 2, 3], &admin)
-        .idle_timeout(Duration::from_secs(2))
         .backoff(Duration::from_millis(50), Duration::from_millis(500))
         .connect()
         .await?;

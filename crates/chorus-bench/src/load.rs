@@ -443,11 +443,13 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
         );
     }
     let mut resumed = histogram();
+    let mut subscriber_moved = histogram();
     for kill in 0..args.kills {
         // Let the load run, and leadership settle, between kills.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let victim = current_leader(&http, &args.http, &token, target.0 as usize).await?;
         let leader = victim.id;
+        let watcher = subscriber_on(&args, &token, leader, &channels[0]).await?;
         // SAFETY: kill(2) with a process id the node reported for itself.
         let killed_at = Instant::now();
         if unsafe { libc::kill(victim.pid, libc::SIGKILL) } != 0 {
@@ -492,10 +494,17 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
         }
         let took = took.context("no probe publish was acknowledged within 30 s of the kill")?;
         resumed.saturating_record(took.as_micros().max(1) as u64);
+        let moved = watcher
+            .await
+            .context("subscriber watcher")?
+            .context("the killed node's subscriber got no event from another node within 30 s")?
+            - killed_at;
+        subscriber_moved.saturating_record(moved.as_micros().max(1) as u64);
         println!(
-            "failover {}: leader node {leader} killed; first write acknowledged after {:.0} ms",
+            "failover {}: leader node {leader} killed; first write acknowledged after {:.0} ms; its subscriber's first event from another node after {:.0} ms",
             kill + 1,
-            took.as_secs_f64() * 1000.0
+            took.as_secs_f64() * 1000.0,
+            moved.as_secs_f64() * 1000.0
         );
         wait_ready(&http, &victim.url, Duration::from_secs(60))
             .await
@@ -509,10 +518,12 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
     let lost = count_lost(&http, &args.http[0], &token, &channels, &acked).await?;
     let errors = errors.load(Ordering::Relaxed);
     println!(
-        "failover: {} kills; writes resumed after p50 {:.0} ms, max {:.0} ms; {} writes acknowledged, {lost} of them lost; {errors} publish errors (retried by the SDK or refused)",
+        "failover: {} kills; writes resumed after p50 {:.0} ms, max {:.0} ms; the killed node's subscriber got an event from another node after p50 {:.0} ms, max {:.0} ms; {} writes acknowledged, {lost} of them lost; {errors} publish errors (retried by the SDK or refused)",
         args.kills,
         ms(&resumed, 0.5),
         resumed.max() as f64 / 1000.0,
+        ms(&subscriber_moved, 0.5),
+        subscriber_moved.max() as f64 / 1000.0,
         acked.len()
     );
     println!(
@@ -522,6 +533,8 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
             "kills": args.kills,
             "resume_p50_ms": ms(&resumed, 0.5),
             "resume_max_ms": resumed.max() as f64 / 1000.0,
+            "subscriber_p50_ms": ms(&subscriber_moved, 0.5),
+            "subscriber_max_ms": subscriber_moved.max() as f64 / 1000.0,
             "acked": acked.len(),
             "lost": lost,
             "errors": errors,
@@ -531,6 +544,53 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
         client.close();
     }
     Ok(())
+}
+
+/// An SDK client with default settings connected to node `victim` (the others as fallbacks),
+/// subscribed to `channel` and seen receiving from it. The task returns when the client
+/// first receives an event while connected to another node (`None`: not within 30 s).
+async fn subscriber_on(
+    args: &FailoverArgs,
+    token: &str,
+    victim: u64,
+    channel: &str,
+) -> Result<tokio::task::JoinHandle<Option<Instant>>> {
+    let mut order = args.nodes.clone();
+    order.rotate_left(victim as usize - 1);
+    let client = args
+        .access
+        .builder(&order, token)
+        .reconnect_attempts(u32::MAX)
+        .connect()
+        .await?;
+    if client.node_id() != Some(victim) {
+        bail!(
+            "the subscriber meant for node {victim} connected to {:?}",
+            client.node_id()
+        );
+    }
+    let mut sub = client
+        .subscribe(channel, chorus_client::SubscribeOptions::default())
+        .await?;
+    tokio::time::timeout(Duration::from_secs(10), sub.next_event())
+        .await
+        .context("the subscriber saw no event within 10 s before the kill")?
+        .context("the subscription ended before the kill")?;
+    Ok(tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let event = tokio::time::timeout_at(deadline.into(), sub.next_event()).await;
+            match event {
+                Ok(Some(_)) if client.node_id().is_some_and(|n| n != victim) => {
+                    let at = Instant::now();
+                    client.close();
+                    return Some(at);
+                }
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }))
 }
 
 /// The node that says, itself, that it leads `shard` now (waiting up to 30 s for one:

@@ -66,6 +66,14 @@ pub const ALPN: &[u8] = b"chorus/1";
 /// The protocol version this SDK speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// How long a connection may stay silent before the SDK gives its node up (see
+/// [`ClientBuilder::idle_timeout`]).
+///
+/// QUIC restarts the idle clock at the first packet sent after the last one received, and a
+/// keep-alive goes out a third of it after the last one sent: a node that dies is noticed
+/// 3-4 s later, and a live one on a lossy network may lose two keep-alives in a row.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Asked for a fresh token before the current one expires, and before reconnecting.
 pub type TokenRefresher = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
@@ -96,7 +104,7 @@ impl ClientOptions {
 }
 
 /// Builds a [`Client`]. Defaults: 10 reconnect attempts, backoff 100 ms doubling to 5 s with
-/// jitter, 10 s idle timeout (keep-alives every 2.5 s), 30 s request timeout.
+/// jitter, 3 s idle timeout (QUIC keep-alives every second), 30 s request timeout.
 pub struct ClientBuilder {
     options: ClientOptions,
     problems: Vec<String>,
@@ -113,7 +121,8 @@ impl Default for ClientBuilder {
                 backoff_initial: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_secs(10),
+                // A SIGKILLed or unplugged node says nothing: silence is the only sign.
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 request_timeout: Duration::from_secs(30),
                 subscription_buffer: 1024,
                 compression: true,
@@ -180,7 +189,11 @@ impl ClientBuilder {
         self
     }
 
-    /// A connection silent for this long is considered dead (keep-alives every quarter).
+    /// A connection silent for this long is considered dead, and the client reconnects to
+    /// another endpoint (QUIC keep-alives every third of it keep a live one from falling
+    /// silent). The QUIC idle timeout is the smaller of the two sides' values, so this also
+    /// bounds how long the node keeps a vanished client's connection. Raise it for large
+    /// fleets of idle clients on one node: each sends 3 keep-alive packets per idle timeout.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.options.idle_timeout = timeout;
         self
@@ -246,7 +259,7 @@ impl ClientBuilder {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(options.idle_timeout.try_into().ok())
-            .keep_alive_interval(Some(options.idle_timeout / 4));
+            .keep_alive_interval(Some(options.idle_timeout / 3));
         quic.transport_config(Arc::new(transport));
         let ipv6 = options.endpoints[0].starts_with('[');
         let bind = if ipv6 { "[::]:0" } else { "0.0.0.0:0" };

@@ -31,7 +31,7 @@ pub use command::{
     Published, check_client_writable, check_publish_input, scoped_idempotency_key,
 };
 pub use error::ErrorCode;
-pub use pattern::{ChannelPattern, PatternError};
+pub use pattern::{ChannelPattern, PatternError, PatternIndex};
 pub use presence::{ConnRef, PresenceStatus};
 pub use quota::{HistoryQuotas, QuotaExceeded};
 pub use shard::{ShardId, shard_for};

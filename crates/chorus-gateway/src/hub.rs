@@ -26,7 +26,7 @@ use crate::metrics::{GatewayMetrics, ReasonLabel};
 use crate::outbox::{Outbox, Priority};
 use crate::presence::HubRosters;
 use chorus_core::typing::TypingChange;
-use chorus_core::{ChannelName, ChannelPattern, ShardId, StoredMessage, shard_for};
+use chorus_core::{ChannelName, ChannelPattern, PatternIndex, ShardId, StoredMessage, shard_for};
 use chorus_proto::client::{self, ServerFrame, server_frame::Kind};
 use chorus_store::{AppliedEvent, AppliedNotice, EventFeed, FeedItem, ShardReader};
 use std::cell::OnceCell;
@@ -114,7 +114,7 @@ impl Hub {
             metrics,
             subs: HashMap::new(),
             exact: HashMap::new(),
-            patterns: Vec::new(),
+            patterns: PatternIndex::new(),
             by_conn: HashMap::new(),
             max_per_connection,
             rosters,
@@ -167,7 +167,8 @@ struct HubTask {
     metrics: GatewayMetrics,
     subs: HashMap<SubKey, Subscription>,
     exact: HashMap<ChannelName, Vec<SubKey>>,
-    patterns: Vec<SubKey>,
+    /// Pattern subscriptions by their tokens: matching an event does not scan them all.
+    patterns: PatternIndex<SubKey>,
     /// Subscription ids per connection (disconnects without a scan of everything).
     by_conn: HashMap<u64, HashSet<u64>>,
     max_per_connection: usize,
@@ -373,7 +374,9 @@ impl HubTask {
                     }
                 }
             }
-            Target::Pattern(_) => self.patterns.retain(|k| *k != key),
+            Target::Pattern(pattern) => {
+                self.patterns.remove(pattern, key);
+            }
         }
         self.metrics.subscriptions.dec();
         Some(removed)
@@ -442,7 +445,7 @@ impl HubTask {
                 }
                 self.exact.entry(channel.clone()).or_default().push(key);
             }
-            Target::Pattern(_) => self.patterns.push(key),
+            Target::Pattern(pattern) => self.patterns.insert(pattern, key),
         }
         if let Target::Exact(channel) = &request.target {
             self.rosters.added(key.0, &request.subscriber.member, channel);
@@ -471,14 +474,8 @@ impl HubTask {
         if self.is_private(event.channel.as_str()) {
             return;
         }
-        let matching: Vec<SubKey> = self
-            .patterns
-            .iter()
-            .filter(|key| {
-                matches!(&self.subs[*key].target, Target::Pattern(p) if p.matches(event.channel.as_str()))
-            })
-            .copied()
-            .collect();
+        let mut matching = Vec::new();
+        self.patterns.matching(event.channel.as_str(), &mut matching);
         for key in matching {
             let sub = &self.subs[&key];
             if !sub.wants(event.message.event_type.as_deref()) {
@@ -493,12 +490,11 @@ impl HubTask {
     /// full (notices are live-only: the state they report can be asked for).
     fn on_notice(&mut self, notice: &AppliedNotice, priority: Priority) {
         let channel = notice.channel.as_str();
-        let exact = self.exact.get(&notice.channel).into_iter().flatten();
-        let private = self.is_private(channel);
-        let patterns = self.patterns.iter().filter(|key| {
-            !private && matches!(&self.subs[*key].target, Target::Pattern(p) if p.matches(channel))
-        });
-        for key in exact.chain(patterns) {
+        let mut keys: Vec<SubKey> = self.exact.get(&notice.channel).cloned().unwrap_or_default();
+        if !self.is_private(channel) {
+            self.patterns.matching(channel, &mut keys);
+        }
+        for key in &keys {
             let sub = &self.subs[key];
             if !sub.wants(Some(&notice.event_type)) {
                 continue;

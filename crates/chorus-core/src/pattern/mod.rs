@@ -4,6 +4,10 @@
 //! token, `>` (one or more remaining tokens). `chat.*` matches `chat.1` but not `chat.1.x`;
 //! `chat.>` matches both; `>` matches every channel.
 
+mod index;
+
+pub use index::PatternIndex;
+
 use crate::channel::ChannelName;
 use serde::{Deserialize, Serialize};
 
