@@ -14,6 +14,8 @@ use clap::Parser;
 /// mimalloc instead of glibc's malloc: under publish load a node spent about 10 % of its CPU
 /// in glibc's allocator (many small, short-lived buffers moved between tokio worker threads),
 /// which mimalloc's per-thread free lists make cheap (docs/benchmarks.md has the figures).
+/// The `system-allocator` feature keeps glibc's, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

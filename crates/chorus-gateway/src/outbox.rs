@@ -161,6 +161,28 @@ impl Outbox {
         }
     }
 
+    /// Waits until a class not yet `started` has frames, and names it: a writer per class is
+    /// started on the class's first frame, so that an idle connection holds none. `None` once
+    /// closed with nothing queued in such a class. Shares its wake-ups with [`Self::next_any`]:
+    /// a connection uses one or the other.
+    pub async fn first_of_new_class(&self, started: [bool; 4]) -> Option<Priority> {
+        loop {
+            {
+                let q = self.queues.lock().expect("outbox lock poisoned");
+                let new = Priority::ALL
+                    .into_iter()
+                    .find(|class| !started[*class as usize] && !q.frames[*class as usize].is_empty());
+                if new.is_some() {
+                    return new;
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            self.ready_any.notified().await;
+        }
+    }
+
     /// Waits for frames of any class and takes every critical one, then less urgent ones up
     /// to [`ANY_BATCH_BYTES`] (at least one), so that a critical frame queued meanwhile waits
     /// for one bounded batch at most. `None` once closed and empty.
@@ -202,7 +224,13 @@ impl Outbox {
         for &class in classes {
             taken += q.bytes[class];
             q.bytes[class] = 0;
-            out.extend(q.frames[class].drain(..).map(|(frame, _)| frame));
+            // Taken whole, buffer and all: an idle connection keeps no queue capacity (the
+            // first reply's left 672 bytes behind on every connection).
+            out.extend(
+                std::mem::take(&mut q.frames[class])
+                    .into_iter()
+                    .map(|(frame, _)| frame),
+            );
         }
         self.metrics.queued_bytes.dec_by(taken as i64);
         out
@@ -323,5 +351,27 @@ mod tests {
         out.close();
         assert!(out.push(Priority::Critical, event(1)).is_err());
         assert!(out.next_any().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_class_is_named_once_it_has_frames_and_was_not_started() {
+        let out = outbox(10_000);
+        let mut started = [true, false, false, false];
+        out.push(Priority::Critical, event(1)).unwrap();
+        out.push(Priority::Normal, event(1)).unwrap();
+        assert_eq!(out.first_of_new_class(started).await, Some(Priority::Normal));
+        started[Priority::Normal as usize] = true;
+        let waiting = out.first_of_new_class(started);
+        tokio::pin!(waiting);
+        assert!(
+            futures::poll!(&mut waiting).is_pending(),
+            "no new class has frames"
+        );
+        out.push(Priority::Low, event(1)).unwrap();
+        assert_eq!(waiting.await, Some(Priority::Low));
+        started[Priority::Low as usize] = true;
+        out.close();
+        assert_eq!(out.first_of_new_class(started).await, None);
+        assert_eq!(out.next_of(Priority::Low).await.unwrap().len(), 1);
     }
 }

@@ -23,7 +23,11 @@ use chorus_core::{ChannelName, ChannelPattern, PresenceStatus, ShardId, shard_fo
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+// futures' unbounded channel allocates per message; tokio's allocates a block of 32 slots up
+// front, 1.8 KiB for every connection's presence queue, which is nearly always empty.
+use futures::StreamExt;
+use futures::channel::mpsc;
+use tokio::sync::oneshot;
 
 /// Attempts of a status write the client asked for before it is told of the failure.
 const STATUS_ATTEMPTS: u32 = 5;
@@ -58,8 +62,8 @@ enum Writer {
 impl Writer {
     fn reassert(&self) {
         let _ = match self {
-            Writer::Presence(w) => w.send(Write::Reassert).map_err(|_| ()),
-            Writer::Roster(w) => w.send(RosterWrite::Reassert).map_err(|_| ()),
+            Writer::Presence(w) => w.unbounded_send(Write::Reassert).map_err(|_| ()),
+            Writer::Roster(w) => w.unbounded_send(RosterWrite::Reassert).map_err(|_| ()),
         };
     }
 }
@@ -92,7 +96,7 @@ impl ConnPresence {
         custom_status: Option<String>,
     ) -> impl std::future::Future<Output = Result<(), chorus_cluster::ClusterError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        let _ = self.writes.send(Write::Status {
+        let _ = self.writes.unbounded_send(Write::Status {
             status,
             custom_status,
             reply,
@@ -109,7 +113,7 @@ impl ConnPresence {
 
 impl Drop for ConnPresence {
     fn drop(&mut self) {
-        let _ = self.writes.send(Write::Gone);
+        let _ = self.writes.unbounded_send(Write::Gone);
     }
 }
 
@@ -121,17 +125,17 @@ pub struct RosterWriter {
 
 impl RosterWriter {
     fn join(&self) {
-        let _ = self.writes.send(RosterWrite::Join);
+        let _ = self.writes.unbounded_send(RosterWrite::Join);
     }
 
     fn leave(&self) {
-        let _ = self.writes.send(RosterWrite::Leave);
+        let _ = self.writes.unbounded_send(RosterWrite::Leave);
     }
 }
 
 impl Drop for RosterWriter {
     fn drop(&mut self) {
-        let _ = self.writes.send(RosterWrite::Gone);
+        let _ = self.writes.unbounded_send(RosterWrite::Gone);
     }
 }
 
@@ -227,7 +231,7 @@ impl PresenceKeeper {
     /// A connection of `user`'s `device` opened: it is online from now on.
     pub fn connected(&self, conn: u64, user: String, device: String) -> ConnPresence {
         let shard = presence_shard(&user, self.cluster.shard_count());
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mpsc::unbounded();
         self.register(shard, (conn, None), Writer::Presence(writes.clone()));
         tokio::spawn(self.clone().presence_loop(conn, user, device, shard, queue));
         ConnPresence { writes }
@@ -247,10 +251,13 @@ impl PresenceKeeper {
             status: PresenceStatus::Online,
             custom_status: None,
         };
+        // This task lives as long as its connection, mostly waiting on the queue. The writes
+        // are boxed so that their futures take memory only while they run: inline they made
+        // the task 4.8 KiB per idle connection (docs/benchmarks.md).
         // The connect write takes the device over from any other connection.
-        self.until_written(|| self.cluster.set_presence(current.clone(), conn, true, self.lease))
+        Box::pin(self.until_written(|| self.cluster.set_presence(current.clone(), conn, true, self.lease)))
             .await;
-        while let Some(write) = queue.recv().await {
+        while let Some(write) = queue.next().await {
             match write {
                 Write::Status {
                     status,
@@ -259,24 +266,25 @@ impl PresenceKeeper {
                 } => {
                     current.status = status;
                     current.custom_status = custom_status;
-                    let result = self
-                        .retry(|| {
-                            self.cluster
-                                .set_presence(current.clone(), conn, false, self.lease)
-                        })
-                        .await;
+                    let result = Box::pin(self.retry(|| {
+                        self.cluster
+                            .set_presence(current.clone(), conn, false, self.lease)
+                    }))
+                    .await;
                     let _ = reply.send(result.map(|_| ()));
                 }
                 Write::Reassert => {
-                    self.until_written(|| {
+                    Box::pin(self.until_written(|| {
                         self.cluster
                             .set_presence(current.clone(), conn, false, self.lease)
-                    })
+                    }))
                     .await;
                 }
                 Write::Gone => {
-                    self.until_written(|| self.cluster.device_gone(&current.user, &current.device, conn))
-                        .await;
+                    Box::pin(
+                        self.until_written(|| self.cluster.device_gone(&current.user, &current.device, conn)),
+                    )
+                    .await;
                     break;
                 }
             }
@@ -287,7 +295,7 @@ impl PresenceKeeper {
     /// The roster writer of connection `conn` (of `member`) for `channel`.
     fn roster_writer(&self, conn: u64, channel: ChannelName, member: (String, String)) -> RosterWriter {
         let shard = shard_for(channel.as_str(), self.cluster.shard_count());
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mpsc::unbounded();
         self.register(
             shard,
             (conn, Some(channel.clone())),
@@ -307,7 +315,7 @@ impl PresenceKeeper {
     ) {
         let who = (member.0.as_str(), member.1.as_str());
         let mut joined = false;
-        while let Some(write) = queue.recv().await {
+        while let Some(write) = queue.next().await {
             match write {
                 RosterWrite::Join if !joined => {
                     self.roster_write(&channel, who, conn, true).await;
@@ -330,12 +338,13 @@ impl PresenceKeeper {
         self.forget(shard, &(conn, Some(channel.clone())));
     }
 
-    /// Joins or leaves a roster, until written.
+    /// Joins or leaves a roster, until written (boxed, as in `presence_loop`: the roster
+    /// task waits far longer than it writes).
     async fn roster_write(&self, channel: &ChannelName, who: (&str, &str), conn: u64, join: bool) {
-        self.until_written(|| {
+        Box::pin(self.until_written(|| {
             self.cluster
                 .roster_change(channel.clone(), who, conn, join, self.lease)
-        })
+        }))
         .await;
     }
 

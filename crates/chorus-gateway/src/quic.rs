@@ -16,12 +16,11 @@ use crate::tls::TlsMaterial;
 use crate::{ALPN, Gateway};
 use bytes::BytesMut;
 use chorus_proto::client::ClientFrame;
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use quinn::rustls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 /// UDP socket buffer size asked for (the kernel may cap it at net.core.rmem_max / wmem_max).
 pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
@@ -125,33 +124,17 @@ impl Gateway {
                 }
             };
         let outbox = Arc::new(Outbox::new(config.outbox, self.inner.metrics.outbox.clone()));
-        let (frames_in, inbound) = mpsc::channel(16);
-        tokio::spawn(read_frames(control_recv, frames_in, config.max_frame_bytes));
-        let mut writers = Vec::new();
-        writers.push(tokio::spawn(write_class(
-            connection.clone(),
-            outbox.clone(),
-            Priority::Critical,
-            Some(control_send),
-        )));
-        for class in [Priority::High, Priority::Normal, Priority::Low] {
-            writers.push(tokio::spawn(write_class(
-                connection.clone(),
-                outbox.clone(),
-                class,
-                None,
-            )));
-        }
+        let writers = tokio::spawn(write_classes(connection.clone(), outbox.clone(), control_send));
         let ending = self
             .run_session(
                 "quic",
                 connection.remote_address().ip(),
-                ReceiverStream::new(inbound),
+                Box::pin(control_frames(control_recv, config.max_frame_bytes)),
                 outbox,
             )
             .await;
         // Let the writers send what is queued (the Disconnect frame last), briefly.
-        let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(writers)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), writers).await;
         let (code, reason) = match ending.code {
             Some(code) => (
                 code.http_status() as u32,
@@ -163,38 +146,83 @@ impl Gateway {
     }
 }
 
-/// Reads length-delimited frames from the control stream into the session.
-async fn read_frames(
-    mut recv: quinn::RecvStream,
-    frames: mpsc::Sender<Result<ClientFrame, FrameError>>,
+/// The length-delimited frames of the control stream, read when the session asks for the
+/// next one: no reader task and no queue per connection (they cost 4.7 KiB per idle
+/// connection, docs/benchmarks.md). Ends after the first bad frame, which it yields.
+fn control_frames(
+    recv: quinn::RecvStream,
     limit: usize,
-) {
-    let mut reader = FrameReader::new(limit);
-    loop {
-        // quinn hands over the received bytes themselves: no read buffer per connection
-        // (a 64 KiB one cost 12 KiB more resident memory per idle connection: 60 vs 48 KiB
-        // with 20,000 of them, docs/benchmarks.md).
-        let chunk = match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => {
-                if let Err(e) = reader.finish() {
-                    let _ = frames.send(Err(e)).await;
-                }
-                return;
-            }
-            Err(e) => return tracing::debug!(error = %e, "QUIC control stream closed"),
-        };
-        reader.extend(&chunk.bytes);
+) -> impl Stream<Item = Result<ClientFrame, FrameError>> {
+    struct Control {
+        recv: quinn::RecvStream,
+        reader: FrameReader,
+        failed: bool,
+    }
+    let control = Control {
+        recv,
+        reader: FrameReader::new(limit),
+        failed: false,
+    };
+    futures::stream::unfold(control, move |mut control| async move {
+        if control.failed {
+            return None;
+        }
         loop {
-            let frame = match reader.next_frame() {
-                Ok(Some(bytes)) => decode_client_frame(&bytes, Encoding::Protobuf, limit),
-                Ok(None) => break,
-                Err(e) => Err(e),
-            };
-            let failed = frame.is_err();
-            if frames.send(frame).await.is_err() || failed {
-                return;
+            match control.reader.next_frame() {
+                Ok(Some(bytes)) => {
+                    let frame = decode_client_frame(&bytes, Encoding::Protobuf, limit);
+                    control.failed = frame.is_err();
+                    return Some((frame, control));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    control.failed = true;
+                    return Some((Err(e), control));
+                }
             }
+            // quinn hands over the received bytes themselves: no read buffer per connection
+            // (a 64 KiB one cost 12 KiB more resident memory per idle connection: 60 vs 48 KiB
+            // with 20,000 of them, docs/benchmarks.md).
+            match control.recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => control.reader.extend(&chunk.bytes),
+                Ok(None) => {
+                    control.failed = true;
+                    let unfinished = control.reader.finish().err()?;
+                    return Some((Err(unfinished), control));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "QUIC control stream closed");
+                    return None;
+                }
+            }
+        }
+    })
+}
+
+/// Drains the outbox onto the connection's streams, one writer per class, all in one task:
+/// the critical writer at once, each other one on its class's first frame (an idle connection
+/// holds one writer, not four: docs/benchmarks.md). Each writer waits on its own stream only,
+/// so a class stalled by flow control holds up no other.
+async fn write_classes(connection: quinn::Connection, outbox: Arc<Outbox>, control_send: quinn::SendStream) {
+    let mut writers = FuturesUnordered::new();
+    writers.push(write_class(
+        connection.clone(),
+        outbox.clone(),
+        Priority::Critical,
+        Some(control_send),
+    ));
+    let mut started = [true, false, false, false];
+    let mut opening = true;
+    while opening || !writers.is_empty() {
+        tokio::select! {
+            class = outbox.first_of_new_class(started), if opening => match class {
+                Some(class) => {
+                    started[class as usize] = true;
+                    writers.push(write_class(connection.clone(), outbox.clone(), class, None));
+                }
+                None => opening = false,
+            },
+            Some(()) = writers.next(), if !writers.is_empty() => {}
         }
     }
 }

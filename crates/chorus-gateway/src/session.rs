@@ -274,7 +274,9 @@ impl Gateway {
                     Some(Err(e)) => return disconnect(outbox, ErrorCode::Protocol, e.to_string(), false),
                     Some(Ok(frame)) => {
                         last_seen = Instant::from(clock::now());
-                        if let Err((code, reason)) = session.handle(frame).await {
+                        // Boxed: inline, the largest request's future would make every
+                        // idle connection's task that large.
+                        if let Err((code, reason)) = Box::pin(session.handle(frame)).await {
                             return disconnect(outbox, code, reason, false);
                         }
                     }
