@@ -7,6 +7,7 @@
 #   SCENARIO=e2e RATE=5000 scripts/bench.sh   # publish-to-delivery latency, a subscriber on every node
 #   SCENARIO=fanout SUBSCRIBERS=300 FANOUT_RATE=100 scripts/bench.sh
 #   SCENARIO=connections CONNECTIONS=20000 scripts/bench.sh   # idle QUIC connections on node 1
+#     and WS_CONNECTIONS idle WebSocket ones (default: as many as `ulimit -n` lets both sides hold)
 #   SCENARIO=failover KILLS=5 scripts/bench.sh                # SIGKILL the written shard's leader
 #   SCENARIO=typing CHANGES=1000 scripts/bench.sh             # typing notice latency
 #   SCENARIO=session SESSION_WINDOW=16 SESSIONS=1 scripts/bench.sh
@@ -20,6 +21,8 @@ PUBLISHERS=${PUBLISHERS:-8}; WINDOW=${WINDOW:-32}; CHANNELS=${CHANNELS:-100}; CO
 RATE=${RATE:-5000}; SUBSCRIBERS=${SUBSCRIBERS:-300}; FANOUT_RATE=${FANOUT_RATE:-100}
 CONNECTIONS=${CONNECTIONS:-20000}; KILLS=${KILLS:-5}; SHARDS=${SHARDS:-12}
 CHANGES=${CHANGES:-1000}; SESSION_WINDOW=${SESSION_WINDOW:-16}; SESSIONS=${SESSIONS:-1}
+# A WebSocket connection is a file descriptor in the load generator and one in node 1.
+WS_CONNECTIONS=${WS_CONNECTIONS:-$(( $(ulimit -n) < CONNECTIONS + 1000 ? $(ulimit -n) - 1000 : CONNECTIONS ))}
 BIN=${CHORUS_BIN:-target/release/chorus}
 [ -x "$BIN" ] || cargo build --release --bin chorus
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789
@@ -133,12 +136,17 @@ run_fanout() {
 
 run_connections() {  # a fresh cluster per round: freed memory is not given back to the OS
   local total=$ROUNDS
-  for _ in $(seq 1 "$total"); do
-    start_cluster connections 512
-    ROUNDS=1 rounds "connections-${CONNECTIONS}" connections --node 127.0.0.1:7801 \
-      --http http://127.0.0.1:7601 "${CAS[@]}" --count "$CONNECTIONS"
-    stop_cluster
-    rm -rf "$WORK/connections"
+  for transport in quic websocket; do
+    [ "$transport" = websocket ] && [ "$WS_CONNECTIONS" = 0 ] && continue
+    local count=$CONNECTIONS label=connections-$CONNECTIONS
+    [ "$transport" = websocket ] && count=$WS_CONNECTIONS label=connections-ws-$WS_CONNECTIONS
+    for _ in $(seq 1 "$total"); do
+      start_cluster connections 512
+      ROUNDS=1 rounds "$label" connections --node 127.0.0.1:7801 \
+        --http http://127.0.0.1:7601 "${CAS[@]}" --count "$count" --transport "$transport"
+      stop_cluster
+      rm -rf "$WORK/connections"
+    done
   done
 }
 

@@ -38,10 +38,11 @@ def figures(rows):
                 f"{total(rows, 'delivered'):,} of {total(rows, 'expected'):,} delivered", "", None)
     if s == "connections":
         kib = med(rows, "kib_per_connection")
-        return (f"{kib:.1f} KiB resident per connection; {med(rows, 'connected'):,.0f} of {rows[0]['requested']:,} "
+        kind = "WebSocket" if rows[0].get("transport") == "websocket" else "QUIC"
+        return (f"{kib:.1f} KiB resident per idle {kind} connection; {med(rows, 'connected'):,.0f} of {rows[0]['requested']:,} "
                 f"connected in {med(rows, 'connect_secs'):.1f} s ({med(rows, 'connects_per_sec'):,.0f}/s)",
-                "20,000 connections, < 32 KiB each",
-                kib < 32 and rows[0]["requested"] >= 20000 and min(r["connected"] for r in rows) >= 20000)
+                "20,000 connections, < 24 KiB each",
+                kib < 24 and rows[0]["requested"] >= 20000 and min(r["connected"] for r in rows) >= 20000)
     if s == "failover":
         p50, worst, lost = med(rows, "resume_p50_ms"), max(r["resume_max_ms"] for r in rows), total(rows, "lost")
         moved = med(rows, "subscriber_p50_ms")

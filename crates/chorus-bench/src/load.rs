@@ -5,7 +5,7 @@
 //! ```text
 //!  publish:     N SDK clients over the nodes, W publishes in flight each ──► acked/s, ack p50/p99/p999
 //!  fanout:      1 publisher ──► 1 channel ──► M subscribers over the nodes ──► deliveries/s, latency
-//!  connections: C idle authenticated QUIC connections to one node ──► its RSS per connection
+//!  connections: C idle authenticated QUIC (or WebSocket) connections to one node ──► its RSS per connection
 //!  failover:    load on one shard; SIGKILL its leader K times ──► kill-to-first-ack, acked writes lost
 //! ```
 
@@ -13,7 +13,7 @@ use crate::e2e::{BenchAccess, rand_id};
 use crate::parse_duration;
 use anyhow::{Context, Result, bail};
 use chorus_client::{Client, PublishOptions};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -171,8 +171,39 @@ pub struct ConnectionsArgs {
     /// UDP sockets the connections share (each QUIC endpoint is one socket).
     #[arg(long, default_value_t = 16)]
     pub sockets: usize,
+    /// `quic` (SDK clients) or `websocket` (JSON clients on the node's `/ws`, each holding a
+    /// file descriptor here and on the node: mind `ulimit -n`).
+    #[arg(long, default_value = "quic", value_parser = ["quic", "websocket"])]
+    pub transport: String,
     #[command(flatten)]
     pub access: BenchAccess,
+}
+
+/// An idle connection held open by the connections scenario.
+enum Held {
+    Quic(Client),
+    WebSocket(
+        Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>,
+    ),
+}
+
+/// Opens a WebSocket to `http`'s `/ws` and connects as a JSON client, as an app would.
+async fn websocket_client(http: &str, token: &str) -> Result<Held> {
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/ws", http.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let connect = json!({"id": 1, "kind": {"connect": {
+        "token": token, "protocol_version": chorus_client::PROTOCOL_VERSION,
+        "client_name": "chorus-bench/connections"}}});
+    socket.send(Message::Text(connect.to_string().into())).await?;
+    let answer = tokio::time::timeout(Duration::from_secs(30), socket.next())
+        .await
+        .context("no answer to connect within 30 s")?
+        .context("closed before answering connect")??;
+    match answer {
+        Message::Text(text) if text.contains("connect_ok") => Ok(Held::WebSocket(Box::new(socket))),
+        other => bail!("connect refused: {other:?}"),
+    }
 }
 
 /// A gauge or counter from a node's Prometheus text: the sum of every series of `name`.
@@ -205,17 +236,26 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         bail!("{} reports no {RSS} (it is measured on Linux only)", args.http);
     }
     let open_before = metric(&http, &args.http, OPEN).await?;
-    let endpoints = udp_endpoints(args.sockets)?;
+    let websocket = args.transport == "websocket";
+    let endpoints = if websocket {
+        Vec::new()
+    } else {
+        udp_endpoints(args.sockets)?
+    };
     let started = Instant::now();
     let access = &args.access;
-    let results: Vec<Result<Client>> = futures::stream::iter(0..args.count)
-        .map(|i| {
+    let (token, endpoints, node, http_url) = (&token, &endpoints, &args.node, &args.http);
+    let results: Vec<Result<Held>> = futures::stream::iter(0..args.count)
+        .map(|i| async move {
+            if websocket {
+                return websocket_client(http_url, token).await;
+            }
             let builder = access
-                .builder(std::slice::from_ref(&args.node), &token)
+                .builder(std::slice::from_ref(node), token)
                 .quic_endpoint(endpoints[i % endpoints.len()].clone())
                 .idle_timeout(Duration::from_secs(30))
                 .reconnect_attempts(3);
-            async move { builder.connect().await.map_err(anyhow::Error::from) }
+            Ok(Held::Quic(builder.connect().await?))
         })
         .buffer_unordered(args.concurrency)
         .collect()
@@ -259,6 +299,7 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
         "{}",
         json!({
             "scenario": "connections",
+            "transport": args.transport,
             "requested": args.count,
             "connected": clients.len(),
             "held_by_node": held,
@@ -270,8 +311,13 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
             "kib_per_connection": per_connection / 1024.0,
         })
     );
-    for client in clients {
-        client.close();
+    for held in clients {
+        match held {
+            Held::Quic(client) => client.close(),
+            Held::WebSocket(mut socket) => {
+                let _ = socket.close().await;
+            }
+        }
     }
     for endpoint in endpoints {
         endpoint.close(0u32.into(), b"done");

@@ -15,12 +15,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
 use chorus_proto::client::ClientFrame;
-use futures::{SinkExt, StreamExt};
+use futures::stream::SplitStream;
+use futures::{SinkExt, Stream, StreamExt};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::oneshot;
 
 impl Gateway {
     /// The `/ws` route, to merge into the node's HTTP router.
@@ -28,6 +28,11 @@ impl Gateway {
         Router::new().route("/ws", get(upgrade)).with_state(self.clone())
     }
 }
+
+/// Bytes a WebSocket read asks for at most (see `upgrade`).
+const WS_READ_BUFFER_BYTES: usize = 2048;
+/// Bytes of frames a WebSocket writer gathers before writing them out (see `upgrade`).
+const WS_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 async fn upgrade(
     State(gateway): State<Gateway>,
@@ -42,6 +47,13 @@ async fn upgrade(
     });
     ws.max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite reads into a buffer it zero-fills up to this size, resident for the
+        // connection's life: its 128 KiB default made an idle WebSocket cost about 135 KiB
+        // (docs/benchmarks.md). Bigger messages still arrive whole; they take more reads.
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        // Frames are written out once this many are buffered, or at the writer's flush
+        // after each batch; the buffer keeps its largest size.
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move { gateway.ws_connection(socket, remote).await })
 }
 
@@ -86,33 +98,10 @@ impl Gateway {
     async fn ws_connection(&self, socket: WebSocket, remote: IpAddr) {
         let config = self.config().clone();
         let limit = config.max_frame_bytes;
-        let (mut sink, mut stream) = socket.split();
+        let (mut sink, stream) = socket.split();
         let outbox = Arc::new(Outbox::new(config.outbox, self.inner.metrics.outbox.clone()));
-        let (frames_in, inbound) = mpsc::channel::<Result<ClientFrame, FrameError>>(16);
-        let (encoding_tx, encoding_rx) = tokio::sync::oneshot::channel();
-        let reader = tokio::spawn(async move {
-            let mut encoding_tx = Some(encoding_tx);
-            while let Some(message) = stream.next().await {
-                let frame = match message {
-                    Ok(message) => match decode(message, limit) {
-                        None => continue,
-                        Some((encoding, frame)) => {
-                            // The first data message decides the answers' encoding, even when
-                            // it does not decode (so the client can read the error).
-                            if let Some(tx) = encoding_tx.take() {
-                                let _ = tx.send(encoding);
-                            }
-                            frame
-                        }
-                    },
-                    Err(e) => Err(FrameError::Malformed(format!("websocket: {e}"))),
-                };
-                let failed = frame.is_err();
-                if frames_in.send(frame).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
+        let (encoding_tx, encoding_rx) = oneshot::channel();
+        let inbound = Box::pin(client_frames(stream, limit, encoding_tx));
         let writer_outbox = outbox.clone();
         let writer = tokio::spawn(async move {
             // The client's first frame decides; a connection closed before it gets protobuf.
@@ -143,9 +132,7 @@ impl Gateway {
             }
             Some(sink)
         });
-        let ending = self
-            .run_session("websocket", remote, ReceiverStream::new(inbound), outbox)
-            .await;
+        let ending = self.run_session("websocket", remote, inbound, outbox).await;
         let abort = writer.abort_handle();
         match tokio::time::timeout(Duration::from_secs(2), writer).await {
             Ok(Ok(Some(mut sink))) => {
@@ -154,6 +141,38 @@ impl Gateway {
             Ok(_) => {}
             Err(_) => abort.abort(),
         }
-        reader.abort();
     }
+}
+
+/// The client's frames, read when the session asks for the next one: no reader task and no
+/// queue per connection (as on QUIC). The first data message's encoding goes to `encoding`,
+/// even when it does not decode (so the client can read the error). Ends after the first bad
+/// frame, which it yields.
+fn client_frames(
+    stream: SplitStream<WebSocket>,
+    limit: usize,
+    encoding: oneshot::Sender<Encoding>,
+) -> impl Stream<Item = Result<ClientFrame, FrameError>> {
+    let state = (stream, Some(encoding), false);
+    futures::stream::unfold(state, move |(mut stream, mut encoding, failed)| async move {
+        if failed {
+            return None;
+        }
+        loop {
+            let frame = match stream.next().await? {
+                Ok(message) => match decode(message, limit) {
+                    None => continue,
+                    Some((kind, frame)) => {
+                        if let Some(tx) = encoding.take() {
+                            let _ = tx.send(kind);
+                        }
+                        frame
+                    }
+                },
+                Err(e) => Err(FrameError::Malformed(format!("websocket: {e}"))),
+            };
+            let failed = frame.is_err();
+            return Some((frame, (stream, encoding, failed)));
+        }
+    })
 }
