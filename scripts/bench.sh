@@ -6,7 +6,7 @@
 #   SCENARIO=publish-http scripts/bench.sh    # HTTP publish load, batching on and off (CONCURRENCY=256)
 #   SCENARIO=e2e RATE=5000 scripts/bench.sh   # publish-to-delivery latency, a subscriber on every node
 #   SCENARIO=fanout SUBSCRIBERS=300 FANOUT_RATE=100 scripts/bench.sh
-#   SCENARIO=connections CONNECTIONS=20000 scripts/bench.sh   # idle QUIC connections on node 1
+#   SCENARIO=connections CONNECTIONS=20000 HOLD_SECS=5 scripts/bench.sh   # idle QUIC connections on node 1
 #     and WS_CONNECTIONS idle WebSocket ones (default: as many as `ulimit -n` lets both sides hold)
 #   SCENARIO=failover KILLS=5 scripts/bench.sh                # SIGKILL the written shard's leader
 #   SCENARIO=typing CHANGES=1000 scripts/bench.sh             # typing notice latency
@@ -19,7 +19,7 @@ SCENARIO=${SCENARIO:-standard}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-10s}; PAYLOAD=${PAYLOAD:-128}
 PUBLISHERS=${PUBLISHERS:-8}; WINDOW=${WINDOW:-32}; CHANNELS=${CHANNELS:-100}; CONCURRENCY=${CONCURRENCY:-256}
 RATE=${RATE:-5000}; SUBSCRIBERS=${SUBSCRIBERS:-300}; FANOUT_RATE=${FANOUT_RATE:-100}
-CONNECTIONS=${CONNECTIONS:-20000}; KILLS=${KILLS:-5}; SHARDS=${SHARDS:-12}
+CONNECTIONS=${CONNECTIONS:-20000}; HOLD_SECS=${HOLD_SECS:-5}; KILLS=${KILLS:-5}; SHARDS=${SHARDS:-12}
 CHANGES=${CHANGES:-1000}; SESSION_WINDOW=${SESSION_WINDOW:-16}; SESSIONS=${SESSIONS:-1}
 # A WebSocket connection is a file descriptor in the load generator and one in node 1.
 WS_CONNECTIONS=${WS_CONNECTIONS:-$(( $(ulimit -n) < CONNECTIONS + 1000 ? $(ulimit -n) - 1000 : CONNECTIONS ))}
@@ -143,7 +143,7 @@ run_connections() {  # a fresh cluster per round: freed memory is not given back
     for _ in $(seq 1 "$total"); do
       start_cluster connections 512
       ROUNDS=1 rounds "$label" connections --node 127.0.0.1:7801 \
-        --http http://127.0.0.1:7601 "${CAS[@]}" --count "$count" --transport "$transport"
+        --http http://127.0.0.1:7601 "${CAS[@]}" --count "$count" --transport "$transport" --hold-secs "$HOLD_SECS"
       stop_cluster
       rm -rf "$WORK/connections"
     done

@@ -457,8 +457,11 @@ async fn rosters_list_subscribers_across_nodes_with_join_and_leave_notices() -> 
         .sdk(&[1], &device_token("wat", "w", &["admin"]))
         .connect()
         .await?;
-    let _watching = watcher.subscribe(room, SubscribeOptions::default()).await?;
     let mut notices = watcher.notices();
+    let _watching = watcher.subscribe(room, SubscribeOptions::default()).await?;
+    // A subscriber hears its own join: the membership is written once the subscription is in
+    // place (docs/protocol.md, section 15).
+    next_notice(&mut notices, "presence.join", "wat", WAIT).await?;
     let pair = |u: &str, d: &str| (u.to_string(), d.to_string());
     let asker = cluster.sdk(&[3], &token("asker", &["admin"])).connect().await?;
     wait_for("the watcher in the roster", WAIT, || async {

@@ -12,9 +12,14 @@
 use crate::e2e::{BenchAccess, rand_id};
 use crate::parse_duration;
 use anyhow::{Context, Result, bail};
-use chorus_client::{Client, PublishOptions};
+use bytes::BytesMut;
+use chorus_client::PublishOptions;
+use chorus_client::quinn;
+use chorus_proto::client::{self as wire, ClientFrame, ServerFrame, client_frame, server_frame};
+use chorus_proto::codec::{FrameReader, put_length_delimited};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use prost::Message as _;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -179,9 +184,92 @@ pub struct ConnectionsArgs {
     pub access: BenchAccess,
 }
 
+/// What the idle QUIC connections saw while held.
+#[derive(Default)]
+struct PingCounts {
+    /// Node pings received.
+    received: AtomicU64,
+    /// Pongs written back.
+    answered: AtomicU64,
+    /// Connections that ended (closed, refused, or a frame that did not decode).
+    ended: AtomicU64,
+}
+
+/// The next frame of a node's control stream.
+async fn next_server_frame(recv: &mut quinn::RecvStream, reader: &mut FrameReader) -> Result<ServerFrame> {
+    loop {
+        if let Some(bytes) = reader.next_frame()? {
+            return Ok(ServerFrame::decode(bytes)?);
+        }
+        let chunk = recv
+            .read_chunk(usize::MAX, true)
+            .await?
+            .context("the node ended the control stream")?;
+        reader.extend(&chunk.bytes);
+    }
+}
+
+/// One idle QUIC connection as a minimal client holds it: the control stream, `Connect`,
+/// `ConnectOk`, then a task that answers every `Ping` with a `Pong` and counts both.
+async fn idle_quic_client(
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    node: &str,
+    token: &str,
+    counts: Arc<PingCounts>,
+) -> Result<Held> {
+    let addr = tokio::net::lookup_host(node)
+        .await?
+        .next()
+        .with_context(|| format!("{node} resolves to no address"))?;
+    let host = node.rsplit_once(':').map_or(node, |(h, _)| h);
+    let connection = endpoint.connect_with(config, addr, host)?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let mut out = BytesMut::new();
+    let connect = wire::Connect {
+        token: token.to_string(),
+        protocol_version: chorus_client::PROTOCOL_VERSION,
+        client_name: "chorus-bench/connections".into(),
+        ..Default::default()
+    };
+    let connect = ClientFrame {
+        id: 1,
+        kind: Some(client_frame::Kind::Connect(connect)),
+    };
+    put_length_delimited(&connect, &mut out);
+    send.write_all(&out).await?;
+    let mut reader = FrameReader::new(1 << 20);
+    match next_server_frame(&mut recv, &mut reader).await?.kind {
+        Some(server_frame::Kind::ConnectOk(_)) => {}
+        other => bail!("connect refused: {other:?}"),
+    }
+    let pong = ClientFrame {
+        id: 0,
+        kind: Some(client_frame::Kind::Pong(wire::Pong {})),
+    };
+    let answering = tokio::spawn(async move {
+        loop {
+            let Ok(frame) = next_server_frame(&mut recv, &mut reader).await else {
+                break;
+            };
+            if let Some(server_frame::Kind::Ping(_)) = frame.kind {
+                counts.received.fetch_add(1, Ordering::Relaxed);
+                out.clear();
+                put_length_delimited(&pong, &mut out);
+                if send.write_all(&out).await.is_err() {
+                    break;
+                }
+                counts.answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        counts.ended.fetch_add(1, Ordering::Relaxed);
+    });
+    Ok(Held::Quic(connection, answering))
+}
+
 /// An idle connection held open by the connections scenario.
 enum Held {
-    Quic(Client),
+    Quic(quinn::Connection, tokio::task::JoinHandle<()>),
     WebSocket(
         Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>,
     ),
@@ -242,20 +330,23 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
     } else {
         udp_endpoints(args.sockets)?
     };
-    let started = Instant::now();
     let access = &args.access;
+    // Keep-alives only as often as the node's own pings: the connections stay idle.
+    let quic_config = access
+        .builder(std::slice::from_ref(&args.node), &token)
+        .idle_timeout(Duration::from_secs(120))
+        .quic_client_config()?;
+    let counts = Arc::new(PingCounts::default());
     let (token, endpoints, node, http_url) = (&token, &endpoints, &args.node, &args.http);
+    let (quic_config, counts) = (&quic_config, &counts);
+    let started = Instant::now();
     let results: Vec<Result<Held>> = futures::stream::iter(0..args.count)
         .map(|i| async move {
             if websocket {
                 return websocket_client(http_url, token).await;
             }
-            let builder = access
-                .builder(std::slice::from_ref(node), token)
-                .quic_endpoint(endpoints[i % endpoints.len()].clone())
-                .idle_timeout(Duration::from_secs(30))
-                .reconnect_attempts(3);
-            Ok(Held::Quic(builder.connect().await?))
+            let endpoint = endpoints[i % endpoints.len()].clone();
+            idle_quic_client(endpoint, quic_config.clone(), node, token, counts.clone()).await
         })
         .buffer_unordered(args.concurrency)
         .collect()
@@ -295,6 +386,15 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
             .map(|f| format!(" (first: {f})"))
             .unwrap_or_default()
     );
+    if !websocket {
+        println!(
+            "held {} s: {} node pings received, {} answered; {} connections ended meanwhile",
+            args.hold_secs,
+            counts.received.load(Ordering::Relaxed),
+            counts.answered.load(Ordering::Relaxed),
+            counts.ended.load(Ordering::Relaxed)
+        );
+    }
     println!(
         "{}",
         json!({
@@ -309,11 +409,18 @@ pub async fn connections(args: ConnectionsArgs) -> Result<()> {
             "rss_before_bytes": rss_before,
             "rss_after_bytes": rss_after,
             "kib_per_connection": per_connection / 1024.0,
+            "hold_secs": args.hold_secs,
+            "pings_received": counts.received.load(Ordering::Relaxed),
+            "pings_answered": counts.answered.load(Ordering::Relaxed),
+            "ended_while_held": counts.ended.load(Ordering::Relaxed),
         })
     );
     for held in clients {
         match held {
-            Held::Quic(client) => client.close(),
+            Held::Quic(connection, answering) => {
+                answering.abort();
+                connection.close(0u32.into(), b"done");
+            }
             Held::WebSocket(mut socket) => {
                 let _ = socket.close().await;
             }

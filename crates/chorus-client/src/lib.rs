@@ -242,6 +242,16 @@ impl ClientBuilder {
         self
     }
 
+    /// The QUIC client configuration of this builder's clients (TLS trust, ALPN, idle timeout
+    /// and keep-alives), for tools that speak the protocol themselves, such as the load
+    /// generator's idle connections.
+    pub fn quic_client_config(&self) -> Result<quinn::ClientConfig, Error> {
+        if let Some(problem) = self.problems.first() {
+            return Err(Error::Config(problem.clone()));
+        }
+        quic_config(&self.options)
+    }
+
     /// Connects to the first endpoint that answers. Fails when the options are unusable or
     /// no node answered within the reconnect attempts.
     pub async fn connect(self) -> Result<Client, Error> {
@@ -252,15 +262,7 @@ impl ClientBuilder {
         if options.endpoints.is_empty() {
             return Err(Error::Config("no endpoint given".into()));
         }
-        let crypto = tls::client_crypto(&options.trust)?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
-            .map_err(|e| Error::Config(e.to_string()))?;
-        let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_idle_timeout(options.idle_timeout.try_into().ok())
-            .keep_alive_interval(Some(options.idle_timeout / 3));
-        quic.transport_config(Arc::new(transport));
+        let quic = quic_config(&options)?;
         let ipv6 = options.endpoints[0].starts_with('[');
         let bind = if ipv6 { "[::]:0" } else { "0.0.0.0:0" };
         let endpoint = match &options.quic_endpoint {
@@ -303,6 +305,19 @@ pub struct Client {
 
 fn random_key() -> String {
     format!("sdk-{:032x}", rand::random::<u128>())
+}
+
+fn quic_config(options: &ClientOptions) -> Result<quinn::ClientConfig, Error> {
+    let crypto = tls::client_crypto(&options.trust)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(options.idle_timeout.try_into().ok())
+        .keep_alive_interval(Some(options.idle_timeout / 3));
+    quic.transport_config(Arc::new(transport));
+    Ok(quic)
 }
 
 impl Client {
