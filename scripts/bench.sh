@@ -22,7 +22,8 @@ RATE=${RATE:-5000}; SUBSCRIBERS=${SUBSCRIBERS:-300}; FANOUT_RATE=${FANOUT_RATE:-
 CONNECTIONS=${CONNECTIONS:-20000}; HOLD_SECS=${HOLD_SECS:-5}; KILLS=${KILLS:-5}; SHARDS=${SHARDS:-12}
 CHANGES=${CHANGES:-1000}; SESSION_WINDOW=${SESSION_WINDOW:-16}; SESSIONS=${SESSIONS:-1}
 # A WebSocket connection is a file descriptor in the load generator and one in node 1.
-WS_CONNECTIONS=${WS_CONNECTIONS:-$(( $(ulimit -n) < CONNECTIONS + 1000 ? $(ulimit -n) - 1000 : CONNECTIONS ))}
+FDS=$(ulimit -n); [ "$FDS" = unlimited ] && FDS=$((CONNECTIONS + 1000))
+WS_CONNECTIONS=${WS_CONNECTIONS:-$(( FDS < CONNECTIONS + 1000 ? (FDS > 1000 ? FDS - 1000 : 0) : CONNECTIONS ))}
 BIN=${CHORUS_BIN:-target/release/chorus}
 [ -x "$BIN" ] || cargo build --release --bin chorus
 export CHORUS_CLUSTER_SECRET=bench-cluster-secret CHORUS_JWT_SECRET=bench-jwt-secret-0123456789

@@ -48,7 +48,7 @@ def figures(rows):
         moved = med(rows, "subscriber_p50_ms")
         return (f"writes resume after p50 {p50:.0f} ms, max {worst:.0f} ms ({total(rows, 'kills')} kills); "
                 f"{lost} of {total(rows, 'acked'):,} acked writes lost; the killed node's SDK subscriber "
-                f"(default settings) gets its first event from another node after p50 {moved:.0f} ms, "
+                f"(default timeouts) gets its first event from another node after p50 {moved:.0f} ms, "
                 f"max {max(r['subscriber_max_ms'] for r in rows):.0f} ms",
                 "writes: p50 < 1 s, max < 2 s, 0 lost; subscriber: p50 < 5 s",
                 p50 < 1000 and worst < 2000 and lost == 0 and moved < 5000)

@@ -176,8 +176,9 @@ pub struct ConnectionsArgs {
     /// UDP sockets the connections share (each QUIC endpoint is one socket).
     #[arg(long, default_value_t = 16)]
     pub sockets: usize,
-    /// `quic` (SDK clients) or `websocket` (JSON clients on the node's `/ws`, each holding a
-    /// file descriptor here and on the node: mind `ulimit -n`).
+    /// `quic` (minimal clients that answer every ping) or `websocket` (JSON clients on the
+    /// node's `/ws` that answer none: keep --hold-secs under the node's idle timeout; each
+    /// holds a file descriptor here and on the node: mind `ulimit -n`).
     #[arg(long, default_value = "quic", value_parser = ["quic", "websocket"])]
     pub transport: String,
     #[command(flatten)]
@@ -708,8 +709,13 @@ async fn subscriber_on(
     victim: u64,
     channel: &str,
 ) -> Result<tokio::task::JoinHandle<Option<Instant>>> {
+    // --node is in node-id order (checked by the caller's flags' docs): id N is the N-th.
+    let index = (victim as usize)
+        .checked_sub(1)
+        .filter(|i| *i < args.nodes.len())
+        .with_context(|| format!("node {victim} has no --node address (give them in node-id order)"))?;
     let mut order = args.nodes.clone();
-    order.rotate_left(victim as usize - 1);
+    order.rotate_left(index);
     let client = args
         .access
         .builder(&order, token)

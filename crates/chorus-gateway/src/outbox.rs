@@ -73,6 +73,8 @@ struct Queues {
     frames: [VecDeque<(ServerFrame, usize)>; 4],
     bytes: [usize; 4],
     closed: bool,
+    /// Classes whose writer was started ([`Outbox::first_of_new_class`]).
+    writer_started: [bool; 4],
 }
 
 /// One connection's queues. Shared (`Arc`) by its producers and its writer tasks.
@@ -80,6 +82,8 @@ pub struct Outbox {
     queues: Mutex<Queues>,
     ready: [Notify; 4],
     ready_any: Notify,
+    /// A frame was queued in a class without a writer.
+    new_class: Notify,
     closed: Notify,
     limits: OutboxLimits,
     metrics: OutboxMetrics,
@@ -92,6 +96,7 @@ impl Outbox {
             queues: Mutex::default(),
             ready: Default::default(),
             ready_any: Notify::new(),
+            new_class: Notify::new(),
             closed: Notify::new(),
             limits,
             metrics,
@@ -102,7 +107,7 @@ impl Outbox {
     pub fn push(&self, priority: Priority, frame: ServerFrame) -> Result<(), QueueFull> {
         let size = frame.encoded_len();
         let class = priority as usize;
-        {
+        let writer_started = {
             let mut q = self.queues.lock().expect("outbox lock poisoned");
             if q.closed {
                 return Err(QueueFull);
@@ -133,6 +138,10 @@ impl Outbox {
             }
             q.frames[class].push_back((frame, size));
             q.bytes[class] += size;
+            q.writer_started[class]
+        };
+        if !writer_started {
+            self.new_class.notify_one();
         }
         self.metrics.queued_bytes.inc_by(size as i64);
         self.ready[class].notify_one();
@@ -161,25 +170,31 @@ impl Outbox {
         }
     }
 
-    /// Waits until a class not yet `started` has frames, and names it: a writer per class is
-    /// started on the class's first frame, so that an idle connection holds none. `None` once
-    /// closed with nothing queued in such a class. Shares its wake-ups with [`Self::next_any`]:
-    /// a connection uses one or the other.
-    pub async fn first_of_new_class(&self, started: [bool; 4]) -> Option<Priority> {
+    /// Records that `class` has a writer from now on (see [`Self::first_of_new_class`]).
+    pub fn writer_started(&self, class: Priority) {
+        self.queues.lock().expect("outbox lock poisoned").writer_started[class as usize] = true;
+    }
+
+    /// Waits until a class without a writer has frames, records it as started and names it:
+    /// a writer per class is started on the class's first frame, so that an idle connection
+    /// holds none. Only pushes to such classes wake it. `None` once closed with nothing queued
+    /// in such a class.
+    pub async fn first_of_new_class(&self) -> Option<Priority> {
         loop {
             {
-                let q = self.queues.lock().expect("outbox lock poisoned");
-                let new = Priority::ALL
-                    .into_iter()
-                    .find(|class| !started[*class as usize] && !q.frames[*class as usize].is_empty());
-                if new.is_some() {
-                    return new;
+                let mut q = self.queues.lock().expect("outbox lock poisoned");
+                let new = Priority::ALL.into_iter().find(|class| {
+                    !q.writer_started[*class as usize] && !q.frames[*class as usize].is_empty()
+                });
+                if let Some(class) = new {
+                    q.writer_started[class as usize] = true;
+                    return Some(class);
                 }
                 if q.closed {
                     return None;
                 }
             }
-            self.ready_any.notified().await;
+            self.new_class.notified().await;
         }
     }
 
@@ -243,6 +258,7 @@ impl Outbox {
             ready.notify_one();
         }
         self.ready_any.notify_one();
+        self.new_class.notify_one();
         self.closed.notify_waiters();
     }
 
@@ -356,22 +372,22 @@ mod tests {
     #[tokio::test]
     async fn a_class_is_named_once_it_has_frames_and_was_not_started() {
         let out = outbox(10_000);
-        let mut started = [true, false, false, false];
+        out.writer_started(Priority::Critical);
         out.push(Priority::Critical, event(1)).unwrap();
         out.push(Priority::Normal, event(1)).unwrap();
-        assert_eq!(out.first_of_new_class(started).await, Some(Priority::Normal));
-        started[Priority::Normal as usize] = true;
-        let waiting = out.first_of_new_class(started);
+        assert_eq!(out.first_of_new_class().await, Some(Priority::Normal));
+        let waiting = out.first_of_new_class();
         tokio::pin!(waiting);
         assert!(
             futures::poll!(&mut waiting).is_pending(),
             "no new class has frames"
         );
+        out.push(Priority::Normal, event(1)).unwrap();
+        assert!(futures::poll!(&mut waiting).is_pending(), "normal has a writer");
         out.push(Priority::Low, event(1)).unwrap();
         assert_eq!(waiting.await, Some(Priority::Low));
-        started[Priority::Low as usize] = true;
         out.close();
-        assert_eq!(out.first_of_new_class(started).await, None);
+        assert_eq!(out.first_of_new_class().await, None);
         assert_eq!(out.next_of(Priority::Low).await.unwrap().len(), 1);
     }
 }

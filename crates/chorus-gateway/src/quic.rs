@@ -125,16 +125,16 @@ impl Gateway {
             };
         let outbox = Arc::new(Outbox::new(config.outbox, self.inner.metrics.outbox.clone()));
         let writers = tokio::spawn(write_classes(connection.clone(), outbox.clone(), control_send));
+        let mut inbound = Box::pin(control_frames(control_recv, config.max_frame_bytes));
         let ending = self
-            .run_session(
-                "quic",
-                connection.remote_address().ip(),
-                Box::pin(control_frames(control_recv, config.max_frame_bytes)),
-                outbox,
-            )
+            .run_session("quic", connection.remote_address().ip(), &mut inbound, outbox)
             .await;
-        // Let the writers send what is queued (the Disconnect frame last), briefly.
+        // Let the writers send what is queued (the Disconnect frame last), briefly. The
+        // control stream's receive side stays open meanwhile: dropping it would stop the
+        // client's writes (a Pong, a publish) with STOP_SENDING, and a client that takes that
+        // for a broken connection closes it before the Disconnect frame arrives.
         let _ = tokio::time::timeout(Duration::from_secs(2), writers).await;
+        drop(inbound);
         let (code, reason) = match ending.code {
             Some(code) => (
                 code.http_status() as u32,
@@ -211,15 +211,12 @@ async fn write_classes(connection: quinn::Connection, outbox: Arc<Outbox>, contr
         Priority::Critical,
         Some(control_send),
     ));
-    let mut started = [true, false, false, false];
+    outbox.writer_started(Priority::Critical);
     let mut opening = true;
     while opening || !writers.is_empty() {
         tokio::select! {
-            class = outbox.first_of_new_class(started), if opening => match class {
-                Some(class) => {
-                    started[class as usize] = true;
-                    writers.push(write_class(connection.clone(), outbox.clone(), class, None));
-                }
+            class = outbox.first_of_new_class(), if opening => match class {
+                Some(class) => writers.push(write_class(connection.clone(), outbox.clone(), class, None)),
                 None => opening = false,
             },
             Some(()) = writers.next(), if !writers.is_empty() => {}
