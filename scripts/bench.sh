@@ -11,7 +11,7 @@
 #   SCENARIO=failover KILLS=5 scripts/bench.sh                # SIGKILL the written shard's leader
 #   SCENARIO=typing CHANGES=1000 scripts/bench.sh             # typing notice latency
 #   SCENARIO=session SESSION_WINDOW=16 SESSIONS=1 scripts/bench.sh
-# SHARDS= sets the shard count of the cluster (default 12).
+# SHARDS= sets the shard count of the cluster (default 12). KEEP_WORK=1 keeps the data and logs.
 # WRITE_DOCS=1 (make bench) replaces the generated table in docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ stop_cluster() {  # SIGTERM, then SIGKILL whatever still runs after 15 s
   wait "${SUPERVISORS[@]}" 2>/dev/null || true
   SUPERVISORS=(); CLUSTER_DIR=
 }
-cleanup() { stop_cluster; rm -rf "$WORK"; }
+cleanup() { stop_cluster; if [ -n "${KEEP_WORK:-}" ]; then echo "node logs kept under $WORK" >&2; else rm -rf "$WORK"; fi; }
 trap cleanup EXIT
 
 # Each node runs in a restart loop (the failover scenario SIGKILLs leaders) until stop_cluster.

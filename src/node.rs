@@ -3,7 +3,7 @@
 use crate::config::NodeConfig;
 use anyhow::{Context, Result};
 use chorus_access::{Authenticator, RolePermissions};
-use chorus_cluster::service::ClusterService;
+use chorus_cluster::service::{ClusterService, StartingNode};
 use chorus_cluster::{ClusterConfig, ClusterMetrics, ClusterNode};
 use chorus_core::ChannelPattern;
 use chorus_http::HttpState;
@@ -112,14 +112,18 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         })
         .transpose()
         .context("`cluster_tls`")?;
-    // Peers' handshakes are answered from now on (queued for the gRPC server, which starts
-    // after the shards): a peer's startup check must not wait for this node's whole start.
-    let (tls_incoming, plain_listener) = match &peer_tls {
+    // Peers are answered from now on: until the shards are open, every call is refused at
+    // once (`StartingNode`), so that peers go elsewhere instead of waiting for this start.
+    let starting = StartingNode::default();
+    let grpc = tonic::transport::Server::builder().add_service(ClusterService::server(starting.clone()));
+    let grpc_task = match &peer_tls {
         Some(tls) => {
             tracing::info!("node-to-node traffic uses mutual TLS with the cluster CA");
-            (Some(tls.incoming(raft_listener)), None)
+            tokio::spawn(grpc.serve_with_incoming(tls.incoming(raft_listener)))
         }
-        None => (None, Some(raft_listener)),
+        None => {
+            tokio::spawn(grpc.serve_with_incoming(chorus_cluster::transport::tcp_incoming(raft_listener)))
+        }
     };
     let cluster = ClusterNode::start(
         ClusterConfig {
@@ -154,15 +158,7 @@ pub async fn run(config: NodeConfig) -> Result<()> {
     )
     .await
     .context("refusing to start")?;
-
-    let grpc = tonic::transport::Server::builder().add_service(ClusterService::server(cluster.clone()));
-    let grpc_task = match (tls_incoming, plain_listener) {
-        (Some(incoming), _) => tokio::spawn(grpc.serve_with_incoming(incoming)),
-        (None, Some(listener)) => {
-            tokio::spawn(grpc.serve_with_incoming(chorus_cluster::transport::tcp_incoming(listener)))
-        }
-        (None, None) => unreachable!("the Raft listener is served either way"),
-    };
+    starting.started(cluster.clone());
 
     let auth = Authenticator::new(&config.jwt_secret, compile_roles(&config)?)
         .with_keys(config.auth.verification_keys()?)?

@@ -402,8 +402,8 @@ impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
             heartbeat_ms: 60,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             snapshot_every_entries: 5_000,
             logs_kept_after_snapshot: 1_000,
             max_batch_commands: chorus_cluster::proposer::DEFAULT_MAX_BATCH_COMMANDS,

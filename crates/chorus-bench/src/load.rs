@@ -606,6 +606,11 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
         let watcher = subscriber_on(&args, &token, leader, &channels[0]).await?;
         // SAFETY: kill(2) with a process id the node reported for itself.
         let killed_at = Instant::now();
+        // Wall-clock time of the kill, to line this up with the nodes' logs.
+        let killed_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
         if unsafe { libc::kill(victim.pid, libc::SIGKILL) } != 0 {
             bail!(
                 "cannot SIGKILL node {leader} (pid {}): {}",
@@ -655,8 +660,9 @@ pub async fn failover(args: FailoverArgs) -> Result<()> {
             - killed_at;
         subscriber_moved.saturating_record(moved.as_micros().max(1) as u64);
         println!(
-            "failover {}: leader node {leader} killed; first write acknowledged after {:.0} ms; its subscriber's first event from another node after {:.0} ms",
+            "failover {}: leader node {leader} of shard {} killed (unix time {killed_unix:.3} s); first write acknowledged after {:.0} ms; its subscriber's first event from another node after {:.0} ms",
             kill + 1,
+            target.0,
             took.as_secs_f64() * 1000.0,
             moved.as_secs_f64() * 1000.0
         );

@@ -51,6 +51,7 @@ fn call_of(kind: LinkKind) -> Option<ShardCall> {
     Some(match kind {
         LinkKind::AppendEntries => ShardCall::AppendEntries,
         LinkKind::Vote => ShardCall::Vote,
+        LinkKind::PreVote => ShardCall::PreVote,
         LinkKind::TransferLeader => ShardCall::TransferLeader,
         LinkKind::Forward => ShardCall::Forward,
         LinkKind::Leading => ShardCall::Leading,

@@ -25,11 +25,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often a node tells each peer which shards it leads.
-pub const PING_INTERVAL: Duration = Duration::from_millis(150);
+pub const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// How often each shard's election timer is reconsidered.
-pub const CHECK_INTERVAL: Duration = Duration::from_millis(75);
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// A peer not heard from for this long no longer counts as alive.
-pub const SILENCE: Duration = Duration::from_millis(500);
+pub const SILENCE: Duration = Duration::from_millis(300);
 
 /// What a node tells its peers every `PING_INTERVAL`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

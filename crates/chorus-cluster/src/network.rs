@@ -38,6 +38,8 @@ pub enum Rpc {
     AppendEntries,
     /// Vote.
     Vote,
+    /// Pre-Vote.
+    PreVote,
     /// InstallSnapshot.
     InstallSnapshot,
     /// TransferLeader.
@@ -182,13 +184,14 @@ impl PeerPool {
         let payload = postcard::to_stdvec(request).map_err(|e| CallError::Decode(e.to_string()))?;
         let lane = match rpc {
             Rpc::Forward => Lane::Forward,
-            Rpc::Vote | Rpc::TransferLeader => Lane::Control,
+            Rpc::Vote | Rpc::PreVote | Rpc::TransferLeader => Lane::Control,
             Rpc::AppendEntries | Rpc::InstallSnapshot | Rpc::Ephemeral => Lane::Raft,
         };
         let (channel, link) = self.peer(node, addr, lane)?;
         let link_kind = match rpc {
             Rpc::AppendEntries => Some(LinkKind::AppendEntries),
             Rpc::Vote => Some(LinkKind::Vote),
+            Rpc::PreVote => Some(LinkKind::PreVote),
             Rpc::TransferLeader => Some(LinkKind::TransferLeader),
             Rpc::Forward => Some(LinkKind::Forward),
             Rpc::InstallSnapshot | Rpc::Ephemeral => None,
@@ -414,6 +417,15 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_call::<_, _, openraft::errors::RaftError<TypeConfig>>(Rpc::Vote, &rpc, &option)
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_call::<_, _, openraft::errors::RaftError<TypeConfig>>(Rpc::PreVote, &rpc, &option)
             .await
     }
 

@@ -74,6 +74,8 @@ impl ClusterNode {
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_notice = crate::clock::now() - PING_INTERVAL;
+        // Each shard's (leader, term) as last logged: operators see every change of leader.
+        let mut known: Vec<(Option<u64>, u64)> = self.shards().iter().map(|_| (None, 0)).collect();
         loop {
             tick.tick().await;
             let now = crate::clock::now();
@@ -81,12 +83,24 @@ impl ClusterNode {
                 last_notice = now;
                 self.send_leading_notices();
             }
-            for (s, switch) in self.shards().iter().zip(switches.iter_mut()) {
-                let (state, term) = {
+            let (mut changes, mut timers_on) = (Vec::new(), Vec::new());
+            for ((s, switch), known) in self
+                .shards()
+                .iter()
+                .zip(switches.iter_mut())
+                .zip(known.iter_mut())
+            {
+                let (state, term, leader) = {
                     let metrics = s.raft.metrics();
                     let m = metrics.borrow_watched();
-                    (m.state, m.current_term)
+                    (m.state, m.current_term, m.current_leader)
                 };
+                if let Some(node) = leader
+                    && *known != (leader, term)
+                {
+                    changes.push(format!("shard {}: node {node} (term {term})", s.id.0));
+                    *known = (leader, term);
+                }
                 if state == ServerState::Leader {
                     switch.leading(&s.raft);
                     // A peer leading it at a later term: this leader missed an election. A
@@ -101,8 +115,18 @@ impl ClusterNode {
                     self.is_recovering(s.id) || self.liveness().claimed_leader(s.id.0, term, now).is_some();
                 let jitter = || crate::clock::random_delay(Duration::from_millis(max.saturating_sub(min)));
                 if let Some(enabled) = switch.decide(claimed, now, jitter) {
+                    if enabled {
+                        timers_on.push(s.id.0);
+                    }
                     ElectionSwitch::apply(&s.raft, enabled);
                 }
+            }
+            // One line per round, not per shard: a node's restart changes every shard at once.
+            if !changes.is_empty() {
+                tracing::info!(leaders = %changes.join(", "), "shard leaders changed");
+            }
+            if !timers_on.is_empty() {
+                tracing::info!(shards = ?timers_on, "no live peer claims these shards: election timers on");
             }
         }
     }

@@ -25,17 +25,40 @@ use std::time::{Duration, Instant};
 use tonic::service::interceptor::{InterceptedService, Interceptor};
 use tonic::{Request, Response, Status, Streaming};
 
+/// The node behind the gRPC server, once its shards are open.
+///
+/// The server starts before the shards do (replaying their logs takes a while after a crash):
+/// until then it refuses every call at once with UNAVAILABLE, which callers treat as never
+/// delivered and send elsewhere or again. Served only once started, a peer's call used to sit
+/// in the listen backlog for the whole start, and a write forwarded to a restarting leader
+/// waited for it instead of going to the leader elected meanwhile.
+#[derive(Clone, Default)]
+pub struct StartingNode(Arc<std::sync::OnceLock<ClusterNode>>);
+
+impl StartingNode {
+    /// The node has started: calls are served from now on.
+    pub fn started(&self, node: ClusterNode) {
+        let _ = self.0.set(node);
+    }
+
+    fn get(&self) -> Result<&ClusterNode, Status> {
+        self.0
+            .get()
+            .ok_or_else(|| Status::unavailable("this node is starting: its shards are not open yet"))
+    }
+}
+
 /// Serves the `Cluster` gRPC service for a node.
 pub struct ClusterService {
-    node: ClusterNode,
+    node: StartingNode,
 }
 
 /// The `Cluster` service behind its gate.
 pub type GatedClusterServer = InterceptedService<ClusterServer<ClusterService>, PeerGate>;
 
 impl ClusterService {
-    /// The tonic server for `node`, behind a [`PeerGate`].
-    pub fn server(node: ClusterNode) -> GatedClusterServer {
+    /// The tonic server for `node` (refusing calls until it has started), behind a [`PeerGate`].
+    pub fn server(node: StartingNode) -> GatedClusterServer {
         let gate = PeerGate {
             node: node.clone(),
             refusals_logged: Arc::new(Mutex::new(HashMap::new())),
@@ -56,7 +79,7 @@ impl ClusterService {
         call: ShardCall,
     ) -> Result<Response<ShardMessage>, Status> {
         let message = request.into_inner();
-        let payload = handle_shard_call(&self.node, call, message.shard, &message.payload).await?;
+        let payload = handle_shard_call(self.node.get()?, call, message.shard, &message.payload).await?;
         Self::reply(message.shard, payload)
     }
 }
@@ -66,18 +89,19 @@ impl ClusterService {
 /// anyone who could reach the port used to be read whole before it was refused).
 #[derive(Clone)]
 pub struct PeerGate {
-    node: ClusterNode,
+    node: StartingNode,
     /// When each (caller address, reason) refusal was last logged, to keep logs readable.
     refusals_logged: Arc<Mutex<HashMap<(String, &'static str), Instant>>>,
 }
 
 impl Interceptor for PeerGate {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        if self.node.faults().isolated() {
+        let node = self.node.get()?;
+        if node.faults().isolated() {
             return Err(Status::unavailable("isolated by fault injection"));
         }
-        let ours = self.node.cluster_id();
-        auth::check(request.metadata(), self.node.secret_proof(), ours.as_deref()).map_err(|e| {
+        let ours = node.cluster_id();
+        auth::check(request.metadata(), node.secret_proof(), ours.as_deref()).map_err(|e| {
             let from = request
                 .remote_addr()
                 .map_or("unknown".to_string(), |a: SocketAddr| a.ip().to_string());
@@ -112,6 +136,8 @@ pub enum ShardCall {
     AppendEntries,
     /// Raft RequestVote.
     Vote,
+    /// Raft Pre-Vote: whether a vote would be granted, persisting nothing.
+    PreVote,
     /// Take over the shard's leadership.
     TransferLeader,
     /// A request for the shard's leader.
@@ -170,6 +196,11 @@ pub async fn handle_shard_call(
             let rpc: VoteRequest<TypeConfig> = decode(payload)?;
             encode(&raft(node, shard)?.vote(rpc).await)
         }
+        ShardCall::PreVote => {
+            refuse_if_recovering(node, shard, "vote")?;
+            let rpc: VoteRequest<TypeConfig> = decode(payload)?;
+            encode(&raft(node, shard)?.pre_vote(rpc).await)
+        }
         ShardCall::TransferLeader => {
             refuse_if_recovering(node, shard, "take leadership")?;
             let rpc: TransferLeaderRequest<TypeConfig> = decode(payload)?;
@@ -205,7 +236,7 @@ impl Cluster for ClusterService {
         let (vote, meta, data): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, Vec<u8>) =
             decode(&message.payload)?;
         let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-        let result = raft(&self.node, message.shard)?
+        let result = raft(self.node.get()?, message.shard)?
             .install_full_snapshot(vote, snapshot)
             .await;
         Self::reply(message.shard, encode(&result)?)
@@ -225,17 +256,18 @@ impl Cluster for ClusterService {
     async fn ephemeral(&self, request: Request<ShardMessage>) -> Result<Response<ShardMessage>, Status> {
         let message = request.into_inner();
         let batch: crate::typing::EphemeralBatch = decode(&message.payload)?;
-        self.node.typing().received(batch);
+        self.node.get()?.typing().received(batch);
         Self::reply(0, encode(&())?)
     }
 
     async fn node_info(&self, _request: Request<NodeInfoRequest>) -> Result<Response<NodeInfoReply>, Status> {
+        let node = self.node.get()?;
         Ok(Response::new(NodeInfoReply {
-            node_id: self.node.node_id(),
-            cluster_id: self.node.cluster_id().unwrap_or_default(),
-            shard_count: self.node.shard_count(),
-            http_addr: self.node.config().http_addr.to_string(),
-            recovering_shards: self.node.recovering_shards(),
+            node_id: node.node_id(),
+            cluster_id: node.cluster_id().unwrap_or_default(),
+            shard_count: node.shard_count(),
+            http_addr: node.config().http_addr.to_string(),
+            recovering_shards: node.recovering_shards(),
         }))
     }
 
@@ -247,15 +279,15 @@ impl Cluster for ClusterService {
                 request.raft_addr
             )));
         }
-        self.node
-            .add_node(request.node_id, request.raft_addr)
+        let node = self.node.get()?;
+        node.add_node(request.node_id, request.raft_addr)
             .await
             .map_err(|e| match e.code() {
                 chorus_core::ErrorCode::BadRequest => Status::invalid_argument(e.to_string()),
                 _ => Status::unavailable(e.to_string()),
             })?;
         Ok(Response::new(JoinReply {
-            cluster_id: self.node.cluster_id().unwrap_or_default(),
+            cluster_id: node.cluster_id().unwrap_or_default(),
         }))
     }
 
@@ -266,8 +298,59 @@ impl Cluster for ClusterService {
         request: Request<Streaming<LinkFrame>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
         Ok(Response::new(crate::link::serve(
-            self.node.clone(),
+            self.node.get()?.clone(),
             request.into_inner(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::Faults;
+    use crate::forward::ForwardResult;
+    use crate::network::{CallError, PeerPool, Rpc};
+    use crate::transport::{TcpConnector, tcp_incoming};
+    use tokio::net::TcpListener;
+
+    /// A node restarting after a crash replays its log before its shards open. A write
+    /// forwarded to it meanwhile (it led the shard before the crash) must come back at once as
+    /// never delivered, so that the forwarding node sends it to the leader elected meanwhile.
+    /// Before `StartingNode`, the call sat in the listen backlog until the start was over: up
+    /// to a second of failover with a big log, and the whole call deadline here.
+    #[tokio::test]
+    async fn a_starting_node_refuses_calls_at_once_as_never_delivered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let starting = StartingNode::default();
+        let serving = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ClusterService::server(starting.clone()))
+                .serve_with_incoming(tcp_incoming(listener)),
+        );
+        let pool = PeerPool::new(
+            Some("proof".into()),
+            Arc::new(Faults::default()),
+            Arc::new(TcpConnector {
+                timeout: Duration::from_secs(2),
+            }),
+        );
+        for rpc in [Rpc::Forward, Rpc::Vote, Rpc::AppendEntries] {
+            let result = pool
+                .call::<_, ForwardResult>(
+                    2,
+                    &addr,
+                    rpc,
+                    0,
+                    &ForwardRequest::ReadIndex,
+                    Duration::from_secs(30),
+                )
+                .await;
+            assert!(
+                matches!(result, Err(CallError::NotDelivered(_))),
+                "{rpc:?} to a starting node: {result:?}"
+            );
+        }
+        serving.abort();
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 mod membership;
 mod metrics;
@@ -209,6 +210,11 @@ impl ClusterNode {
             // No ticks, no periodic heartbeats, and no election timer until the quiet loop has
             // heard whether a peer leads the shard (`crate::liveness`).
             enable_tick: false,
+            // A candidate first asks whether it would win (persisting nothing). Without it, a
+            // survivor with a shorter log bumps the term first and is refused; the other
+            // survivor's own election in that term is then refused by the first one's vote
+            // for itself, and both wait out another timeout: failovers of about a second.
+            enable_pre_vote: Some(true),
             enable_heartbeat: false,
             enable_elect: false,
             ..Default::default()
@@ -236,7 +242,9 @@ impl ClusterNode {
                 shard: s,
                 pool: pool.clone(),
             };
+            // openraft's tasks run in this span, so that their log lines name the shard.
             let raft = ShardRaft::new(config.node_id, raft_config.clone(), network, log, sm)
+                .instrument(tracing::info_span!("shard", id = s))
                 .await
                 .map_err(|e| ClusterError::Internal(format!("starting shard {s}: {e}")))?;
             let proposer = (config.max_batch_commands > 1).then(|| {
