@@ -68,6 +68,32 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         .await
         .with_context(|| format!("`http`: cannot listen on {}", config.http))?;
 
+    let peer_tls = config
+        .cluster_tls
+        .as_ref()
+        .map(|files| {
+            chorus_cluster::tls::PeerTls::load(
+                &files.ca_file,
+                &files.cert_file,
+                &files.key_file,
+                &config.cluster_secret,
+            )
+        })
+        .transpose()
+        .context("`cluster_tls`")?;
+    // Peers are answered from now on: until the shards are open, every call is refused at
+    // once (`StartingNode`), so that peers go elsewhere instead of waiting for this start.
+    let starting = StartingNode::default();
+    let grpc = tonic::transport::Server::builder().add_service(ClusterService::server(starting.clone()));
+    let grpc_task = match &peer_tls {
+        Some(tls) => {
+            tracing::info!("node-to-node traffic uses mutual TLS with the cluster CA");
+            tokio::spawn(grpc.serve_with_incoming(tls.incoming(raft_listener)))
+        }
+        None => {
+            tokio::spawn(grpc.serve_with_incoming(chorus_cluster::transport::tcp_incoming(raft_listener)))
+        }
+    };
     let mut registry = Registry::default();
     let store_metrics = StoreMetrics::default();
     store_metrics.register(&mut registry);
@@ -99,32 +125,6 @@ pub async fn run(config: NodeConfig) -> Result<()> {
         damaged = recovery.damage.is_some(),
         "Raft log opened"
     );
-    let peer_tls = config
-        .cluster_tls
-        .as_ref()
-        .map(|files| {
-            chorus_cluster::tls::PeerTls::load(
-                &files.ca_file,
-                &files.cert_file,
-                &files.key_file,
-                &config.cluster_secret,
-            )
-        })
-        .transpose()
-        .context("`cluster_tls`")?;
-    // Peers are answered from now on: until the shards are open, every call is refused at
-    // once (`StartingNode`), so that peers go elsewhere instead of waiting for this start.
-    let starting = StartingNode::default();
-    let grpc = tonic::transport::Server::builder().add_service(ClusterService::server(starting.clone()));
-    let grpc_task = match &peer_tls {
-        Some(tls) => {
-            tracing::info!("node-to-node traffic uses mutual TLS with the cluster CA");
-            tokio::spawn(grpc.serve_with_incoming(tls.incoming(raft_listener)))
-        }
-        None => {
-            tokio::spawn(grpc.serve_with_incoming(chorus_cluster::transport::tcp_incoming(raft_listener)))
-        }
-    };
     let cluster = ClusterNode::start(
         ClusterConfig {
             node_id: config.id,

@@ -13,7 +13,9 @@
 //! follower keeps its election timer off while a peer it has heard from within `SILENCE`
 //! claims the shard at its term or a later one. When the claims stop (the leader died, was
 //! cut off, or stepped down), the timer comes back on and Raft elects as before: the failover
-//! time is `SILENCE` plus the jitter plus an election. Writes, commits and linearizable reads
+//! time is `SILENCE` plus the jitter, or openraft's follower lease (`election_timeout_max`)
+//! plus the election timeout since the leader's last message if that is later, plus an
+//! election (docs/architecture.md, "What a failover waits for"). Writes, commits and linearizable reads
 //! need no periodic heartbeat (openraft replicates on every append and commit, and a
 //! ReadIndex read sends its own heartbeat round).
 
@@ -25,11 +27,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often a node tells each peer which shards it leads.
-pub const PING_INTERVAL: Duration = Duration::from_millis(100);
+pub const PING_INTERVAL: Duration = Duration::from_millis(150);
 /// How often each shard's election timer is reconsidered.
-pub const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(75);
 /// A peer not heard from for this long no longer counts as alive.
-pub const SILENCE: Duration = Duration::from_millis(300);
+pub const SILENCE: Duration = Duration::from_millis(400);
 
 /// What a node tells its peers every `PING_INTERVAL`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

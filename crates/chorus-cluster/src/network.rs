@@ -65,6 +65,10 @@ pub enum CallError {
     /// The peer answered with an error status.
     #[error("peer error: {0}")]
     Status(String),
+    /// The peer did not understand the request (INVALID_ARGUMENT): a request kind that its
+    /// release does not know, or a payload it could not decode.
+    #[error("not understood by the peer: {0}")]
+    NotUnderstood(String),
     /// The reply did not decode.
     #[error("bad reply: {0}")]
     Decode(String),
@@ -329,6 +333,7 @@ pub fn classify_status(status: &tonic::Status) -> CallError {
         | tonic::Code::DeadlineExceeded => {
             CallError::Transport(format!("{}: {}", status.code(), status.message()))
         }
+        tonic::Code::InvalidArgument => CallError::NotUnderstood(status.message().to_string()),
         _ => CallError::Status(format!("{}: {}", status.code(), status.message())),
     }
 }
@@ -363,13 +368,16 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetworkFactory {
     }
 }
 
-fn rpc_error(err: CallError) -> RPCError<TypeConfig> {
+/// openraft's error for a failed call of `shard`'s group to `target` (openraft logs these
+/// without saying which group: the message does).
+fn rpc_error(shard: u32, target: u64, err: CallError) -> RPCError<TypeConfig> {
+    let message = format!("shard {shard}, node {target}: {err}");
     match err {
         CallError::NotDelivered(_) | CallError::Transport(_) | CallError::Refused(_) => {
-            RPCError::Unreachable(Unreachable::<TypeConfig>::from_string(err.to_string()))
+            RPCError::Unreachable(Unreachable::<TypeConfig>::from_string(message))
         }
-        CallError::Status(_) | CallError::Decode(_) => {
-            RPCError::Network(NetworkError::<TypeConfig>::from_string(err.to_string()))
+        CallError::Status(_) | CallError::NotUnderstood(_) | CallError::Decode(_) => {
+            RPCError::Network(NetworkError::<TypeConfig>::from_string(message))
         }
     }
 }
@@ -394,7 +402,7 @@ impl ShardNetwork {
                 option.hard_ttl().max(MIN_RPC_TIMEOUT),
             )
             .await
-            .map_err(rpc_error)?;
+            .map_err(|e| rpc_error(self.shard, self.target, e))?;
         result.map_err(|e| RPCError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}"))))
     }
 }
@@ -425,8 +433,28 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.raft_call::<_, _, openraft::errors::RaftError<TypeConfig>>(Rpc::PreVote, &rpc, &option)
+        let vote = rpc.vote;
+        match self
+            .pool
+            .call::<_, Result<VoteResponse<TypeConfig>, openraft::errors::RaftError<TypeConfig>>>(
+                self.target,
+                &self.addr,
+                Rpc::PreVote,
+                self.shard,
+                &rpc,
+                option.hard_ttl().max(MIN_RPC_TIMEOUT),
+            )
             .await
+        {
+            Ok(result) => result.map_err(|e| {
+                RPCError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}")))
+            }),
+            // A peer of a release without Pre-Vote does not know the request. As openraft does
+            // for a network without it, count that as a grant: the real vote still decides, and
+            // a cluster in the middle of a rolling upgrade keeps electing leaders.
+            Err(CallError::NotUnderstood(_)) => Ok(VoteResponse::new(vote, None, true)),
+            Err(e) => Err(rpc_error(self.shard, self.target, e)),
+        }
     }
 
     async fn full_snapshot(
@@ -449,7 +477,7 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
                 timeout,
             )
             .await
-            .map_err(|e| StreamingError::from(rpc_error(e)))?;
+            .map_err(|e| StreamingError::from(rpc_error(self.shard, self.target, e)))?;
         result.map_err(|e| {
             StreamingError::Network(NetworkError::<TypeConfig>::from_string(format!("remote: {e}")))
         })
@@ -462,5 +490,26 @@ impl RaftNetworkV2<TypeConfig> for ShardNetwork {
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_call::<_, _, openraft::errors::Fatal<TypeConfig>>(Rpc::TransferLeader, &req, &option)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release without Pre-Vote answers a PRE_VOTE link message with INVALID_ARGUMENT
+    /// (`link::handle`: not a request); `ShardNetwork::pre_vote` counts exactly that as a grant,
+    /// and nothing else (a peer that cannot be reached grants nothing).
+    #[test]
+    fn an_unknown_request_kind_is_not_understood_and_an_unreachable_peer_is_not() {
+        let old_release = tonic::Status::invalid_argument("link message kind 5 is not a request");
+        assert!(matches!(
+            classify_status(&old_release),
+            CallError::NotUnderstood(_)
+        ));
+        let starting = tonic::Status::unavailable("this node is starting");
+        assert!(matches!(classify_status(&starting), CallError::Transport(_)));
+        let refused = tonic::Status::unauthenticated("wrong secret");
+        assert!(matches!(classify_status(&refused), CallError::Refused(_)));
     }
 }
